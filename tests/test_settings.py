@@ -1,0 +1,40 @@
+"""Each option is a flag and an env var; flag beats env beats default; bad values are named."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from server.settings import Settings, add_arguments, from_args
+
+
+def _parse(argv: list[str], env: dict[str, str]) -> Settings:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return from_args(parser.parse_args(argv), env)
+
+
+def test_precedence_flag_env_default() -> None:
+    assert _parse([], {}).port == 50051
+    assert _parse([], {"EMBED_PORT": "6000"}).port == 6000
+    assert _parse(["--port", "7000"], {"EMBED_PORT": "6000"}).port == 7000
+    assert _parse([], {"EMBED_DATA_DIR": "/tmp/x"}).data_dir == Path("/tmp/x")
+
+
+def test_bad_values_name_the_option() -> None:
+    with pytest.raises(ValueError, match="EMBED_PORT"):
+        _parse([], {"EMBED_PORT": "many"})
+    with pytest.raises(ValueError, match="--workers"):
+        _parse(["--workers", "0"], {})
+    with pytest.raises(ValueError, match="--backend"):
+        Settings.from_env({"EMBED_BACKEND": "tensorflow"})
+    with pytest.raises(ValueError, match="--tls-cert and --tls-key"):
+        Settings.from_env({}, tls_cert="cert.pem")
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings()
+    with pytest.raises(AttributeError):
+        settings.port = 1  # type: ignore[misc]
