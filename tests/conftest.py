@@ -25,3 +25,16 @@ def spec():  # type: ignore[no-untyped-def]
     from server.model import load_spec
 
     return load_spec()
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """One real server (real model, real LMDB in a temp dir) shared by the whole session.
+
+    Tests that use it pick unique collection names; tests that must kill or restart a server
+    start their own with tests.server_harness.running_server.
+    """
+    from tests.server_harness import running_server
+
+    with running_server(tmp_path_factory.mktemp("live") / "data") as server:
+        yield server

@@ -1,17 +1,30 @@
-"""``embed-server serve``."""
+"""``embed-server serve``: run the gRPC server until SIGTERM."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
 
-from server.commands import not_built
+from server import settings as settings_module
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from server.settings import add_arguments as add_settings
-
-    add_settings(parser)
+    settings_module.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    return not_built("serve", 3)
+    from server.app import serve
+    from server.model import ModelNotFoundError
+
+    try:
+        settings = settings_module.from_args(args)
+    except ValueError as exc:
+        print(f"embed-server serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(settings))
+    except ModelNotFoundError as exc:
+        print(f"embed-server serve: {exc}", file=sys.stderr)
+        return 2
+    return 0

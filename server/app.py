@@ -1,0 +1,127 @@
+"""Builds the grpc.aio server: services, health, reflection; runs it until SIGTERM.
+
+Lifecycle (grpc.health.v1): every service starts NOT_SERVING; once the embedder has warmed up
+they flip to SERVING; on SIGTERM they go NOT_SERVING, the server stops accepting calls, drains
+in-flight ones for ``grace_seconds`` and the process exits 0.
+
+Each service module under ``server/servicers/`` exposes ``attach(server, runtime) -> list[str]``
+(it registers its servicer and returns the full service names it serves), so adding a service
+never means editing another one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from server.embedder import Embedder
+from server.model import ModelSpec, load_spec
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICE_MODULES = (
+    "server.servicers.embedding",
+    "server.servicers.tei",
+    "server.servicers.collections",
+    "server.servicers.edge",
+)
+
+
+@dataclass
+class Runtime:
+    """What the services of one server process share. Built once, after any fork."""
+
+    settings: Settings
+    spec: ModelSpec
+    embedder: Embedder
+    health: health.aio.HealthServicer
+    service_names: list[str] = field(default_factory=list)  # full names, for health
+    # Called in reverse order on shutdown (close the store after the services stop).
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+def _server_options(settings: Settings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def create_embedder(settings: Settings, spec: ModelSpec) -> Embedder:
+    """The encoder the services use (the pool issue replaces this with worker processes)."""
+    from server.embedder import InProcessEmbedder
+
+    device = "cpu" if settings.device == "auto" else settings.device
+    return InProcessEmbedder(spec, device=device)
+
+
+async def build_server(
+    settings: Settings, *, embedder: Embedder | None = None
+) -> tuple[grpc.aio.Server, int, Runtime]:
+    """Create and start the server on ``settings.host:port``; returns (server, bound port, runtime).
+
+    Health reports NOT_SERVING until :func:`mark_serving`.
+    """
+    spec = load_spec(settings.model)
+    server = grpc.aio.server(options=_server_options(settings))
+    runtime = Runtime(
+        settings=settings,
+        spec=spec,
+        embedder=embedder or create_embedder(settings, spec),
+        health=health.aio.HealthServicer(),
+    )
+    for module_name in SERVICE_MODULES:
+        module = importlib.import_module(module_name)
+        runtime.service_names.extend(await module.attach(server, runtime))
+    names = runtime.service_names
+    health_pb2_grpc.add_HealthServicer_to_server(runtime.health, server)
+    for name in ("", *names):
+        await runtime.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    address = f"{settings.host}:{settings.port}"
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    await server.start()
+    log.info("listening on %s:%d (model %s)", settings.host, port, spec.fingerprint)
+    return server, port, runtime
+
+
+async def set_serving(runtime: Runtime, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", *runtime.service_names):
+        await runtime.health.set(name, status)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT, then drain and return."""
+    server, _port, runtime = await build_server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await warm_up(runtime)
+    await set_serving(runtime, True)
+    log.info("serving")
+    await stop.wait()
+    log.info("draining (up to %.0fs)", settings.grace_seconds)
+    await set_serving(runtime, False)
+    await server.stop(settings.grace_seconds)
+    for close in reversed(runtime.closers):
+        await close()
+    log.info("stopped")
+
+
+async def warm_up(runtime: Runtime) -> None:
+    """One real encode, so the first client call does not pay for lazy initialisation."""
+    await runtime.embedder.encode(["warm up"])
