@@ -17,8 +17,10 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -36,6 +38,21 @@ SERVICE_MODULES = (
 )
 
 
+class EdgeProjection(Protocol):
+    """How full-dimension store vectors become edge vectors (rotation, then truncation).
+
+    Implemented with the edge bundle (issue 5); SyncVectors applies it so that synced vectors
+    match what the edge's own ONNX encoder produces.
+    """
+
+    fingerprint: str  # the edge bundle's fingerprint; clients must present the same one
+    default_dims: int
+
+    def project(self, vectors: np.ndarray, dims: int) -> np.ndarray:
+        """(n, full dims) float32 -> (n, dims) float32, renormalized."""
+        ...
+
+
 @dataclass
 class Runtime:
     """What the services of one server process share. Built once, after any fork."""
@@ -45,6 +62,8 @@ class Runtime:
     embedder: Embedder
     health: health.aio.HealthServicer
     service_names: list[str] = field(default_factory=list)  # full names, for health
+    store: Any = None  # the LMDB store, opened by the collections service (issue 4)
+    edge_projection: EdgeProjection | None = None  # set by the edge service (issue 5)
     # Called in reverse order on shutdown (close the store after the services stop).
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
