@@ -30,7 +30,7 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (a zero row stays zero), float32."""
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.clip(norms, 1e-12, None)
+    return np.asarray(vectors / np.clip(norms, 1e-12, None), dtype=np.float32)
 
 
 def truncate_dims(vectors: np.ndarray, dims: int) -> np.ndarray:
