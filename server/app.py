@@ -21,6 +21,10 @@ from typing import Any, Protocol
 
 import grpc
 import numpy as np
+
+# onnxruntime must be loaded before usearch: the other order segfaults the process (usearch
+# 2.26 + onnxruntime 1.32). The store imports usearch; the edge bundle and ONNX backend use ORT.
+import onnxruntime  # noqa: F401
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import onnxruntime  # noqa: F401  (before usearch, or the process segfaults; see server/app.py)
 import pytest
 
 # Model hubs are unreachable here; make every hub lookup fail fast instead of retrying.
