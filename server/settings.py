@@ -35,6 +35,15 @@ class Settings:
     grace_seconds: float = _opt(20.0, "SIGTERM drain time before in-flight calls are cancelled")
     # --- storage ---
     data_dir: Path = _opt(Path("./data"), "directory for the LMDB store and vector indexes")
+    # --- store, ingest and search (issue 4) ---
+    store_float16: bool = _opt(False, "keep stored vectors as float16 (half the bytes) instead of float32")
+    store_map_size_mb: int = _opt(1024, "initial LMDB map size in MiB (sparse; grows by itself when full)")
+    index_dtype: str = _opt(
+        "f16", "element type of the per-collection usearch index", choices=("f32", "f16", "i8")
+    )
+    ingest_commit_docs: int = _opt(256, "documents per LMDB commit during Ingest (acks follow each commit)")
+    ingest_max_pending: int = _opt(1024, "documents read ahead per Ingest stream before pushing back")
+    search_max_k: int = _opt(1000, "largest k a Search may ask for")
     # --- model and compute ---
     model: str = _opt("all-MiniLM-L6-v2", "local model directory, bundled alias or hub id")
     backend: str = _opt("torch", "inference backend", choices=("torch", "onnx"))
@@ -85,6 +94,10 @@ class Settings:
             "max_queue_items",
             "max_message_bytes",
             "edge_dims",
+            "store_map_size_mb",
+            "ingest_commit_docs",
+            "ingest_max_pending",
+            "search_max_k",
         )
         for name in positive:
             if getattr(self, name) <= 0:

@@ -1,0 +1,30 @@
+"""The LMDB content-hash store and the usearch indexes derived from it."""
+
+from server.store.index import CollectionIndex, Indexes
+from server.store.lmdb_store import (
+    Change,
+    CollectionRow,
+    StaleCollection,
+    Store,
+    StoreError,
+    Upsert,
+    VectorsMissing,
+    open_store,
+)
+from server.store.records import CollectionMeta, DocRecord, content_hash
+
+__all__ = [
+    "Change",
+    "CollectionIndex",
+    "CollectionMeta",
+    "CollectionRow",
+    "DocRecord",
+    "Indexes",
+    "StaleCollection",
+    "Store",
+    "StoreError",
+    "Upsert",
+    "VectorsMissing",
+    "content_hash",
+    "open_store",
+]

@@ -1,0 +1,490 @@
+"""The LMDB store: content-addressed vectors, documents, and a per-collection change log.
+
+One :class:`Store` per process, opened after any fork and passed to whoever needs it (never a
+global). A lock file keeps a second process (a second server, ``gc`` or ``reembed`` while the
+server runs) from opening the same directory.
+
+Named databases:
+    meta         format version
+    vectors      content hash (32 bytes) -> dtype tag + vector bytes (full dimensions)
+    collections  name -> CollectionMeta (fingerprint, sequence, counters)
+    docs         collection\\0doc id -> DocRecord (hash, index key, sequence, text, metadata)
+    logpos       collection\\0doc id -> (sequence of its latest change, index key); outlives deletes
+    changes      collection\\0sequence -> (op, index key, doc id); one entry per doc: an older
+                 entry is dropped when the doc changes again, so the log stays one row per id
+    keys         collection\\0index key -> doc id (live documents)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+import numpy as np
+
+from server.store import records as rec
+from server.store.records import CollectionMeta, DocRecord
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = b"1"
+_DBS = ("meta", "vectors", "collections", "docs", "logpos", "changes", "keys")
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used as asked."""
+
+
+class StaleCollection(StoreError):
+    """A write or read would mix vectors of two models in one collection."""
+
+    def __init__(self, collection: str, stored: str, serving: str) -> None:
+        super().__init__(
+            f"collection {collection!r} holds vectors of model {stored}, but the server runs "
+            f"{serving}; run `embed-server reembed --collection {collection}` first"
+        )
+        self.collection = collection
+
+
+class VectorsMissing(StoreError):
+    """A document refers to a hash whose vector is gone (gc ran in between): embed again."""
+
+    def __init__(self, hashes: set[bytes]) -> None:
+        super().__init__(f"{len(hashes)} vectors missing")
+        self.hashes = hashes
+
+
+@dataclass(frozen=True)
+class Upsert:
+    collection: str
+    doc_id: str
+    content_hash: bytes
+    text: str | None
+    metadata: dict[str, Any]
+    vector: np.ndarray | None = None  # None: the vector is already stored (cache hit)
+
+
+@dataclass(frozen=True)
+class Change:
+    sequence: int
+    op: int  # records.OP_UPSERT | records.OP_DELETE
+    key: int
+    doc_id: str
+    doc: DocRecord | None  # the current document for upserts
+
+
+@dataclass(frozen=True)
+class CollectionRow:
+    """What Info reports per collection (embedding.v1.CollectionInfo)."""
+
+    name: str
+    documents: int
+    sequence: int
+    model_fingerprint: str
+    stale: bool
+
+
+class _RWLock:
+    """Many readers or one writer. LMDB's set_mapsize needs no open transaction in the process."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writer)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writer)
+            self._writer = True
+            self._cond.wait_for(lambda: self._readers == 0)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+class Store:
+    """Thread-safe; every method runs one short LMDB transaction (call from a worker thread)."""
+
+    def __init__(self, path: Path, *, map_size: int = 1 << 30, float16: bool = False) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.float16 = float16
+        self._lock_file = (self.path / "store.lock").open("a+")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise StoreError(
+                f"the store in {self.path} is in use by another process (a running server?); stop it first"
+            ) from None
+        self._rw = _RWLock()
+        self.env = lmdb.open(
+            str(self.path / "lmdb"), map_size=map_size, max_dbs=len(_DBS), subdir=True, readahead=False
+        )
+        self._db = {name: self.env.open_db(name.encode()) for name in _DBS}
+        self._check_format()
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _check_format(self) -> None:
+        def check(txn: Any) -> None:
+            found = txn.get(b"format", db=self._db["meta"])
+            if found is None:
+                txn.put(b"format", FORMAT_VERSION, db=self._db["meta"])
+            elif bytes(found) != FORMAT_VERSION:
+                raise StoreError(
+                    f"store format {bytes(found).decode()} in {self.path} is not the supported "
+                    f"format {FORMAT_VERSION.decode()}"
+                )
+
+        self._write(check)
+
+    def close(self) -> None:
+        with self._rw.exclusive():
+            self.env.close()
+            self._lock_file.close()
+
+    def _write(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn`` in one write transaction; a full map is grown and ``fn`` retried."""
+        with self._rw.exclusive():
+            while True:
+                try:
+                    with self.env.begin(write=True) as txn:
+                        return fn(txn)
+                except lmdb.MapFullError:
+                    size = int(self.env.info()["map_size"]) * 2
+                    log.info("LMDB map full; growing it to %d MiB", size >> 20)
+                    self.env.set_mapsize(size)
+
+    def _read(self, fn: Callable[[Any], T]) -> T:
+        with self._rw.shared(), self.env.begin() as txn:
+            return fn(txn)
+
+    def map_size(self) -> int:
+        return int(self.env.info()["map_size"])
+
+    def disk_bytes(self) -> int:
+        return sum(f.stat().st_size for f in (self.path / "lmdb").iterdir())
+
+    # -- vectors -------------------------------------------------------------------------------
+
+    def missing_hashes(self, hashes: Sequence[bytes]) -> set[bytes]:
+        db = self._db["vectors"]
+        return self._read(lambda txn: {h for h in set(hashes) if txn.get(h, db=db) is None})
+
+    def vectors(self, hashes: Sequence[bytes]) -> np.ndarray:
+        """Stored vectors for ``hashes`` (float32, one row each); KeyError for an unknown one."""
+        db = self._db["vectors"]
+
+        def read(txn: Any) -> list[np.ndarray]:
+            rows = []
+            for h in hashes:
+                raw = txn.get(h, db=db)
+                if raw is None:
+                    raise KeyError(h.hex())
+                rows.append(rec.decode_vector(raw))
+            return rows
+
+        rows = self._read(read)
+        return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
+
+    # -- collections ---------------------------------------------------------------------------
+
+    def collection(self, name: str) -> CollectionMeta | None:
+        raw = self._read(lambda txn: txn.get(name.encode(), db=self._db["collections"]))
+        return None if raw is None else CollectionMeta.decode(raw)
+
+    def collections(self) -> dict[str, CollectionMeta]:
+        def read(txn: Any) -> dict[str, CollectionMeta]:
+            cursor = txn.cursor(db=self._db["collections"])
+            return {bytes(k).decode(): CollectionMeta.decode(v) for k, v in cursor}
+
+        return self._read(read)
+
+    def collection_rows(self, serving_fingerprint: str) -> list[CollectionRow]:
+        """Info's collection list: counters, and stale = stored under another model."""
+        return [
+            CollectionRow(name, m.documents, m.sequence, m.fingerprint, m.fingerprint != serving_fingerprint)
+            for name, m in sorted(self.collections().items())
+        ]
+
+    def stale_collections(self, serving_fingerprint: str) -> list[str]:
+        return [r.name for r in self.collection_rows(serving_fingerprint) if r.stale]
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def upsert(self, docs: Sequence[Upsert], *, fingerprint: str, dimensions: int) -> list[tuple[int, bool]]:
+        """Store ``docs`` in one transaction; per doc (sequence, changed). An identical doc
+        (same hash, text, metadata) is not logged again: it keeps its sequence."""
+        dbs = self._db
+
+        def write(txn: Any) -> list[tuple[int, bool]]:
+            metas: dict[str, CollectionMeta] = {}
+            missing: set[bytes] = set()
+            out: list[tuple[int, bool]] = []
+            for doc in docs:
+                meta = metas.get(doc.collection)
+                if meta is None:
+                    raw = txn.get(doc.collection.encode(), db=dbs["collections"])
+                    meta = (
+                        CollectionMeta(fingerprint, dimensions) if raw is None else CollectionMeta.decode(raw)
+                    )
+                    if meta.fingerprint != fingerprint:
+                        raise StaleCollection(doc.collection, meta.fingerprint, fingerprint)
+                    metas[doc.collection] = meta
+                if doc.vector is not None:
+                    txn.put(doc.content_hash, rec.encode_vector(doc.vector, self.float16), db=dbs["vectors"])
+                elif txn.get(doc.content_hash, db=dbs["vectors"]) is None:
+                    missing.add(doc.content_hash)
+                out.append(self._upsert_one(txn, meta, doc))
+            if missing:
+                raise VectorsMissing(missing)  # aborts the transaction: nothing half-written
+            for name, meta in metas.items():
+                txn.put(name.encode(), meta.encode(), db=dbs["collections"])
+            return out
+
+        return self._write(write)
+
+    def _upsert_one(self, txn: Any, meta: CollectionMeta, doc: Upsert) -> tuple[int, bool]:
+        dbs = self._db
+        dkey = rec.doc_key(doc.collection, doc.doc_id)
+        old_raw = txn.get(dkey, db=dbs["docs"])
+        old = None if old_raw is None else rec.decode_doc(old_raw)
+        if (
+            old is not None
+            and old.content_hash == doc.content_hash
+            and old.text == doc.text
+            and old.metadata == doc.metadata
+        ):
+            return old.sequence, False
+        pos_raw = txn.get(dkey, db=dbs["logpos"])
+        if pos_raw is not None:
+            old_seq, key = rec.decode_logpos(pos_raw)
+            txn.delete(rec.seq_key(doc.collection, old_seq), db=dbs["changes"])
+        else:
+            key = meta.next_key
+            meta.next_key += 1
+        meta.sequence += 1
+        seq = meta.sequence
+        if old is None:
+            meta.documents += 1
+            txn.put(rec.int_key(doc.collection, key), doc.doc_id.encode(), db=dbs["keys"])
+        record = DocRecord(doc.content_hash, key, seq, doc.text, doc.metadata)
+        txn.put(dkey, rec.encode_doc(record), db=dbs["docs"])
+        txn.put(dkey, rec.encode_logpos(seq, key), db=dbs["logpos"])
+        txn.put(
+            rec.seq_key(doc.collection, seq),
+            rec.encode_change(rec.OP_UPSERT, key, doc.doc_id),
+            db=dbs["changes"],
+        )
+        return seq, True
+
+    def delete(self, collection: str, doc_ids: Sequence[str]) -> tuple[int, int]:
+        """Delete documents; returns (how many existed, collection sequence afterwards)."""
+        dbs = self._db
+
+        def write(txn: Any) -> tuple[int, int]:
+            raw = txn.get(collection.encode(), db=dbs["collections"])
+            if raw is None:
+                return 0, 0
+            meta = CollectionMeta.decode(raw)
+            deleted = 0
+            for doc_id in dict.fromkeys(doc_ids):
+                dkey = rec.doc_key(collection, doc_id)
+                old_raw = txn.get(dkey, db=dbs["docs"])
+                if old_raw is None:
+                    continue
+                old = rec.decode_doc(old_raw)
+                old_seq, key = rec.decode_logpos(txn.get(dkey, db=dbs["logpos"]))
+                txn.delete(rec.seq_key(collection, old_seq), db=dbs["changes"])
+                meta.sequence += 1
+                meta.documents -= 1
+                deleted += 1
+                txn.delete(dkey, db=dbs["docs"])
+                txn.delete(rec.int_key(collection, old.key), db=dbs["keys"])
+                txn.put(dkey, rec.encode_logpos(meta.sequence, key), db=dbs["logpos"])
+                change = rec.encode_change(rec.OP_DELETE, key, doc_id)
+                txn.put(rec.seq_key(collection, meta.sequence), change, db=dbs["changes"])
+            txn.put(collection.encode(), meta.encode(), db=dbs["collections"])
+            return deleted, meta.sequence
+
+        return self._write(write)
+
+    def set_fingerprint(self, collection: str, fingerprint: str, dimensions: int) -> None:
+        """After ``reembed`` rewrote every document: the collection now belongs to this model."""
+
+        def write(txn: Any) -> None:
+            raw = txn.get(collection.encode(), db=self._db["collections"])
+            if raw is None:
+                raise StoreError(f"no collection {collection!r}")
+            meta = CollectionMeta.decode(raw)
+            meta.fingerprint, meta.dimensions = fingerprint, dimensions
+            txn.put(collection.encode(), meta.encode(), db=self._db["collections"])
+
+        self._write(write)
+
+    def gc(self) -> tuple[int, int]:
+        """Drop vectors no document references; returns (removed, kept)."""
+        dbs = self._db
+
+        def write(txn: Any) -> tuple[int, int]:
+            live = {bytes(v[:32]) for v in txn.cursor(db=dbs["docs"]).iternext(keys=False, values=True)}
+            dead = [bytes(k) for k in txn.cursor(db=dbs["vectors"]).iternext(keys=True, values=False)]
+            dead = [h for h in dead if h not in live]
+            for h in dead:
+                txn.delete(h, db=dbs["vectors"])
+            return len(dead), len(live)
+
+        return self._write(write)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def documents(self, collection: str, doc_ids: Sequence[str]) -> list[DocRecord | None]:
+        db = self._db["docs"]
+
+        def read(txn: Any) -> list[DocRecord | None]:
+            raws = [txn.get(rec.doc_key(collection, d), db=db) for d in doc_ids]
+            return [None if r is None else rec.decode_doc(r) for r in raws]
+
+        return self._read(read)
+
+    def ids_for_keys(self, collection: str, keys: Sequence[int]) -> list[str | None]:
+        db = self._db["keys"]
+
+        def read(txn: Any) -> list[str | None]:
+            raws = [txn.get(rec.int_key(collection, int(k)), db=db) for k in keys]
+            return [None if r is None else bytes(r).decode() for r in raws]
+
+        return self._read(read)
+
+    def iter_documents(self, collection: str, batch: int = 1024) -> Iterator[list[tuple[str, DocRecord]]]:
+        """Documents of ``collection`` in id order, ``batch`` per short read transaction."""
+        start = rec.prefix(collection)
+        pfx = start
+        while True:
+
+            def read(txn: Any, after: bytes = start) -> list[tuple[bytes, DocRecord]]:
+                cursor = txn.cursor(db=self._db["docs"])
+                out: list[tuple[bytes, DocRecord]] = []
+                if not cursor.set_range(after):
+                    return out
+                for k, v in cursor:
+                    key = bytes(k)
+                    if not key.startswith(pfx):
+                        break
+                    if key == after and after != pfx:
+                        continue
+                    out.append((key, rec.decode_doc(v)))
+                    if len(out) >= batch:
+                        break
+                return out
+
+            rows = self._read(read)
+            if not rows:
+                return
+            yield [(rec.suffix_str(k), d) for k, d in rows]
+            start = rows[-1][0]
+
+    def matrix(self, collection: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """Every live document of ``collection``: (index keys int64, ids, vectors float32)."""
+        keys: list[int] = []
+        ids: list[str] = []
+        hashes: list[bytes] = []
+        for rows in self.iter_documents(collection, batch=4096):
+            for doc_id, doc in rows:
+                keys.append(doc.key)
+                ids.append(doc_id)
+                hashes.append(doc.content_hash)
+        meta = self.collection(collection)
+        dims = meta.dimensions if meta else 0
+        vectors = self.vectors(hashes) if hashes else np.zeros((0, dims), np.float32)
+        return np.asarray(keys, dtype=np.int64), ids, vectors
+
+    def changes(self, collection: str, since: int, until: int, limit: int) -> list[Change]:
+        """Up to ``limit`` log entries with since < sequence <= until, in sequence order."""
+        dbs = self._db
+
+        def read(txn: Any) -> list[Change]:
+            cursor = txn.cursor(db=dbs["changes"])
+            out: list[Change] = []
+            if not cursor.set_range(rec.seq_key(collection, since + 1)):
+                return out
+            pfx = rec.prefix(collection)
+            for k, v in cursor:
+                key = bytes(k)
+                seq = rec.suffix_u64(key)
+                if not key.startswith(pfx) or len(key) != len(pfx) + 8 or seq > until:
+                    break
+                op, ikey, doc_id = rec.decode_change(v)
+                doc = None
+                if op == rec.OP_UPSERT:
+                    raw = txn.get(rec.doc_key(collection, doc_id), db=dbs["docs"])
+                    doc = None if raw is None else rec.decode_doc(raw)
+                out.append(Change(seq, op, ikey, doc_id, doc))
+                if len(out) >= limit:
+                    break
+            return out
+
+        return self._read(read)
+
+    def count_changes(self, collection: str, since: int, until: int) -> int:
+        total, cursor_at = 0, since
+        while True:
+            batch = self.changes(collection, cursor_at, until, 4096)
+            total += len(batch)
+            if len(batch) < 4096:
+                return total
+            cursor_at = batch[-1].sequence
+
+    def sample_vectors(
+        self, n: int, *, collection: str | None = None, fingerprint: str | None = None, seed: int = 0
+    ) -> np.ndarray:
+        """Up to ``n`` distinct full-dimension vectors (float32) of one collection or of all
+        collections (only those stored under ``fingerprint`` when given), sampled uniformly."""
+        names = [collection] if collection is not None else list(self.collections())
+        metas = self.collections()
+        hashes: set[bytes] = set()
+        for name in names:
+            meta = metas.get(name)
+            if meta is None or (fingerprint is not None and meta.fingerprint != fingerprint):
+                continue
+            for rows in self.iter_documents(name, batch=4096):
+                hashes.update(doc.content_hash for _, doc in rows)
+        ordered = sorted(hashes)
+        if len(ordered) > n:
+            picks = np.random.default_rng(seed).choice(len(ordered), size=n, replace=False)
+            ordered = [ordered[int(i)] for i in np.sort(picks)]
+        if not ordered:
+            return np.zeros((0, 0), np.float32)
+        return self.vectors(ordered)
+
+
+def open_store(data_dir: Path, *, map_size: int = 1 << 30, float16: bool = False) -> Store:
+    """Open (creating if needed) the store under ``data_dir``; call once per process, after fork."""
+    os.makedirs(data_dir, exist_ok=True)
+    return Store(Path(data_dir) / "store", map_size=map_size, float16=float16)

@@ -1,0 +1,145 @@
+"""Byte layouts of what the store keeps in LMDB, and the content hash.
+
+Keys put the collection name first, NUL-separated, so one cursor range covers one collection.
+Values are fixed-width headers followed by variable parts, written and read only here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# Bump when tokenization/pooling code changes what a (model, prompt, text) embeds to.
+PREPROCESSING_VERSION = "1"
+
+OP_UPSERT = 1
+OP_DELETE = 2
+
+_DTYPES: dict[int, np.dtype[Any]] = {0: np.dtype("<f4"), 1: np.dtype("<f2")}
+_CODES = {v: k for k, v in _DTYPES.items()}
+_DOC_HEADER = struct.Struct(">32sQQI")  # content hash, index key, sequence, text length
+_LOGPOS = struct.Struct(">QQ")  # sequence of the doc's latest change, its index key
+_CHANGE_HEADER = struct.Struct(">BQ")  # op, index key; then the doc id
+_U64 = struct.Struct(">Q")
+
+
+def content_hash(fingerprint: str, prompt: str, text: str) -> bytes:
+    """sha256 over (model fingerprint, preprocessing version, prompt text, text), length-prefixed
+    so that no two different tuples share a byte stream."""
+    digest = hashlib.sha256()
+    for part in (fingerprint, PREPROCESSING_VERSION, prompt, text):
+        raw = part.encode("utf-8")
+        digest.update(_U64.pack(len(raw)))
+        digest.update(raw)
+    return digest.digest()
+
+
+def _check_name(value: str, what: str) -> bytes:
+    raw = value.encode("utf-8")
+    if b"\0" in raw:
+        raise ValueError(f"{what} must not contain NUL characters")
+    return raw
+
+
+def doc_key(collection: str, doc_id: str) -> bytes:
+    return _check_name(collection, "collection") + b"\0" + _check_name(doc_id, "id")
+
+
+def prefix(collection: str) -> bytes:
+    return _check_name(collection, "collection") + b"\0"
+
+
+def seq_key(collection: str, sequence: int) -> bytes:
+    return prefix(collection) + _U64.pack(sequence)
+
+
+def int_key(collection: str, key: int) -> bytes:
+    return prefix(collection) + _U64.pack(key)
+
+
+def suffix_u64(key: bytes) -> int:
+    return int(_U64.unpack(key[-8:])[0])
+
+
+def suffix_str(key: bytes) -> str:
+    return key[key.index(b"\0") + 1 :].decode("utf-8")
+
+
+def encode_vector(vector: np.ndarray, float16: bool) -> bytes:
+    dtype = _DTYPES[1] if float16 else _DTYPES[0]
+    return bytes([_CODES[dtype]]) + np.ascontiguousarray(vector, dtype=dtype).tobytes()
+
+
+def decode_vector(raw: bytes | memoryview) -> np.ndarray:
+    data = bytes(raw)
+    return np.frombuffer(data, dtype=_DTYPES[data[0]], offset=1).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class DocRecord:
+    content_hash: bytes
+    key: int
+    sequence: int
+    text: str | None  # None: stored without text
+    metadata: dict[str, Any]
+
+
+def encode_doc(doc: DocRecord) -> bytes:
+    text = b"" if doc.text is None else doc.text.encode("utf-8")
+    length = 0xFFFFFFFF if doc.text is None else len(text)
+    meta = json.dumps(doc.metadata, separators=(",", ":")).encode("utf-8") if doc.metadata else b""
+    return _DOC_HEADER.pack(doc.content_hash, doc.key, doc.sequence, length) + text + meta
+
+
+def decode_doc(raw: bytes | memoryview) -> DocRecord:
+    data = bytes(raw)
+    chash, key, sequence, length = _DOC_HEADER.unpack_from(data)
+    start = _DOC_HEADER.size
+    if length == 0xFFFFFFFF:
+        text, end = None, start
+    else:
+        text, end = data[start : start + length].decode("utf-8"), start + length
+    meta = json.loads(data[end:]) if len(data) > end else {}
+    return DocRecord(chash, key, sequence, text, meta)
+
+
+def encode_logpos(sequence: int, key: int) -> bytes:
+    return _LOGPOS.pack(sequence, key)
+
+
+def decode_logpos(raw: bytes | memoryview) -> tuple[int, int]:
+    sequence, key = _LOGPOS.unpack(bytes(raw))
+    return int(sequence), int(key)
+
+
+def encode_change(op: int, key: int, doc_id: str) -> bytes:
+    return _CHANGE_HEADER.pack(op, key) + doc_id.encode("utf-8")
+
+
+def decode_change(raw: bytes | memoryview) -> tuple[int, int, str]:
+    data = bytes(raw)
+    op, key = _CHANGE_HEADER.unpack_from(data)
+    return int(op), int(key), data[_CHANGE_HEADER.size :].decode("utf-8")
+
+
+@dataclass
+class CollectionMeta:
+    """Per-collection header: the model its vectors come from and its counters."""
+
+    fingerprint: str
+    dimensions: int
+    sequence: int = 0  # head of the change log
+    documents: int = 0
+    next_key: int = 1  # next free index key
+
+    def encode(self) -> bytes:
+        return json.dumps(self.__dict__, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def decode(cls, raw: bytes | memoryview) -> CollectionMeta:
+        return cls(**json.loads(bytes(raw)))
