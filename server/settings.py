@@ -62,6 +62,11 @@ class Settings:
     query_cache_size: int = _opt(10000, "query-embedding LRU entries (0 = off)")
     # --- edge ---
     edge_dims: int = _opt(128, "dimensions of the truncated vectors edge clients keep")
+    edge_bundle_dir: str = _opt("", "edge bundle directory (default: DATA_DIR/edge_bundle)")
+    edge_onnx_cache: str = _opt("", "exported ONNX graphs, per model (default: a per-user cache dir)")
+    edge_int8: bool = _opt(True, "ship the int8 ONNX graph in the edge bundle")
+    edge_fit_min_vectors: int = _opt(256, "stored vectors needed to fit the edge PCA rotation")
+    edge_fit_sample: int = _opt(20000, "most stored vectors sampled to fit the edge rotation")
     # --- logging ---
     log_level: str = _opt("INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
@@ -94,6 +99,8 @@ class Settings:
             "max_queue_items",
             "max_message_bytes",
             "edge_dims",
+            "edge_fit_min_vectors",
+            "edge_fit_sample",
             "store_map_size_mb",
             "ingest_commit_docs",
             "ingest_max_pending",
