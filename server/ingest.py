@@ -1,0 +1,171 @@
+"""The ingest pipeline: validate a batch of documents, embed only the texts the store has not
+seen (content hash), commit the batch in one LMDB transaction, then bring the indexes up to date.
+
+The caller acknowledges a document only after :meth:`Ingestor.process` returned it, i.e. after
+the transaction holding it committed. Memory stays bounded because the caller hands over at most
+``ingest_commit_docs`` documents at a time and reads ahead at most ``ingest_max_pending``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from server.embedder import Embedder, Priority
+from server.errors import InvalidArgument, NotReady, PreconditionFailed, ServiceError
+from server.model import ModelSpec
+from server.store import Indexes, StaleCollection, Store, Upsert, VectorsMissing, content_hash
+
+log = logging.getLogger(__name__)
+
+# LMDB keys are at most 511 bytes; a document key is collection + NUL + id.
+MAX_COLLECTION_BYTES = 128
+MAX_ID_BYTES = 256
+MAX_METADATA_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class IngestItem:
+    collection: str
+    doc_id: str
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    store_text: bool = True
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    item: IngestItem
+    content_hash: str = ""  # hex
+    cached: bool = False
+    sequence: int = 0
+    error: ServiceError | None = None
+
+
+def stale_message(collection: str, stored: str, serving: str) -> str:
+    return (
+        f"collection {collection!r} was embedded with model {stored}, but this server runs "
+        f"{serving}; its vectors are not comparable. Stop the server and run "
+        f"`embed-server reembed --collection {collection} --data-dir DIR --model MODEL`"
+    )
+
+
+def validate_collection(name: str) -> None:
+    if not name:
+        raise InvalidArgument("collection must not be empty", field="collection")
+    if len(name.encode("utf-8")) > MAX_COLLECTION_BYTES or "\0" in name:
+        raise InvalidArgument(
+            f"collection must be at most {MAX_COLLECTION_BYTES} UTF-8 bytes without NUL", field="collection"
+        )
+
+
+def _validate(item: IngestItem) -> None:
+    validate_collection(item.collection)
+    if not item.doc_id:
+        raise InvalidArgument("id must not be empty", field="id")
+    if len(item.doc_id.encode("utf-8")) > MAX_ID_BYTES or "\0" in item.doc_id:
+        raise InvalidArgument(f"id must be at most {MAX_ID_BYTES} UTF-8 bytes without NUL", field="id")
+    if not item.text.strip():
+        raise InvalidArgument("text must not be empty", field="text")
+    if item.metadata and len(json.dumps(item.metadata)) > MAX_METADATA_BYTES:
+        raise InvalidArgument(
+            f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON", field="metadata"
+        )
+
+
+class Ingestor:
+    """Shared by every Ingest stream of one server (and by ``reembed``)."""
+
+    def __init__(self, store: Store, indexes: Indexes | None, embedder: Embedder, spec: ModelSpec) -> None:
+        self.store, self.indexes, self.embedder, self.spec = store, indexes, embedder, spec
+        self.prompt = spec.document_prompt_name
+        self.prompt_text = spec.prompt_text(self.prompt)
+
+    def hash_of(self, text: str) -> bytes:
+        return content_hash(self.spec.fingerprint, self.prompt_text, text)
+
+    async def process(self, items: Sequence[IngestItem]) -> list[IngestOutcome]:
+        """Store ``items`` (one commit); outcomes in input order. Raises only for call-level
+        failures (overload, worker trouble), never for one bad document."""
+        errors: dict[int, ServiceError] = {}
+        stale: dict[str, str | None] = {}
+        for i, item in enumerate(items):
+            try:
+                _validate(item)
+            except ServiceError as exc:
+                errors[i] = exc
+                continue
+            if item.collection not in stale:
+                meta = await asyncio.to_thread(self.store.collection, item.collection)
+                stale[item.collection] = (
+                    meta.fingerprint if meta and meta.fingerprint != self.spec.fingerprint else None
+                )
+            stored = stale[item.collection]
+            if stored is not None:
+                errors[i] = PreconditionFailed(stale_message(item.collection, stored, self.spec.fingerprint))
+        good = [i for i in range(len(items)) if i not in errors]
+        hashes = {i: self.hash_of(items[i].text) for i in good}
+        missing = await asyncio.to_thread(self.store.missing_hashes, list(hashes.values()))
+        vectors = await self._embed({h: items[i].text for i, h in hashes.items() if h in missing})
+        results: list[tuple[int, bool]] = []
+        for _attempt in range(3):
+            upserts = [
+                Upsert(
+                    items[i].collection,
+                    items[i].doc_id,
+                    hashes[i],
+                    items[i].text if items[i].store_text else None,
+                    items[i].metadata,
+                    vectors.get(hashes[i]),
+                )
+                for i in good
+            ]
+            try:
+                results = await asyncio.to_thread(self._commit, upserts)
+                break
+            except VectorsMissing as exc:  # gc removed a vector we counted as cached
+                texts = {i: items[i].text for i in good if hashes[i] in exc.hashes}
+                vectors.update(await self._embed({hashes[i]: t for i, t in texts.items()}))
+                missing |= exc.hashes
+            except StaleCollection as exc:  # the collection appeared under another model meanwhile
+                for i in good:
+                    if items[i].collection == exc.collection:
+                        errors[i] = PreconditionFailed(str(exc))
+                good = [i for i in good if i not in errors]
+        else:
+            raise NotReady("the store kept changing under this batch; send it again")
+        by_index = dict(zip(good, results, strict=True))
+        out = []
+        for i, item in enumerate(items):
+            if i in errors:
+                out.append(IngestOutcome(item, error=errors[i]))
+            else:
+                seq, _changed = by_index[i]
+                out.append(IngestOutcome(item, hashes[i].hex(), hashes[i] not in missing, seq))
+        return out
+
+    async def _embed(self, texts_by_hash: dict[bytes, str]) -> dict[bytes, np.ndarray]:
+        if not texts_by_hash:
+            return {}
+        keys = list(texts_by_hash)
+        result = await self.embedder.encode(
+            [texts_by_hash[k] for k in keys], prompt_name=self.prompt, priority=Priority.BULK
+        )
+        return {k: result.vectors[j] for j, k in enumerate(keys)}
+
+    def _commit(self, upserts: list[Upsert]) -> list[tuple[int, bool]]:
+        if not upserts:
+            return []
+        results = self.store.upsert(
+            upserts, fingerprint=self.spec.fingerprint, dimensions=self.spec.dimensions
+        )
+        if self.indexes is not None:
+            for collection in {u.collection for u in upserts}:
+                self.indexes.get(collection).catch_up(self.store)
+        return results

@@ -1,0 +1,182 @@
+"""Search over one collection: the approximate usearch index by default; brute force for
+``exact``, for Matryoshka ``dimensions`` and for a quantized (int8 / ubinary) first pass whose
+best ``k * rescore_multiplier`` candidates are rescored at full precision.
+
+Brute-force paths use a per-collection matrix of normalized vectors, cached until the
+collection's sequence moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from server.embedder import Embedder, Priority
+from server.errors import InvalidArgument, NotFound, PreconditionFailed
+from server.ingest import stale_message, validate_collection
+from server.model import ModelSpec
+from server.store import Indexes, Store
+
+FirstPass = Literal["float", "int8", "ubinary"]
+MAX_RESCORE_MULTIPLIER = 100
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    collection: str
+    query: str
+    k: int = 10
+    exact: bool = False
+    dimensions: int | None = None
+    first_pass: FirstPass = "float"
+    rescore_multiplier: int = 4
+    prompt_name: str | None = None  # None: the model's query prompt
+    include_text: bool = True
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    text: str
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[Hit]
+    sequence: int
+    queue_ns: int = 0
+    tokenization_ns: int = 0
+    inference_ns: int = 0
+    tokens: int = 0
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.asarray(x / np.clip(norms, 1e-12, None), dtype=np.float32)
+
+
+@dataclass
+class _Matrix:
+    sequence: int
+    ids: list[str]
+    vectors: np.ndarray  # normalized float32 (n, full dims)
+
+
+class Searcher:
+    def __init__(
+        self, store: Store, indexes: Indexes, embedder: Embedder, spec: ModelSpec, max_k: int
+    ) -> None:
+        self.store, self.indexes, self.embedder, self.spec, self.max_k = store, indexes, embedder, spec, max_k
+        self._matrices: dict[str, _Matrix] = {}
+        self._lock = threading.Lock()
+
+    def validate(self, q: SearchQuery) -> None:
+        validate_collection(q.collection)
+        if not q.query.strip():
+            raise InvalidArgument("query must not be empty", field="query")
+        if not 0 < q.k <= self.max_k:
+            raise InvalidArgument(f"k must be between 1 and {self.max_k}", field="k")
+        if q.dimensions is not None and not 0 < q.dimensions <= self.spec.dimensions:
+            raise InvalidArgument(
+                f"dimensions must be between 1 and the model's {self.spec.dimensions}", field="dimensions"
+            )
+        if not 0 < q.rescore_multiplier <= MAX_RESCORE_MULTIPLIER:
+            raise InvalidArgument(
+                f"rescore_multiplier must be between 1 and {MAX_RESCORE_MULTIPLIER}",
+                field="rescore_multiplier",
+            )
+
+    async def search(self, q: SearchQuery) -> SearchResult:
+        self.validate(q)
+        meta = await asyncio.to_thread(self.store.collection, q.collection)
+        if meta is None:
+            raise NotFound(f"no collection {q.collection!r}", field="collection")
+        if meta.fingerprint != self.spec.fingerprint:
+            raise PreconditionFailed(stale_message(q.collection, meta.fingerprint, self.spec.fingerprint))
+        prompt = self.spec.query_prompt_name if q.prompt_name is None else q.prompt_name
+        encoded = await self.embedder.encode([q.query], prompt_name=prompt, priority=Priority.INTERACTIVE)
+        query = encoded.vectors[0]
+        ranked, sequence = await asyncio.to_thread(self._rank, q, query)
+        hits = await asyncio.to_thread(self._hits, q, ranked)
+        return SearchResult(
+            hits,
+            sequence,
+            encoded.queue_ns,
+            encoded.tokenization_ns,
+            encoded.inference_ns,
+            sum(encoded.token_counts),
+        )
+
+    def _rank(self, q: SearchQuery, query: np.ndarray) -> tuple[list[tuple[str, float]], int]:
+        if not (q.exact or q.dimensions is not None or q.first_pass != "float"):
+            index = self.indexes.get(q.collection)
+            keys, scores = index.search(query, q.k)
+            ids = self.store.ids_for_keys(q.collection, [int(k) for k in keys])
+            ranked = [(i, float(s)) for i, s in zip(ids, scores, strict=True) if i is not None]
+            return ranked, index.sequence
+        matrix = self.matrix(q.collection)
+        vectors = matrix.vectors
+        qv = _normalize(query[None, :])[0]
+        if q.dimensions is not None and q.dimensions < vectors.shape[1]:
+            vectors = _normalize(vectors[:, : q.dimensions])
+            qv = _normalize(qv[None, : q.dimensions])[0]
+        if len(matrix.ids) == 0:
+            return [], matrix.sequence
+        if q.first_pass == "float":
+            candidates = np.arange(len(matrix.ids))
+        else:
+            first = _first_pass_scores(vectors, qv, q.first_pass)
+            candidates = _top(first, q.k * q.rescore_multiplier)
+        scores = vectors[candidates] @ qv
+        best = candidates[_top(scores, q.k)]
+        return [(matrix.ids[i], float(vectors[i] @ qv)) for i in best], matrix.sequence
+
+    def matrix(self, collection: str) -> _Matrix:
+        """All live vectors of ``collection``, normalized; rebuilt when the collection changed."""
+        with self._lock:
+            meta = self.store.collection(collection)
+            head = meta.sequence if meta else 0
+            cached = self._matrices.get(collection)
+            if cached is None or cached.sequence != head:
+                _keys, ids, vectors = self.store.matrix(collection)
+                cached = _Matrix(head, ids, _normalize(vectors) if len(ids) else vectors)
+                self._matrices[collection] = cached
+            return cached
+
+    def _hits(self, q: SearchQuery, ranked: list[tuple[str, float]]) -> list[Hit]:
+        docs = self.store.documents(q.collection, [doc_id for doc_id, _ in ranked])
+        hits = []
+        for (doc_id, score), doc in zip(ranked, docs, strict=True):
+            if doc is None:  # deleted between ranking and reading
+                continue
+            text = (doc.text or "") if q.include_text else ""
+            hits.append(Hit(doc_id, score, text, doc.metadata if q.include_text else {}))
+        return hits
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest scores, best first."""
+    if k >= len(scores):
+        return np.argsort(-scores, kind="stable")
+    part = np.argpartition(-scores, k)[:k]
+    return part[np.argsort(-scores[part], kind="stable")]
+
+
+def _first_pass_scores(vectors: np.ndarray, query: np.ndarray, kind: FirstPass) -> np.ndarray:
+    """Cheap approximate scores: int8 with per-dimension symmetric scales taken from the
+    collection, or the negated Hamming distance of sign bits (ubinary)."""
+    if kind == "int8":
+        scale = np.clip(np.abs(vectors).max(axis=0), 1e-12, None) / 127.0
+        docs = np.round(vectors / scale).astype(np.int8)
+        qq = np.clip(np.round(query / scale), -127, 127).astype(np.int8)
+        return np.asarray(docs.astype(np.float32) @ qq.astype(np.float32), dtype=np.float32)
+    bits = np.packbits(vectors > 0, axis=1)
+    qbits = np.packbits(query > 0)
+    distance = np.bitwise_count(np.bitwise_xor(bits, qbits)).sum(axis=1)
+    return np.asarray(-distance, dtype=np.float32)
