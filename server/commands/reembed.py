@@ -1,15 +1,144 @@
-"""``embed-server reembed``."""
+"""``embed-server reembed``: re-embed collections stored under another model with this one.
+
+Runs on the store directly (stop the server first: the store refuses a second process). Each
+document's text is embedded with the configured model (vectors already stored under it are
+reused), written while the collection stays marked stale, and only at the end is the collection
+switched to the new model, so an interrupted run never serves mixed vectors; run it again to
+finish. Documents stored without text cannot be re-embedded: they are deleted and counted.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from server.commands import not_built
+from server import settings as settings_module
+
+if TYPE_CHECKING:
+    from server.embedder import Embedder
+    from server.model import ModelSpec
+    from server.store import Store
+
+log = logging.getLogger(__name__)
+BATCH = 256
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", default="./data")
+    settings_module.add_arguments(parser)
+    parser.add_argument(
+        "--collection",
+        action="append",
+        default=None,
+        help="collection to re-embed (repeatable; default: every stale one)",
+    )
+
+
+@dataclass
+class ReembedReport:
+    collection: str
+    documents: int = 0
+    embedded: int = 0
+    reused: int = 0
+    dropped_without_text: int = 0
+
+
+async def reembed_collection(
+    store: Store, embedder: Embedder, spec: ModelSpec, collection: str, progress: Callable[[int], None]
+) -> ReembedReport:
+    """Rewrite every document of ``collection`` with vectors of ``spec``'s model."""
+    from server.embedder import Priority
+    from server.store import Upsert, content_hash
+
+    meta = store.collection(collection)
+    if meta is None:
+        raise KeyError(collection)
+    old_fp, report = meta.fingerprint, ReembedReport(collection)
+    prompt = spec.document_prompt_name
+    prompt_text = spec.prompt_text(prompt)
+    without_text: list[str] = []
+    for rows in store.iter_documents(collection, batch=BATCH):
+        todo = [(doc_id, doc) for doc_id, doc in rows if doc.text is not None]
+        without_text += [doc_id for doc_id, doc in rows if doc.text is None]
+        hashes = [content_hash(spec.fingerprint, prompt_text, doc.text or "") for _, doc in todo]
+        missing = store.missing_hashes(hashes)
+        texts = {h: doc.text or "" for h, (_, doc) in zip(hashes, todo, strict=True) if h in missing}
+        vectors = {}
+        if texts:
+            keys = list(texts)
+            result = await embedder.encode(
+                [texts[k] for k in keys], prompt_name=prompt, priority=Priority.BULK
+            )
+            vectors = {k: result.vectors[i] for i, k in enumerate(keys)}
+        upserts = [
+            Upsert(collection, doc_id, h, doc.text, doc.metadata, vectors.get(h))
+            for h, (doc_id, doc) in zip(hashes, todo, strict=True)
+        ]
+        store.upsert(
+            upserts, fingerprint=spec.fingerprint, dimensions=spec.dimensions, expect_fingerprint=old_fp
+        )
+        report.documents += len(rows)
+        report.embedded += len(texts)
+        report.reused += len(todo) - len(texts)
+        progress(len(rows))
+    if without_text:
+        store.delete(collection, without_text)
+        report.dropped_without_text = len(without_text)
+    store.set_fingerprint(collection, spec.fingerprint, spec.dimensions)
+    return report
+
+
+async def _run(settings: settings_module.Settings, names: list[str] | None) -> int:
+    from tqdm import tqdm
+
+    from server.model import load_spec
+    from server.pool import PoolEmbedder
+    from server.store import StoreError, open_store
+
+    spec = load_spec(settings.model)
+    try:
+        store = open_store(
+            settings.data_dir, map_size=settings.store_map_size_mb << 20, float16=settings.store_float16
+        )
+    except StoreError as exc:
+        print(f"embed-server reembed: {exc}", file=sys.stderr)
+        return 2
+    try:
+        rows = {r.name: r for r in store.collection_rows(spec.fingerprint)}
+        unknown = [n for n in names or [] if n not in rows]
+        if unknown:
+            print(f"embed-server reembed: no collection {', '.join(map(repr, unknown))}", file=sys.stderr)
+            return 2
+        targets = names or [name for name, row in rows.items() if row.stale]
+        if not targets:
+            print(f"nothing to re-embed: every collection is stored under {spec.fingerprint}")
+            return 0
+        embedder = PoolEmbedder(settings, spec)
+        await embedder.start()
+        try:
+            for name in targets:
+                with tqdm(total=rows[name].documents, unit="doc", desc=f"reembed {name}") as bar:
+                    report = await reembed_collection(store, embedder, spec, name, bar.update)
+                print(
+                    f"{name!r}: {report.documents} docs, {report.embedded} embedded, {report.reused} reused, "
+                    f"{report.dropped_without_text} dropped (stored without text; ingest them again); "
+                    f"now {spec.fingerprint}"
+                )
+        finally:
+            await embedder.close()
+    finally:
+        store.close()
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    return not_built("reembed", 4)
+    try:
+        settings = settings_module.from_args(args)
+    except ValueError as exc:
+        print(f"embed-server reembed: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_run(settings, args.collection))

@@ -1,19 +1,63 @@
-"""``embed-server search``."""
+"""``embed-server search "text" --collection NAME``: ranked results from a running server."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from typing import Any
 
-from server.commands import not_built
+from server.commands._client import add_server_arguments, call_metadata, channel, describe_error
+
+_PRECISIONS = ("float32", "int8", "ubinary")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("text")
     parser.add_argument("--collection", required=True)
-    parser.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT")
+    add_server_arguments(parser)
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--exact", action="store_true", help="brute force instead of the index")
+    parser.add_argument("--dimensions", type=int, default=None, help="Matryoshka dimensions (exact search)")
+    parser.add_argument(
+        "--precision", choices=_PRECISIONS, default="float32", help="first pass precision (then rescoring)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
-    return not_built("search", 4)
+    import grpc
+    from google.protobuf import json_format
+
+    from protos.embedding.v1 import embedding_pb2 as pb
+    from protos.embedding.v1.embedding_pb2_grpc import CollectionServiceStub
+
+    precision = {"float32": pb.PRECISION_FLOAT32, "int8": pb.PRECISION_INT8, "ubinary": pb.PRECISION_UBINARY}
+    request = pb.SearchRequest(
+        collection=args.collection,
+        query=args.text,
+        k=args.k,
+        exact=args.exact,
+        precision=precision[args.precision],
+    )
+    if args.dimensions is not None:
+        request.dimensions = args.dimensions
+    with channel(args) as ch:
+        try:
+            response = CollectionServiceStub(ch).Search(request, metadata=call_metadata(args), timeout=60)
+        except grpc.RpcError as exc:
+            print(f"embed-server search: {describe_error(exc)}", file=sys.stderr)
+            return 1
+    results: list[dict[str, Any]] = [
+        {"id": h.id, "score": h.score, "text": h.text, "metadata": json_format.MessageToDict(h.metadata)}
+        for h in response.hits
+    ]
+    if args.json:
+        print(json.dumps({"results": results, "source": "server", "degraded": False, "reason": None}))
+        return 0
+    for rank, hit in enumerate(results, 1):
+        text = " ".join(hit["text"].split())
+        print(f"{rank:>3}. {hit['score']:.4f}  {hit['id']}  {text[:100]}")
+    if not results:
+        print("no results")
+    return 0

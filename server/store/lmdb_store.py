@@ -238,10 +238,23 @@ class Store:
 
     # -- writes --------------------------------------------------------------------------------
 
-    def upsert(self, docs: Sequence[Upsert], *, fingerprint: str, dimensions: int) -> list[tuple[int, bool]]:
+    def upsert(
+        self,
+        docs: Sequence[Upsert],
+        *,
+        fingerprint: str,
+        dimensions: int,
+        expect_fingerprint: str | None = None,
+    ) -> list[tuple[int, bool]]:
         """Store ``docs`` in one transaction; per doc (sequence, changed). An identical doc
-        (same hash, text, metadata) is not logged again: it keeps its sequence."""
+        (same hash, text, metadata) is not logged again: it keeps its sequence.
+
+        The collection must belong to ``fingerprint`` (a new one is created for it), or to
+        ``expect_fingerprint`` when given: ``reembed`` rewrites a stale collection's documents
+        while it stays marked stale, and only then switches it with :meth:`set_fingerprint`.
+        """
         dbs = self._db
+        required = expect_fingerprint or fingerprint
 
         def write(txn: Any) -> list[tuple[int, bool]]:
             metas: dict[str, CollectionMeta] = {}
@@ -254,7 +267,7 @@ class Store:
                     meta = (
                         CollectionMeta(fingerprint, dimensions) if raw is None else CollectionMeta.decode(raw)
                     )
-                    if meta.fingerprint != fingerprint:
+                    if meta.fingerprint != required:
                         raise StaleCollection(doc.collection, meta.fingerprint, fingerprint)
                     metas[doc.collection] = meta
                 if doc.vector is not None:
