@@ -17,6 +17,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
@@ -28,7 +29,7 @@ import onnxruntime  # noqa: F401
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server.embedder import Embedder
+from server.embedder import Embedder, Priority
 from server.model import ModelSpec, load_spec
 from server.settings import Settings
 
@@ -68,6 +69,7 @@ class Runtime:
     service_names: list[str] = field(default_factory=list)  # full names, for health
     store: Any = None  # the LMDB store, opened by the collections service (issue 4)
     edge_projection: EdgeProjection | None = None  # set by the edge service (issue 5)
+    calibration: Any = None  # server.calibration.Calibration: int8 ranges, loaded at warm-up
     # Called in reverse order on shutdown (close the store after the services stop).
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -81,11 +83,34 @@ def _server_options(settings: Settings) -> list[tuple[str, int]]:
 
 
 def create_embedder(settings: Settings, spec: ModelSpec) -> Embedder:
-    """The encoder the services use (the pool issue replaces this with worker processes)."""
-    from server.embedder import InProcessEmbedder
+    """The encoder pool (worker processes), behind the query-embedding LRU.
 
-    device = "cpu" if settings.device == "auto" else settings.device
-    return InProcessEmbedder(spec, device=device)
+    The workers start in :func:`warm_up`, so building the server stays fast and health can
+    report NOT_SERVING while they load.
+    """
+    from server.pool import PoolEmbedder
+    from server.query_cache import CachedEmbedder
+
+    return CachedEmbedder(PoolEmbedder(settings, spec), settings.query_cache_size)
+
+
+def _interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
+    from server.auth import BearerAuthInterceptor
+    from server.metrics import MetricsInterceptor
+
+    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor()]
+    if settings.auth_token:  # after metrics, so rejected calls are counted too
+        interceptors.append(BearerAuthInterceptor(settings.auth_token))
+    return interceptors
+
+
+def _bind(server: grpc.aio.Server, settings: Settings) -> int:
+    address = f"{settings.host}:{settings.port}"
+    if settings.tls_cert:
+        key = Path(settings.tls_key).read_bytes()
+        cert = Path(settings.tls_cert).read_bytes()
+        return int(server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)])))
+    return int(server.add_insecure_port(address))
 
 
 async def build_server(
@@ -96,7 +121,7 @@ async def build_server(
     Health reports NOT_SERVING until :func:`mark_serving`.
     """
     spec = load_spec(settings.model)
-    server = grpc.aio.server(options=_server_options(settings))
+    server = grpc.aio.server(options=_server_options(settings), interceptors=_interceptors(settings))
     runtime = Runtime(
         settings=settings,
         spec=spec,
@@ -111,10 +136,16 @@ async def build_server(
     for name in ("", *names):
         await runtime.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    address = f"{settings.host}:{settings.port}"
-    port = server.add_insecure_port(address)
+    port = _bind(server, settings)
     if port == 0:
-        raise OSError(f"could not bind {address}")
+        raise OSError(f"could not bind {settings.host}:{settings.port}")
+    close = getattr(runtime.embedder, "close", None)
+    if close is not None:  # first added, so closed last: the services drain before the pool stops
+        runtime.closers.insert(0, close)
+    if settings.metrics_port:
+        from server.metrics import start_metrics_server
+
+        start_metrics_server(settings.metrics_port, settings.host)
     await server.start()
     log.info("listening on %s:%d (model %s)", settings.host, port, spec.fingerprint)
     return server, port, runtime
@@ -146,5 +177,18 @@ async def serve(settings: Settings) -> None:
 
 
 async def warm_up(runtime: Runtime) -> None:
-    """One real encode, so the first client call does not pay for lazy initialisation."""
-    await runtime.embedder.encode(["warm up"])
+    """Start the encoder workers (each loads and warms up the model), load the int8 calibration
+    (computed once per model and stored), then one real encode through the whole path."""
+    from server.calibration import Calibration, sample_path
+
+    start = getattr(runtime.embedder, "start", None)
+    if start is not None:
+        await start()
+
+    async def encode(texts: list[str]) -> np.ndarray:
+        return (await runtime.embedder.encode(texts, priority=Priority.BULK)).vectors
+
+    runtime.calibration = await Calibration.load_or_create(
+        sample_path(runtime.settings.data_dir, runtime.spec.fingerprint), encode
+    )
+    await runtime.embedder.encode(["warm up"], priority=Priority.BULK)

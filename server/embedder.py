@@ -41,6 +41,7 @@ class EncodeResult:
     queue_ns: int = 0
     tokenization_ns: int = 0
     inference_ns: int = 0
+    cache_hits: int = 0  # inputs answered from the query cache (their token_counts are 0)
 
 
 class Embedder(Protocol):

@@ -60,6 +60,10 @@ class Settings:
     max_stream_in_flight: int = _opt(256, "items per stream being embedded at once (backpressure)")
     max_queue_items: int = _opt(20000, "items waiting for the encoder pool before RESOURCE_EXHAUSTED")
     query_cache_size: int = _opt(10000, "query-embedding LRU entries (0 = off)")
+    # --- encoder pool (issue 3) ---
+    threads_per_worker: int = _opt(0, "intra-op threads per CPU worker (0 = cores // workers)")
+    batch_timeout_s: float = _opt(120.0, "a worker that takes longer on one batch is restarted")
+    worker_start_timeout_s: float = _opt(300.0, "longest a worker may take to load the model")
     # --- edge ---
     edge_dims: int = _opt(128, "dimensions of the truncated vectors edge clients keep")
     edge_bundle_dir: str = _opt("", "edge bundle directory (default: DATA_DIR/edge_bundle)")

@@ -1,16 +1,142 @@
-"""tei.v1 Info, Embed, Tokenize: wire-compatible with text-embeddings-inference (issue 3)."""
+"""tei.v1 Info, Embed (+EmbedStream), Tokenize: wire-compatible with text-embeddings-inference.
+
+Differences from embedding.v1 that TEI clients rely on: one input per EmbedRequest, vectors as
+``repeated float``, ``truncate`` is a plain bool (false = reject over-long input), an error
+status ends a stream, and unary responses carry x-* timing headers in milliseconds.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
 import grpc
 
-from protos.tei.v1 import tei_pb2_grpc
+from protos.tei.v1 import tei_pb2 as pb
+from server import __version__
 from server.app import Runtime
+from server.embedder import EncodeResult
+from server.servicers._rpc import BadRequest, abort, check_text, ordered_pipeline, register
+from server.servicers.embedding import EmbeddingServicer, encode
+from server.vectors import VectorOptions, check_dimensions, check_prompt, shape
+
+
+def _metadata(result: EncodeResult, text: str, started_ns: int) -> pb.Metadata:
+    return pb.Metadata(
+        compute_chars=len(text),
+        compute_tokens=sum(result.token_counts),
+        total_time_ns=time.perf_counter_ns() - started_ns,
+        tokenization_time_ns=result.tokenization_ns,
+        queue_time_ns=result.queue_ns,
+        inference_time_ns=result.inference_ns,
+    )
+
+
+def _headers(meta: pb.Metadata) -> tuple[tuple[str, str], ...]:
+    def ms(ns: int) -> str:
+        return str(ns // 1_000_000)
+
+    return (
+        ("x-compute-time", ms(meta.tokenization_time_ns + meta.queue_time_ns + meta.inference_time_ns)),
+        ("x-compute-characters", str(meta.compute_chars)),
+        ("x-compute-tokens", str(meta.compute_tokens)),
+        ("x-total-time", ms(meta.total_time_ns)),
+        ("x-tokenization-time", ms(meta.tokenization_time_ns)),
+        ("x-queue-time", ms(meta.queue_time_ns)),
+        ("x-inference-time", ms(meta.inference_time_ns)),
+    )
+
+
+class TeiServicer:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.spec = runtime.spec
+        self._tokenize = EmbeddingServicer(runtime)
+
+    def _options(self, request: Any) -> VectorOptions:
+        spec = self.spec
+        return VectorOptions(
+            normalize=request.normalize if request.HasField("normalize") else True,
+            dimensions=check_dimensions(request.dimensions, spec, "dimensions")
+            if request.HasField("dimensions")
+            else spec.dimensions,
+            prompt_name=check_prompt(request.prompt_name, spec, "prompt_name"),
+            truncate=request.truncate,
+        )
+
+    async def _embed(self, request: Any) -> pb.EmbedResponse:
+        started = time.perf_counter_ns()
+        if isinstance(request, BadRequest):
+            raise request.error()
+        check_text(request.inputs, "inputs")
+        options = self._options(request)
+        result = await encode(self.runtime, [request.inputs], options)
+        vector = shape(result.vectors, options.normalize, options.dimensions)[0]
+        return pb.EmbedResponse(
+            embeddings=vector.tolist(), metadata=_metadata(result, request.inputs, started)
+        )
+
+    async def Info(self, request: Any, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
+        settings = self.runtime.settings
+        describe = getattr(self.runtime.embedder, "describe", None)
+        dtype = str(describe()["dtype"]) if describe else "float32"
+        return pb.InfoResponse(
+            version=__version__,
+            model_id=self.spec.model_id,
+            model_sha=self.spec.fingerprint.rsplit("@", 1)[-1],
+            model_dtype=dtype,
+            model_type=pb.MODEL_TYPE_EMBEDDING,
+            max_concurrent_requests=settings.max_queue_items,
+            max_input_length=self.spec.max_tokens,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_client_batch_size=settings.max_client_batch_size,
+            tokenization_workers=1,
+        )
+
+    async def Embed(self, request: Any, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        try:
+            response = await self._embed(request)
+        except Exception as exc:
+            await abort(context, exc)
+            raise
+        await context.send_initial_metadata(_headers(response.metadata))
+        return response
+
+    async def EmbedStream(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.EmbedResponse]:
+        try:  # TEI semantics: the first error ends the stream with its status
+            async for response in ordered_pipeline(
+                requests, self._embed, self.runtime.settings.max_stream_in_flight
+            ):
+                yield response
+        except Exception as exc:
+            await abort(context, exc)
+
+    async def Tokenize(self, request: Any, context: grpc.aio.ServicerContext) -> pb.EncodeResponse:
+        try:
+            if isinstance(request, BadRequest):
+                raise request.error()
+            check_text(request.inputs, "inputs")
+            prompt = check_prompt(request.prompt_name, self.spec, "prompt_name")
+            prefix = self.spec.prompt_text(prompt)
+            (item,) = self._tokenize._tokenize([request.inputs], prefix, request.add_special_tokens)
+            return pb.EncodeResponse(
+                tokens=[
+                    pb.SimpleToken(id=t.id, text=t.text, special=t.special, start=t.start, stop=t.stop)
+                    for t in item.tokens
+                ]
+            )
+        except Exception as exc:
+            await abort(context, exc)
+            raise
 
 
 async def attach(server: grpc.aio.Server, runtime: Runtime) -> list[str]:
-    # Not built yet: the generated base classes answer UNIMPLEMENTED.
-    tei_pb2_grpc.add_InfoServicer_to_server(tei_pb2_grpc.InfoServicer(), server)
-    tei_pb2_grpc.add_EmbedServicer_to_server(tei_pb2_grpc.EmbedServicer(), server)
-    tei_pb2_grpc.add_TokenizeServicer_to_server(tei_pb2_grpc.TokenizeServicer(), server)
-    return ["tei.v1.Info", "tei.v1.Embed", "tei.v1.Tokenize"]
+    servicer = TeiServicer(runtime)
+    return [
+        register(server, pb.DESCRIPTOR.services_by_name[name], servicer)
+        for name in ("Info", "Embed", "Tokenize")
+    ]
+

@@ -1,0 +1,144 @@
+"""Model backends that run inside a worker process: token ids in, pooled vectors out.
+
+A backend receives padded token ids (the parent tokenizes, so the batcher knows real token
+counts) and returns float32 (batch, dims) vectors exactly as the model's own pipeline makes
+them: pooling per its configuration, any Dense head, L2-normalized when it ends in Normalize.
+
+Knobs another engineer may tune later live in :class:`BackendConfig` (dtype, threads); nothing
+else in the pool depends on how a backend computes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from server.model import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    kind: str  # torch | onnx
+    device: str  # cpu | cuda:N
+    dtype: str  # auto | float32 | bfloat16 | float16
+    threads: int  # intra-op threads for this worker (0 = library default)
+    onnx_dir: Path | None = None  # ONNX export cache (per model fingerprint subdirs), onnx backend
+
+
+class Backend(Protocol):
+    device: str
+    dtype: str
+
+    def encode(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
+    ) -> np.ndarray:
+        """(batch, seq) int64 arrays -> (batch, dims) float32."""
+        ...
+
+
+def cpu_has_native_bf16() -> bool:
+    """AMX or AVX512-BF16: bfloat16 matmuls run natively (2.5x fp32 measured, same nDCG)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        return False
+    return False
+
+
+def resolve_dtype(requested: str, device: str) -> str:
+    if requested != "auto":
+        return requested
+    if device.startswith("cuda"):
+        return "float16"
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
+
+
+class TorchBackend:
+    """sentence-transformers' modules (transformer, pooling, dense, normalize) on torch."""
+
+    def __init__(self, spec: ModelSpec, config: BackendConfig) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if config.threads > 0:
+            torch.set_num_threads(config.threads)
+        self.device = config.device
+        self.dtype = resolve_dtype(config.dtype, config.device)
+        self._torch: Any = torch
+        model: Any = SentenceTransformer(str(spec.path), device=config.device)
+        model.max_seq_length = spec.max_tokens
+        model.eval()
+        model.to(getattr(torch, self.dtype))
+        self._model = model
+
+    def encode(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
+    ) -> np.ndarray:
+        torch = self._torch
+        features = {
+            "input_ids": torch.from_numpy(input_ids).to(self.device),
+            "attention_mask": torch.from_numpy(attention_mask).to(self.device),
+            "token_type_ids": torch.from_numpy(token_type_ids).to(self.device),
+        }
+        with torch.inference_mode():
+            out = self._model(features)["sentence_embedding"]
+        return np.asarray(out.float().cpu().numpy(), dtype=np.float32)
+
+
+class OnnxBackend:
+    """ONNX Runtime on the same export the edge bundle uses (server.onnx_export)."""
+
+    def __init__(self, spec: ModelSpec, config: BackendConfig) -> None:
+        import onnxruntime as ort
+
+        from server.edge_bundle import ensure_onnx  # the export the edge bundle ships
+        from server.onnx_export import FP32_NAME
+
+        # Exported once per model fingerprint into the shared cache, then reused.
+        model_path = ensure_onnx(spec, config.onnx_dir or Path("onnx"), int8=False) / FP32_NAME
+        options = ort.SessionOptions()
+        if config.threads > 0:
+            options.intra_op_num_threads = config.threads
+            options.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if config.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self._session: Any = ort.InferenceSession(str(model_path), options, providers=providers)
+        self._inputs = {i.name for i in self._session.get_inputs()}
+        self._spec = spec
+        self.device = config.device
+        self.dtype = "float32"
+
+    def encode(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
+    ) -> np.ndarray:
+        from edge_client._pooling import l2_normalize, pool
+
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        hidden = self._session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
+        vectors = pool(np.asarray(hidden, dtype=np.float32), attention_mask, self._spec.pooling)
+        return l2_normalize(vectors) if self._spec.normalize else vectors
+
+
+def load_backend(spec: ModelSpec, config: BackendConfig) -> Backend:
+    if config.kind == "onnx":
+        return OnnxBackend(spec, config)
+    return TorchBackend(spec, config)
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

@@ -1,0 +1,97 @@
+"""An LRU of query embeddings in front of any Embedder (interactive calls only).
+
+Key: model fingerprint, prompt name, truncate flag and the canonicalized text (Unicode NFC,
+runs of whitespace collapsed to one space, ends stripped, lowercased only when the model's
+tokenizer lowercases anyway). The cached value is the model's vector before per-request
+options, so the same query asked at other dimensions or precisions is still a hit. Bulk calls
+(ingestion) bypass it: the store has its own content-hash cache.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+
+from server import metrics
+from server.embedder import Embedder, EncodeResult, Priority
+from server.model import ModelSpec
+
+
+def canonical_text(text: str, *, lower: bool) -> str:
+    text = " ".join(unicodedata.normalize("NFC", text).split())
+    return text.lower() if lower else text
+
+
+class CachedEmbedder:
+    """Wraps ``inner``; same :class:`~server.embedder.Embedder` interface."""
+
+    def __init__(self, inner: Embedder, capacity: int) -> None:
+        self.inner = inner
+        self.spec: ModelSpec = inner.spec
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple[str, str, bool, str], np.ndarray] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def _key(self, text: str, prompt_name: str, truncate: bool) -> tuple[str, str, bool, str]:
+        return (
+            self.spec.fingerprint,
+            prompt_name,
+            truncate,
+            canonical_text(text, lower=self.spec.do_lower_case),
+        )
+
+    async def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt_name: str = "",
+        truncate: bool = True,
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> EncodeResult:
+        if self.capacity <= 0 or priority != Priority.INTERACTIVE or not texts:
+            return await self.inner.encode(
+                texts, prompt_name=prompt_name, truncate=truncate, priority=priority
+            )
+        keys = [self._key(t, prompt_name, truncate) for t in texts]
+        found: dict[int, np.ndarray] = {}
+        for i, key in enumerate(keys):
+            vector = self._entries.get(key)
+            if vector is not None:
+                self._entries.move_to_end(key)
+                found[i] = vector
+        missing = [i for i in range(len(texts)) if i not in found]
+        self.hits += len(found)
+        self.misses += len(missing)
+        metrics.CACHE_HITS.inc(len(found))
+        metrics.CACHE_MISSES.inc(len(missing))
+        if not missing:
+            vectors = np.stack([found[i] for i in range(len(texts))])
+            return EncodeResult(vectors=vectors, token_counts=(0,) * len(texts), cache_hits=len(texts))
+        inner = await self.inner.encode(
+            [texts[i] for i in missing], prompt_name=prompt_name, truncate=truncate, priority=priority
+        )
+        out = np.empty((len(texts), inner.vectors.shape[1]), dtype=np.float32)
+        counts = [0] * len(texts)
+        for i, vector in found.items():
+            out[i] = vector
+        for row, i in enumerate(missing):
+            out[i] = inner.vectors[row]
+            counts[i] = inner.token_counts[row]
+            self._entries[keys[i]] = inner.vectors[row].copy()
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+        return EncodeResult(
+            vectors=out,
+            token_counts=tuple(counts),
+            queue_ns=inner.queue_ns,
+            tokenization_ns=inner.tokenization_ns,
+            inference_ns=inner.inference_ns,
+            cache_hits=len(found),
+        )
+
+    def __getattr__(self, name: str) -> object:  # start(), close(), describe() of the inner pool
+        return getattr(self.inner, name)
