@@ -146,8 +146,13 @@ class Store:
         self.env = lmdb.open(
             str(self.path / "lmdb"), map_size=map_size, max_dbs=len(_DBS), subdir=True, readahead=False
         )
-        self._db = {name: self.env.open_db(name.encode()) for name in _DBS}
-        self._check_format()
+        try:
+            self._db = {name: self.env.open_db(name.encode()) for name in _DBS}
+            self._check_format()
+        except BaseException:
+            self.env.close()
+            self._lock_file.close()
+            raise
 
     # -- plumbing ------------------------------------------------------------------------------
 

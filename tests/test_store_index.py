@@ -1,0 +1,85 @@
+"""usearch indexes derived from the store: build, catch up from the log, save atomically, reload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from server.store import Indexes, Upsert, content_hash, open_store
+
+FP = "model@0001"
+DIMS = 32
+
+
+def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    x = rng.standard_normal((n, DIMS)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _docs(vectors: np.ndarray, start: int = 0) -> list[Upsert]:
+    return [
+        Upsert("c", f"d{start + i}", content_hash(FP, "", f"t{start + i}"), f"t{start + i}", {}, v)
+        for i, v in enumerate(vectors)
+    ]
+
+
+def _indexes(store, tmp_path: Path) -> Indexes:  # type: ignore[no-untyped-def]
+    return Indexes(store, tmp_path / "idx", fingerprint=FP, ndim=DIMS, metric="ip", dtype="f16")
+
+
+def test_index_follows_upserts_and_deletes_and_reloads(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    vectors = _unit(rng, 200)
+    store = open_store(tmp_path)
+    try:
+        store.upsert(_docs(vectors), fingerprint=FP, dimensions=DIMS)
+        indexes = _indexes(store, tmp_path)
+        index = indexes.get("c")
+        assert len(index.index) == 200 and index.sequence == 200
+        keys, scores = index.search(vectors[7], 1)
+        assert store.ids_for_keys("c", list(keys)) == ["d7"] and scores[0] > 0.99
+        # an update moves d7 (remove + add under the same key), a delete drops d8
+        moved = _unit(rng, 1)[0]
+        store.upsert(
+            [Upsert("c", "d7", content_hash(FP, "", "new"), "new", {}, moved)],
+            fingerprint=FP,
+            dimensions=DIMS,
+        )
+        store.delete("c", ["d8"])
+        assert index.catch_up(store) == 2
+        assert store.ids_for_keys("c", list(index.search(moved, 1)[0])) == ["d7"]
+        assert len(index.index) == 199
+        assert indexes.save_all() == 1 and indexes.save_all() == 0  # unchanged: not written again
+        assert not list((tmp_path / "idx").glob("*.tmp"))
+        # more changes after the save: a fresh process loads the file and replays only those
+        store.upsert(_docs(_unit(rng, 5), start=200), fingerprint=FP, dimensions=DIMS)
+        reloaded = _indexes(store, tmp_path).get("c")
+        assert reloaded.sequence == store.collection("c").sequence  # type: ignore[union-attr]
+        assert len(reloaded.index) == 204
+        assert store.ids_for_keys("c", list(reloaded.search(vectors[3], 1)[0])) == ["d3"]
+    finally:
+        store.close()
+
+
+def test_missing_or_foreign_index_file_is_rebuilt(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    vectors = _unit(rng, 50)
+    store = open_store(tmp_path)
+    try:
+        store.upsert(_docs(vectors), fingerprint=FP, dimensions=DIMS)
+        indexes = _indexes(store, tmp_path)
+        indexes.get("c")
+        indexes.save_all()
+        path = indexes.path_for("c")
+        path.unlink()
+        rebuilt = _indexes(store, tmp_path)
+        assert len(rebuilt.get("c").index) == 50
+        assert rebuilt.save_all() == 1 and path.is_file()
+        # a sidecar written for another model is not trusted
+        other = Indexes(store, tmp_path / "idx", fingerprint="other@2", ndim=DIMS, metric="ip", dtype="f16")
+        index = other.get("c")
+        assert index.load() is False
+        assert len(index.index) == 50
+    finally:
+        store.close()

@@ -1,0 +1,162 @@
+"""The LMDB store on its own: content hashes, documents, the change log, map growth, format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.store import Store, StoreError, Upsert, content_hash, open_store
+from server.store import records as rec
+
+FP = "model@0001"
+DIMS = 16
+
+
+def _vec(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(DIMS).astype(np.float32)
+
+
+def _up(collection: str, doc_id: str, text: str, *, vector: bool = True, meta: dict | None = None) -> Upsert:  # type: ignore[type-arg]
+    h = content_hash(FP, "", text)
+    return Upsert(collection, doc_id, h, text, meta or {}, _vec(hash(text) % 1000) if vector else None)
+
+
+@pytest.fixture
+def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    s = open_store(tmp_path)
+    yield s
+    s.close()
+
+
+def test_content_hash_separates_every_field() -> None:
+    base = content_hash(FP, "query: ", "text")
+    assert len(base) == 32
+    assert base == content_hash(FP, "query: ", "text")
+    assert base != content_hash("model@0002", "query: ", "text")
+    assert base != content_hash(FP, "", "text")
+    assert base != content_hash(FP, "query: ", "text ")
+    # length prefixes: moving a character across the field boundary changes the hash
+    assert content_hash(FP, "ab", "c") != content_hash(FP, "a", "bc")
+
+
+def test_upsert_read_back_and_identical_reupsert_keeps_sequence(store: Store) -> None:
+    docs = [_up("c", f"d{i}", f"text {i}", meta={"i": i}) for i in range(5)]
+    results = store.upsert(docs, fingerprint=FP, dimensions=DIMS)
+    assert results == [(i + 1, True) for i in range(5)]
+    got = store.documents("c", ["d3", "nope"])
+    assert got[1] is None and got[0] is not None
+    assert got[0].text == "text 3" and got[0].metadata == {"i": 3}
+    np.testing.assert_array_equal(store.vectors([docs[3].content_hash])[0], docs[3].vector)
+    # the same docs again, now as cache hits (no vector passed): nothing logged
+    again = [Upsert(d.collection, d.doc_id, d.content_hash, d.text, d.metadata) for d in docs]
+    assert store.upsert(again, fingerprint=FP, dimensions=DIMS) == [(i + 1, False) for i in range(5)]
+    meta = store.collection("c")
+    assert meta is not None and meta.sequence == 5 and meta.documents == 5
+
+
+def test_change_log_keeps_one_entry_per_document(store: Store) -> None:
+    store.upsert([_up("c", "a", "one"), _up("c", "b", "two")], fingerprint=FP, dimensions=DIMS)
+    store.upsert([_up("c", "a", "one, changed")], fingerprint=FP, dimensions=DIMS)
+    deleted, seq = store.delete("c", ["b", "missing"])
+    assert (deleted, seq) == (1, 4)
+    changes = store.changes("c", 0, 100, 100)
+    assert [(c.sequence, c.op, c.doc_id) for c in changes] == [
+        (3, rec.OP_UPSERT, "a"),
+        (4, rec.OP_DELETE, "b"),
+    ]
+    assert changes[0].doc is not None and changes[0].doc.text == "one, changed"
+    assert store.changes("c", 3, 100, 100)[0].doc_id == "b"  # exclusive lower bound
+    assert store.count_changes("c", 0, 3) == 1
+    # re-adding a deleted id reuses its index key, so an index that missed the delete stays right
+    key_before = changes[1].key
+    store.upsert([_up("c", "b", "two again")], fingerprint=FP, dimensions=DIMS)
+    doc = store.documents("c", ["b"])[0]
+    assert doc is not None and doc.key == key_before
+    assert store.ids_for_keys("c", [key_before]) == ["b"]
+
+
+def test_collections_are_separate_and_vectors_shared(store: Store) -> None:
+    store.upsert([_up("x", "1", "shared"), _up("y", "1", "shared")], fingerprint=FP, dimensions=DIMS)
+    rows = store.collection_rows(FP)
+    assert [(r.name, r.documents, r.stale) for r in rows] == [("x", 1, False), ("y", 1, False)]
+    assert store.collection_rows("other@1")[0].stale
+    keys, ids, vectors = store.matrix("x")
+    assert ids == ["1"] and vectors.shape == (1, DIMS) and keys.dtype == np.int64
+
+
+def test_stale_collection_rejects_writes_of_another_model(store: Store) -> None:
+    from server.store import StaleCollection
+
+    store.upsert([_up("c", "a", "one")], fingerprint=FP, dimensions=DIMS)
+    other = Upsert("c", "b", content_hash("new@2", "", "two"), "two", {}, _vec(2))
+    with pytest.raises(StaleCollection, match="reembed"):
+        store.upsert([other], fingerprint="new@2", dimensions=DIMS)
+    assert store.documents("c", ["b"]) == [None]
+
+
+def test_missing_vector_aborts_the_whole_batch(store: Store) -> None:
+    from server.store import VectorsMissing
+
+    with pytest.raises(VectorsMissing):
+        store.upsert(
+            [_up("c", "a", "fine"), _up("c", "b", "never stored", vector=False)],
+            fingerprint=FP,
+            dimensions=DIMS,
+        )
+    assert store.documents("c", ["a", "b"]) == [None, None]
+
+
+def test_map_grows_when_full_and_nothing_is_lost(tmp_path: Path) -> None:
+    store = open_store(tmp_path, map_size=64 * 1024)
+    try:
+        start = store.map_size()
+        for batch in range(20):
+            docs = [_up("c", f"{batch}-{i}", f"doc {batch} {i} " + "x" * 200) for i in range(100)]
+            store.upsert(docs, fingerprint=FP, dimensions=DIMS)
+        assert store.map_size() > start
+        meta = store.collection("c")
+        assert meta is not None and meta.documents == 2000
+        assert all(
+            d is not None for d in store.documents("c", [f"{b}-{i}" for b in range(20) for i in range(100)])
+        )
+    finally:
+        store.close()
+
+
+def test_second_open_is_refused_and_format_is_checked(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    with pytest.raises(StoreError, match="in use"):
+        open_store(tmp_path)
+    with store.env.begin(write=True) as txn:
+        txn.put(b"format", b"999", db=store._db["meta"])
+    store.close()
+    with pytest.raises(StoreError, match="format 999"):
+        open_store(tmp_path)
+
+
+def test_float16_storage_halves_bytes(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s", float16=True)
+    try:
+        up = _up("c", "a", "half")
+        store.upsert([up], fingerprint=FP, dimensions=DIMS)
+        back = store.vectors([up.content_hash])[0]
+        assert back.dtype == np.float32
+        np.testing.assert_allclose(back, up.vector, atol=2e-3)  # type: ignore[arg-type]
+        assert len(rec.encode_vector(back, True)) == 1 + 2 * DIMS
+    finally:
+        store.close()
+
+
+def test_sample_vectors_and_gc(store: Store) -> None:
+    store.upsert([_up("a", str(i), f"a{i}") for i in range(50)], fingerprint=FP, dimensions=DIMS)
+    store.upsert([_up("b", str(i), f"b{i}") for i in range(30)], fingerprint="old@1", dimensions=DIMS)
+    assert store.sample_vectors(1000).shape == (80, DIMS)
+    assert store.sample_vectors(1000, fingerprint=FP).shape == (50, DIMS)
+    sample = store.sample_vectors(10, collection="a", seed=1)
+    assert sample.shape == (10, DIMS) and len({row.tobytes() for row in sample}) == 10
+    store.upsert([_up("a", "0", "a0 changed")], fingerprint=FP, dimensions=DIMS)
+    store.delete("a", ["1"])
+    assert store.gc() == (2, 79)
+    assert store.gc() == (0, 79)
