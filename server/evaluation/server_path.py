@@ -1,0 +1,166 @@
+"""The server path: ingest through ``CollectionService.Ingest``, query through ``Search``, STS
+through ``EmbeddingService.Embed``. A plain gRPC client; nothing of the service runtime."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from protos.embedding.v1 import embedding_pb2 as pb
+from protos.embedding.v1 import embedding_pb2_grpc as pb_grpc
+from server.evaluation.configs import EvalConfig
+
+log = logging.getLogger(__name__)
+
+_PRECISION = {
+    "float32": pb.PRECISION_FLOAT32,
+    "float16": pb.PRECISION_FLOAT16,
+    "int8": pb.PRECISION_INT8,
+    "binary+rescore": pb.PRECISION_UBINARY,
+}
+_MESSAGE_BYTES = 64 * 1024 * 1024
+SEARCH_K = 100  # Recall@100 needs the top 100
+
+
+class Unavailable(Exception):
+    """The server cannot answer this configuration (e.g. the RPC answers UNIMPLEMENTED)."""
+
+
+def describe(error: grpc.RpcError, rpc: str) -> str:
+    code = error.code() if hasattr(error, "code") else None
+    details = error.details() if hasattr(error, "details") else str(error)
+    return f"{rpc}: {code.name if code else 'ERROR'} ({details})"
+
+
+def collection_name(dataset: str, doc_ids: Sequence[str]) -> str:
+    """``eval-<dataset>-<hash of the doc ids>``: stable across re-runs, so the store's content-
+    hash cache makes a re-run ingest nothing new, and two different corpora never share one."""
+    digest = hashlib.sha256("\n".join(sorted(doc_ids)).encode()).hexdigest()[:8]
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset).strip("-") or "dataset"
+    return f"eval-{slug}-{digest}"
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    documents: int
+    cached: int
+    errors: int
+    seconds: float
+    first_error: str = ""
+
+
+class ServerClient:
+    def __init__(self, address: str, *, timeout: float = 120.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        options = [
+            ("grpc.max_send_message_length", _MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", _MESSAGE_BYTES),
+        ]
+        self._channel = grpc.insecure_channel(address, options=options)
+        self._embedding = pb_grpc.EmbeddingServiceStub(self._channel)
+        self._collections = pb_grpc.CollectionServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def wait_ready(self, seconds: float = 30.0) -> None:
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=seconds)
+        except grpc.FutureTimeoutError as exc:
+            raise ConnectionError(f"no server answers at {self.address} (waited {seconds:.0f} s)") from exc
+
+    def info(self) -> pb.InfoResponse | None:
+        """The server's Info, or None when it does not answer Info (older or partial servers)."""
+        try:
+            info: pb.InfoResponse = self._embedding.Info(pb.InfoRequest(), timeout=self.timeout)
+            return info
+        except grpc.RpcError as exc:
+            log.warning("%s", describe(exc, "EmbeddingService.Info"))
+            return None
+
+    def ingest(
+        self,
+        collection: str,
+        corpus: Mapping[str, str],
+        progress: Callable[[int], None] | None = None,
+    ) -> IngestSummary:
+        """Stream the corpus in; acknowledgements arrive after commit, in request order."""
+
+        def requests() -> Iterator[pb.IngestRequest]:
+            for doc_id, text in corpus.items():
+                yield pb.IngestRequest(collection=collection, id=doc_id, text=text, store_text=False)
+
+        start = time.perf_counter()
+        acks = cached = errors = 0
+        first_error = ""
+        try:
+            # The whole corpus is one call: no per-call deadline that a large corpus could outlive.
+            for ack in self._collections.Ingest(requests()):
+                acks += 1
+                if ack.HasField("error") and ack.error.code:
+                    errors += 1
+                    first_error = first_error or f"{ack.id}: {ack.error.message}"
+                elif ack.cached:
+                    cached += 1
+                if progress is not None:
+                    progress(acks)
+        except grpc.RpcError as exc:
+            raise Unavailable(describe(exc, "CollectionService.Ingest")) from exc
+        if acks != len(corpus):
+            raise Unavailable(f"CollectionService.Ingest acknowledged {acks} of {len(corpus)} documents")
+        return IngestSummary(acks, cached, errors, time.perf_counter() - start, first_error)
+
+    def search(self, collection: str, query: str, config: EvalConfig) -> dict[str, float]:
+        request = pb.SearchRequest(
+            collection=collection,
+            query=query,
+            k=SEARCH_K,
+            exact=config.exact,
+            precision=_PRECISION[config.precision],
+            include_text=False,
+        )
+        if config.dims is not None:
+            request.dimensions = config.dims
+        response = self._collections.Search(request, timeout=self.timeout)
+        return {hit.id: float(hit.score) for hit in response.hits}
+
+    def search_all(
+        self, collection: str, queries: Mapping[str, str], config: EvalConfig, concurrency: int = 4
+    ) -> dict[str, dict[str, float]]:
+        """Every query; the first one alone, so an unsupported config fails fast and once."""
+        items = list(queries.items())
+        if not items:
+            return {}
+        try:
+            run = {items[0][0]: self.search(collection, items[0][1], config)}
+            with ThreadPoolExecutor(max_workers=concurrency) as pool:
+                answers = pool.map(lambda item: self.search(collection, item[1], config), items[1:])
+                run.update(zip((qid for qid, _ in items[1:]), answers, strict=True))
+        except grpc.RpcError as exc:
+            raise Unavailable(describe(exc, "CollectionService.Search")) from exc
+        return run
+
+    def embed(self, texts: Sequence[str], batch: int = 64) -> np.ndarray:
+        """Full-dimension float32 vectors, L2-normalized, through the unary Embed RPC."""
+        rows: list[np.ndarray] = []
+        options = pb.EmbedOptions(normalize=True, precision=pb.PRECISION_FLOAT32)
+        try:
+            for start in range(0, len(texts), batch):
+                request = pb.EmbedRequest(inputs=list(texts[start : start + batch]), options=options)
+                response = self._embedding.Embed(request, timeout=self.timeout)
+                for vector in response.embeddings:
+                    rows.append(np.frombuffer(vector.data, dtype="<f4", count=vector.dims))
+        except grpc.RpcError as exc:
+            raise Unavailable(describe(exc, "EmbeddingService.Embed")) from exc
+        matrix = np.vstack(rows).astype(np.float32)
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        return np.asarray(matrix / np.maximum(norms, 1e-12), dtype=np.float32)
