@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _default_home() -> Path:
@@ -28,29 +31,90 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="local state directory (default: a per-user data directory)",
         )
+        p.add_argument("--token", default="", help="bearer token, if the server requires one")
         return p
 
     p = command("init", "download and verify the edge bundle from a server")
     p.add_argument("--server", required=True, help="HOST:PORT")
+    p.add_argument("--dims", type=int, default=None, help="edge dimensions (default: the bundle's)")
+    p.add_argument("--dtype", choices=("f16", "i8", "b1"), default=None, help="local index dtype (f16)")
     p = command("sync", "pull a collection's truncated vectors from the server")
     p.add_argument("--collection", required=True)
+    p.add_argument("--server", default=None, help="HOST:PORT (default: the one given to init)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = command("add", "embed local text files on this device into the local index")
     p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--collection", default="local", help="local index to add to (default: local)")
     p = command("search", "search locally, on the server, or automatically")
     p.add_argument("text")
     p.add_argument("--collection", required=True)
     p.add_argument("--mode", choices=("local", "server", "auto"), default="auto")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--comprehensive", action="store_true", help="auto: always ask the server")
+    p.add_argument("--server", default=None, help="HOST:PORT (default: the one given to init)")
+    p.add_argument("--timeout", type=float, default=5.0, help="server deadline in seconds")
     return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge_client import EdgeClient
+
+    options: dict[str, Any] = {"server": getattr(args, "server", None), "token": args.token}
+    if args.command == "init":
+        options.update(dims=args.dims, dtype=args.dtype)
+    if args.command == "search":
+        options["timeout"] = args.timeout
+    with EdgeClient(args.home, **options) as client:
+        if args.command == "init":
+            bundle = client.init()
+            m = bundle.manifest
+            print(
+                f"installed edge bundle {bundle.fingerprint} ({m.model_id}, {m.projection_kind} projection, "
+                f"{client.dims} dims, {client.dtype}) in {args.home}"
+            )
+        elif args.command == "sync":
+            report = client.sync(args.collection, progress=not args.no_progress)
+            kind = "full resync" if report.full_resync else "incremental"
+            print(
+                f"synced {args.collection!r} ({kind}): {report.upserts} upserts, {report.deletes} deletes; "
+                f"{report.documents} documents locally, at sequence {report.sequence}"
+            )
+        elif args.command == "add":
+            n = client.add(args.paths, collection=args.collection)
+            print(f"added {n} paragraphs to the local index {args.collection!r}")
+        else:
+            result = client.search(
+                args.text,
+                collection=args.collection,
+                k=args.k,
+                mode=args.mode,
+                comprehensive=args.comprehensive,
+            )
+            if args.json:
+                print(json.dumps(result.to_dict(), ensure_ascii=False))
+            else:
+                flag = " DEGRADED" if result.degraded else ""
+                print(f"source: {result.source}{flag}" + (f" ({result.reason})" if result.reason else ""))
+                for rank, hit in enumerate(result.results, 1):
+                    print(f"{rank:2d}. {hit.score:.3f}  {hit.id}  {hit.text[:90]}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.home is None:
         args.home = _default_home()
-    print(f"edge-client {args.command}: not built yet (issue 5); nothing was done.", file=sys.stderr)
-    return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from edge_client.errors import EdgeError
+
+    try:
+        return _run(args)
+    except EdgeError as exc:
+        print(f"edge-client {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

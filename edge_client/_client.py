@@ -1,0 +1,288 @@
+"""EdgeClient: the public entry point (bundle install, sync, local add, search with fallback)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import grpc
+import numpy as np
+from google.protobuf.json_format import MessageToDict
+
+from edge_client._bundle import EdgeBundle
+from edge_client._download import Progress, install_bundle
+from edge_client._index import Hit, LocalIndex
+from edge_client._policy import Policy, calibrate, weak_evidence
+from edge_client._sync import SyncReport, sync_collection
+from edge_client._transport import call_metadata, open_channel
+from edge_client.errors import BundleError, NotInitialized, ServerError, ServerUnavailable
+from protos.embedding.v1 import embedding_pb2 as pb
+from protos.embedding.v1 import embedding_pb2_grpc as rpc
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["local", "server", "auto"]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Hits best first; ``source`` says who answered; ``degraded`` + ``reason`` say why local
+    results stand in for the server's (or why auto asked the server)."""
+
+    results: list[Hit]
+    source: Literal["local", "server"]
+    degraded: bool = False
+    reason: str | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "results": [asdict(h) for h in self.results],
+            "source": self.source,
+            "degraded": self.degraded,
+            "reason": self.reason,
+        }
+
+
+def split_paragraphs(text: str) -> list[str]:
+    """Paragraphs (blocks separated by blank lines), whitespace-collapsed, empty ones dropped."""
+    return [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if p.strip()]
+
+
+class EdgeClient:
+    """Local semantic search with the server's model in ONNX; the server as fallback.
+
+    ``home`` holds the installed bundle (``bundle/``), one index per collection
+    (``collections/<name>/``) and ``config.json`` (server address, dims, dtype). ``channel``
+    may be injected (interceptors, TLS); otherwise one is opened to ``server`` with retries and
+    keepalive configured (see edge_client._transport).
+    """
+
+    def __init__(
+        self,
+        home: Path | str,
+        *,
+        server: str | None = None,
+        channel: grpc.Channel | None = None,
+        dims: int | None = None,
+        dtype: str | None = None,
+        int8: bool = True,
+        threads: int = 0,
+        timeout: float = 5.0,
+        token: str = "",
+        cache_size: int = 1024,
+        policy: Policy | None = None,
+    ) -> None:
+        self.home = Path(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        config = self._read_config()
+        self.server = server or config.get("server", "")
+        self.dims = dims or int(config.get("dims", 0))
+        self.dtype = dtype or str(config.get("dtype", "f16"))
+        self.int8, self.threads, self.timeout = int8, threads, timeout
+        self.policy = policy or Policy()
+        self._metadata = call_metadata(token)
+        self._channel = channel
+        self._owns_channel = channel is None
+        self._bundle: EdgeBundle | None = None
+        self._indexes: dict[str, LocalIndex] = {}
+        self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+
+    # --- plumbing ----------------------------------------------------------------------------
+    def _read_config(self) -> dict[str, Any]:
+        path = self.home / "config.json"
+        return dict(json.loads(path.read_text())) if path.is_file() else {}
+
+    def _write_config(self) -> None:
+        data = {"server": self.server, "dims": self.dims, "dtype": self.dtype}
+        (self.home / "config.json").write_text(json.dumps(data, indent=2) + "\n")
+
+    @property
+    def channel(self) -> grpc.Channel:
+        if self._channel is None:
+            if not self.server:
+                raise NotInitialized("no server address: pass server=HOST:PORT or run init first")
+            self._channel = open_channel(self.server)
+        return self._channel
+
+    @property
+    def bundle(self) -> EdgeBundle:
+        if self._bundle is None:
+            try:
+                self._bundle = EdgeBundle.load(self.home / "bundle")
+            except BundleError as exc:
+                raise NotInitialized(
+                    f"no usable edge bundle in {self.home} ({exc}); run `edge-client init --server HOST:PORT`"
+                ) from exc
+        return self._bundle
+
+    def index(self, collection: str) -> LocalIndex:
+        if collection not in self._indexes:
+            dims = self.dims or self.bundle.manifest.default_dims
+            self._indexes[collection] = LocalIndex(
+                self.home / "collections" / collection, dims=dims, dtype=self.dtype
+            )
+        return self._indexes[collection]
+
+    def close(self) -> None:
+        for index in self._indexes.values():
+            index.close()
+        self._indexes.clear()
+        if self._owns_channel and self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def __enter__(self) -> EdgeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- bundle and sync ---------------------------------------------------------------------
+    def init(self, *, attempts: int = 3, progress: Progress | None = None) -> EdgeBundle:
+        """Download, verify and install the server's edge bundle; remember the server."""
+        stub = rpc.EdgeServiceStub(self.channel)
+        bundle = install_bundle(
+            stub, self.home / "bundle", attempts=attempts, metadata=self._metadata, progress=progress
+        )
+        self._bundle = bundle
+        self._cache.clear()
+        self.dims = self.dims or bundle.manifest.default_dims
+        self._write_config()
+        return bundle
+
+    def sync(self, collection: str, *, progress: bool = False, timeout: float = 600.0) -> SyncReport:
+        """Bring the local copy of ``collection`` up to date (incremental, resumable)."""
+        index = self.index(collection)
+        report = sync_collection(
+            rpc.CollectionServiceStub(self.channel),
+            index,
+            collection=collection,
+            bundle_fingerprint=self.bundle.fingerprint,
+            timeout=timeout,
+            metadata=self._metadata,
+            progress=progress,
+        )
+        if report.upserts or report.deletes or report.full_resync:
+            calibrate(index)
+        return report
+
+    def add(self, paths: Iterable[Path | str], *, collection: str) -> int:
+        """Embed local text files (one document per paragraph, id ``PATH#N``) into the index."""
+        ids: list[str] = []
+        texts: list[str] = []
+        metadata: list[dict[str, Any]] = []
+        for raw in paths:
+            path = Path(raw).resolve()
+            for n, paragraph in enumerate(split_paragraphs(path.read_text(encoding="utf-8"))):
+                ids.append(f"{path}#{n}")
+                texts.append(paragraph)
+                metadata.append({"path": str(path), "paragraph": n})
+        if not ids:
+            return 0
+        index = self.index(collection)
+        for start in range(0, len(ids), 256):
+            part = slice(start, start + 256)
+            vectors = self.bundle.embed(
+                texts[part], index.dims, kind="document", int8=self.int8, threads=self.threads
+            )
+            index.upsert(ids[part], vectors, texts[part], metadata[part], source="local")
+        index.save()
+        calibrate(index)
+        return len(ids)
+
+    # --- search ------------------------------------------------------------------------------
+    def embed_query(self, text: str, dims: int) -> np.ndarray:
+        """The query's edge vector, from the LRU cache when seen before."""
+        key = (text, dims)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        vector: np.ndarray = self.bundle.embed(
+            [text], dims, kind="query", int8=self.int8, threads=self.threads
+        )[0]
+        if self._cache_size:
+            self._cache[key] = vector
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return vector
+
+    def search_local(self, text: str, *, collection: str, k: int = 10) -> list[Hit]:
+        index = self.index(collection)
+        return index.search(self.embed_query(text, index.dims), k)
+
+    def search_server(
+        self, text: str, *, collection: str, k: int = 10, timeout: float | None = None
+    ) -> list[Hit]:
+        """Full-dimension search on the server; ServerUnavailable when unreachable or too slow."""
+        stub = rpc.CollectionServiceStub(self.channel)
+        try:
+            reply = stub.Search(
+                pb.SearchRequest(collection=collection, query=text, k=k),
+                timeout=timeout or self.timeout,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                message = f"server {code.name.lower()}: {exc.details()}"
+                raise ServerUnavailable(message, code=code.name) from exc
+            raise ServerError(f"server search failed: {code.name}: {exc.details()}", code=code.name) from exc
+        return [Hit(h.id, float(h.score), h.text, MessageToDict(h.metadata)) for h in reply.hits]
+
+    def search(
+        self,
+        text: str,
+        *,
+        collection: str,
+        k: int = 10,
+        mode: Mode = "auto",
+        comprehensive: bool = False,
+        timeout: float | None = None,
+    ) -> SearchResult:
+        """Search ``collection``: locally, on the server, or ``auto`` (see edge_client._policy)."""
+        if mode not in ("local", "server", "auto"):
+            raise ValueError(f"mode must be local, server or auto, got {mode!r}")
+        if mode == "server":
+            hits = self.search_server(text, collection=collection, k=k, timeout=timeout)
+            return SearchResult(hits, "server")
+        t0 = time.perf_counter()
+        try:
+            hits = self.search_local(text, collection=collection, k=k)
+            reason = None
+            if mode == "auto":
+                index, fingerprint = self.index(collection), self.bundle.fingerprint
+                reason = weak_evidence(hits, index, fingerprint, self.policy, comprehensive=comprehensive)
+        except NotInitialized as exc:
+            if mode == "local":
+                raise
+            hits, reason = [], f"no local bundle ({exc})"
+        local_ms = (time.perf_counter() - t0) * 1e3
+        if mode == "local" or reason is None:
+            return SearchResult(hits, "local", timings_ms={"local": local_ms})
+        try:
+            server_hits = self.search_server(text, collection=collection, k=k, timeout=timeout)
+        except ServerError as exc:
+            # Fallback failed: the local answer stands, flagged, with both reasons.
+            return SearchResult(hits, "local", degraded=True, reason=f"{reason}; server failed: {exc}")
+        return SearchResult(server_hits, "server", reason=reason, timings_ms={"local": local_ms})
+
+    def stats(self, collection: str) -> dict[str, Any]:
+        index = self.index(collection)
+        return {
+            "documents": len(index),
+            "dims": index.dims,
+            "dtype": index.dtype,
+            "sequence": int(index.get_state("sequence", "0")),
+            "threshold": index.get_state("threshold"),
+            "bundle": self.bundle.fingerprint,
+        }

@@ -1,0 +1,93 @@
+"""Full-dimension vectors -> edge vectors: rotation (or adaptor), truncation, renormalization.
+
+The server's SyncVectors and the edge encoder both call :meth:`Projection.apply`, so a synced
+vector equals what the edge computes for the same text. Numpy only.
+
+Kinds (the ``kind`` array of the .npz file):
+- ``identity``: plain Matryoshka truncation (models trained with MRL).
+- ``rotation``: an orthogonal matrix (PCA directions, largest variance first). Full-dimension
+  similarities are unchanged; the leading dimensions carry the most variance, so truncating
+  after it loses far less than truncating the raw vector.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_client._pooling import l2_normalize
+
+KINDS = ("identity", "rotation")
+
+
+@dataclass(frozen=True)
+class Projection:
+    kind: str
+    dimensions: int  # full model dimensions (input width)
+    matrix: np.ndarray | None = None  # (dimensions, dimensions) float32 for "rotation"
+
+    def apply(self, vectors: np.ndarray, dims: int) -> np.ndarray:
+        """(n, dimensions) -> (n, dims) float32, unit length."""
+        x = np.asarray(vectors, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.dimensions:
+            raise ValueError(f"expected vectors of shape (n, {self.dimensions}), got {x.shape}")
+        if not 0 < dims <= self.dimensions:
+            raise ValueError(f"dims must be in 1..{self.dimensions}, got {dims}")
+        # Rotation then truncation: only the first ``dims`` columns of the matrix are needed.
+        x = x @ self.matrix[:, :dims] if self.matrix is not None else x[:, :dims]
+        return l2_normalize(x)
+
+    def to_bytes(self) -> bytes:
+        """A deterministic .npz serialization (same projection -> same bytes -> same hash)."""
+        buf = io.BytesIO()
+        arrays: dict[str, np.ndarray] = {
+            "kind": np.array(self.kind),
+            "dimensions": np.array(self.dimensions, dtype=np.int64),
+        }
+        if self.matrix is not None:
+            arrays["matrix"] = np.ascontiguousarray(self.matrix, dtype=np.float32)
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
+        return buf.getvalue()
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    @classmethod
+    def identity(cls, dimensions: int) -> Projection:
+        return cls("identity", dimensions)
+
+    @classmethod
+    def load(cls, path: Path) -> Projection:
+        with np.load(path, allow_pickle=False) as data:
+            kind = str(data["kind"])
+            if kind not in KINDS:
+                raise ValueError(f"{path}: unknown projection kind {kind!r}")
+            dims = int(data["dimensions"])
+            matrix = np.asarray(data["matrix"], dtype=np.float32) if "matrix" in data else None
+        if kind == "rotation" and (matrix is None or matrix.shape != (dims, dims)):
+            raise ValueError(f"{path}: rotation matrix must be ({dims}, {dims})")
+        return cls(kind, dims, matrix)
+
+
+def fit_pca_rotation(vectors: np.ndarray) -> Projection:
+    """Orthogonal PCA rotation of ``vectors`` (n, d): eigenvectors of the centred covariance,
+    largest eigenvalue first, each with its largest component positive (deterministic signs).
+
+    With fewer vectors than dimensions the trailing directions are an arbitrary orthonormal
+    completion; they only matter for dims above the sample's rank.
+    """
+    x = np.asarray(vectors, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError("need at least 2 vectors to fit a rotation")
+    centred = x - x.mean(axis=0, keepdims=True)
+    cov = centred.T @ centred / x.shape[0]
+    values, vecs = np.linalg.eigh(cov)
+    order = np.argsort(values)[::-1]
+    vecs = vecs[:, order]
+    signs = np.sign(vecs[np.abs(vecs).argmax(axis=0), np.arange(vecs.shape[1])])
+    signs[signs == 0] = 1.0
+    return Projection("rotation", x.shape[1], np.asarray(vecs * signs, dtype=np.float32))

@@ -1,0 +1,150 @@
+"""Incremental SyncVectors into the local index: upserts and deletes after the last sequence.
+
+Changes arrive in sequence order and applying them is idempotent (an upsert replaces, a
+delete of a missing id does nothing), so progress is checkpointed (index saved atomically,
+then the sequence committed) every few thousand changes and when the stream breaks; the next
+sync resumes after the last checkpoint. A bundle other than the one the index was built with
+makes the index stale: it is emptied and synced from the start.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf.json_format import MessageToDict
+
+from edge_client._index import LocalIndex
+from edge_client.errors import FingerprintMismatch, ServerError, ServerUnavailable
+from protos.embedding.v1 import embedding_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_CHANGES = 5000
+CHECKPOINT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    collection: str
+    upserts: int
+    deletes: int
+    sequence: int  # the index now reflects the collection up to this sequence
+    full_resync: bool  # the index was emptied first (new bundle, new dims)
+    documents: int  # documents in the local index afterwards
+
+
+def _apply(index: LocalIndex, changes: Any) -> tuple[int, int, int]:
+    """Apply one message's changes in order; returns (upserts, deletes, last sequence)."""
+    upserts = deletes = 0
+    last = 0
+    pending: list[Any] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        vectors = np.stack([np.frombuffer(c.vector.data, dtype="<f4") for c in pending])
+        index.upsert(
+            [c.id for c in pending],
+            vectors,
+            [c.text for c in pending],
+            [MessageToDict(c.metadata) for c in pending],
+            source="sync",
+        )
+        pending.clear()
+
+    for change in changes:
+        if change.op == pb.VectorChange.OP_UPSERT:
+            if change.vector.dims != index.dims:
+                raise ServerError(f"server sent {change.vector.dims}-dim vectors, index has {index.dims}")
+            pending.append(change)
+            upserts += 1
+        elif change.op == pb.VectorChange.OP_DELETE:
+            flush()  # keep the order: an upsert before a delete of the same id must land first
+            index.delete([change.id])
+            deletes += 1
+        last = max(last, int(change.sequence))
+    flush()
+    return upserts, deletes, last
+
+
+def sync_collection(
+    stub: Any,
+    index: LocalIndex,
+    *,
+    collection: str,
+    bundle_fingerprint: str,
+    timeout: float = 600.0,
+    metadata: tuple[tuple[str, str], ...] = (),
+    progress: bool = False,
+) -> SyncReport:
+    """Pull changes after the index's sequence; see the module docstring."""
+    other_collection = index.get_state("collection") not in ("", collection)
+    full = index.get_state("bundle_fingerprint") != bundle_fingerprint or other_collection
+    if full:
+        index.reset()
+        index.set_state("bundle_fingerprint", bundle_fingerprint)
+        index.set_state("collection", collection)
+        index.save()
+    since = int(index.get_state("sequence", "0"))
+    request = pb.SyncVectorsRequest(
+        collection=collection,
+        since_sequence=since,
+        bundle_fingerprint=bundle_fingerprint,
+        dimensions=index.dims,
+        include_text=True,
+    )
+    upserts = deletes = 0
+    applied = since
+    unsaved = 0
+    last_save = time.monotonic()
+    head = since
+    bar = None
+    try:
+        for response in stub.SyncVectors(request, timeout=timeout, metadata=metadata):
+            head = max(head, int(response.head_sequence))
+            if bar is None and progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=len(response.changes) + int(response.remaining), unit="vec", desc=collection)
+            u, d, last = _apply(index, response.changes)
+            upserts, deletes, unsaved = upserts + u, deletes + d, unsaved + u + d
+            applied = max(applied, last)
+            if bar is not None:
+                bar.update(len(response.changes))
+            if unsaved >= CHECKPOINT_CHANGES or time.monotonic() - last_save > CHECKPOINT_SECONDS:
+                _checkpoint(index, applied)
+                unsaved, last_save = 0, time.monotonic()
+    except grpc.RpcError as exc:
+        _checkpoint(index, applied)  # what arrived is applied in order: keep it, resume later
+        code = exc.code()
+        if code == grpc.StatusCode.FAILED_PRECONDITION:
+            raise FingerprintMismatch(
+                f"the server refused to sync {collection!r}: {exc.details()} This edge runs bundle "
+                f"{bundle_fingerprint}; run `edge-client init --server HOST:PORT` to fetch the "
+                "server's bundle, then sync again (the local index is rebuilt)."
+            ) from exc
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise ServerUnavailable(
+                f"sync of {collection!r} interrupted ({code.name}) at sequence {applied}; "
+                "run sync again to resume"
+            ) from exc
+        raise ServerError(f"SyncVectors failed: {code.name}: {exc.details()}", code=code.name) from exc
+    finally:
+        if bar is not None:
+            bar.close()
+    # The stream ended normally: everything up to the head is reflected (even if the last
+    # changes before it were compacted away).
+    _checkpoint(index, max(applied, head), complete=True)
+    return SyncReport(collection, upserts, deletes, max(applied, head), full, len(index))
+
+
+def _checkpoint(index: LocalIndex, sequence: int, *, complete: bool = False) -> None:
+    index.set_state("sequence", str(sequence))
+    if complete:
+        index.touch_sync()  # staleness counts from the last complete sync
+    index.save()

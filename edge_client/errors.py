@@ -1,0 +1,49 @@
+"""Exceptions the edge client raises. Catch at any level of the tree:
+
+EdgeError
+├── NotInitialized        no bundle installed yet: run ``edge-client init --server HOST:PORT``
+├── BundleError           the bundle is unusable
+│   └── BundleIntegrityError   a file's size or sha256 differs from the manifest
+├── IndexError_           the local index is missing, corrupt or built for another bundle
+├── FingerprintMismatch   the server's bundle/collection fingerprint is not ours (re-init)
+└── ServerError           the server could not answer
+    └── ServerUnavailable      unreachable or past the deadline (search falls back locally)
+"""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """Base of every error the edge client raises."""
+
+
+class NotInitialized(EdgeError):
+    """No edge bundle is installed in this home directory."""
+
+
+class BundleError(EdgeError):
+    """The edge bundle is missing a file, has a bad manifest, or cannot be loaded."""
+
+
+class BundleIntegrityError(BundleError):
+    """A downloaded or installed file does not match the manifest's size or sha256."""
+
+
+class IndexError_(EdgeError):  # the builtin IndexError means something else
+    """The local index cannot be used as it is."""
+
+
+class FingerprintMismatch(EdgeError):
+    """Our bundle's fingerprint differs from the server's: vectors would not be comparable."""
+
+
+class ServerError(EdgeError):
+    """The server answered with an error."""
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ServerUnavailable(ServerError):
+    """The server is unreachable or did not answer before the deadline."""
