@@ -161,12 +161,12 @@ class PoolEmbedder:
         loop = asyncio.get_running_loop()
         timeout = self.settings.batch_timeout_s
         while True:
-            if not worker.alive():
-                log.warning("worker %d is not running; restarting it", worker.index)
-                await self._restart(worker)
             batch = await self.scheduler.next_batch()
             if batch is None:
                 return
+            if not worker.alive():  # died while idle: these items were never sent, so they wait
+                log.warning("worker %d is not running; restarting it", worker.index)
+                await self._restart(worker)
             metrics.QUEUE_DEPTH.set(self.scheduler.depth())
             ids, mask, types = pad_batch(batch, self.pad_id)
             metrics.BATCH_SIZE.observe(len(batch))
@@ -180,6 +180,7 @@ class PoolEmbedder:
                     if not item.future.done():
                         item.future.set_exception(WorkerFailed(exc.message))
                 continue
+            metrics.ITEMS.labels(batch[0].priority.name.lower()).inc(len(batch))
             for row, item in enumerate(batch):
                 if not item.future.done():
                     item.future.set_result((out.vectors[row], started - item.enqueued_ns, out.inference_ns))

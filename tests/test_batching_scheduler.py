@@ -1,0 +1,117 @@
+"""Scheduler logic with a deterministic fake encoder: budget, length sorting, priorities,
+max-wait, the bounded queue and dropping the work of finished calls."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from server.batching import Scheduler, pad_batch, pick_batch
+from server.embedder import Priority
+from server.errors import Overloaded
+from tests.fake_encoder import FakeEncoder, fake_vector, make_item
+
+
+def scheduler(**kwargs: float) -> Scheduler:
+    params = {"max_batch_tokens": 64, "max_wait_ms": 1.0, "max_queue_items": 100, **kwargs}
+    return Scheduler(**params)  # type: ignore[arg-type]
+
+
+async def test_batches_respect_the_padded_token_budget_and_group_similar_lengths() -> None:
+    sched = scheduler(max_batch_tokens=64)
+    lengths = [30, 4, 31, 5, 6, 29, 4, 32]
+    items = [make_item(n) for n in lengths]
+    sched.submit(items)
+    fake = FakeEncoder(sched)
+    runner = asyncio.create_task(fake.run())
+    results = await asyncio.gather(*(i.future for i in items))
+    sched.close()
+    await runner
+    for batch in fake.batches:
+        assert max(i.length for i in batch) * len(batch) <= 64
+    # short ones together, long ones together: no batch mixes a <=6 with a >=29 item
+    for batch in fake.batches:
+        assert len({i.length <= 6 for i in batch}) == 1
+    for item, (vector, _, _) in zip(items, results, strict=True):
+        np.testing.assert_array_equal(vector, fake_vector(item.ids))
+
+
+def test_pick_batch_always_contains_the_oldest_item() -> None:
+    async def run() -> None:
+        window = [make_item(n) for n in (50, 3, 3, 3, 3, 3, 60)]
+        batch = pick_batch(window, budget=100)
+        assert window[0] in batch
+        assert max(i.length for i in batch) * len(batch) <= 100
+
+    asyncio.run(run())
+
+
+async def test_interactive_items_go_before_queued_bulk_items() -> None:
+    sched = scheduler(max_batch_tokens=16)
+    bulk = [make_item(8, Priority.BULK) for _ in range(6)]
+    sched.submit(bulk)
+    interactive = [make_item(8, Priority.INTERACTIVE) for _ in range(2)]
+    sched.submit(interactive)
+    fake = FakeEncoder(sched)
+    runner = asyncio.create_task(fake.run())
+    await asyncio.gather(*(i.future for i in bulk + interactive))
+    sched.close()
+    await runner
+    assert fake.priorities()[0] == Priority.INTERACTIVE
+    assert fake.priorities().count(Priority.INTERACTIVE) == 1  # both interactive items in one batch
+
+
+async def test_a_lone_item_leaves_after_max_wait() -> None:
+    sched = scheduler(max_batch_tokens=10_000, max_wait_ms=20)
+    item = make_item(5)
+    sched.submit([item])
+    fake = FakeEncoder(sched)
+    runner = asyncio.create_task(fake.run())
+    await asyncio.wait_for(item.future, timeout=5)
+    sched.close()
+    await runner
+    assert len(fake.batches) == 1
+
+
+async def test_queue_limit_raises_overloaded_naming_the_limit() -> None:
+    sched = scheduler(max_queue_items=5)
+    sched.submit([make_item(4) for _ in range(4)])
+    with pytest.raises(Overloaded, match="max-queue-items=5"):
+        sched.submit([make_item(4) for _ in range(2)])
+    assert sched.depth() == 4  # all-or-nothing
+
+
+async def test_items_of_finished_calls_are_dropped_not_computed() -> None:
+    sched = scheduler(max_batch_tokens=8, max_wait_ms=0)
+    gate = asyncio.Event()
+    fake = FakeEncoder(sched, gate=gate)
+    first = make_item(8)
+    sched.submit([first])
+    runner = asyncio.create_task(fake.run())
+    abandoned = [make_item(8) for _ in range(10)]
+    sched.submit(abandoned)
+    while not fake.batches:  # the first batch is now held in flight by the gate
+        await asyncio.sleep(0)
+    for item in abandoned:
+        item.future.cancel()  # what PoolEmbedder does when the call's deadline passes
+    last = make_item(8)
+    sched.submit([last])
+    gate.set()
+    await asyncio.wait_for(last.future, timeout=5)
+    sched.close()
+    await runner
+    computed = [item for batch in fake.batches for item in batch]
+    assert computed == [first, last]
+
+
+def test_pad_batch_right_pads_with_the_pad_id() -> None:
+    async def run() -> None:
+        items = [make_item(3, token=5), make_item(1, token=9)]
+        ids, mask, types = pad_batch(items, pad_id=0)
+        assert ids.tolist() == [[5, 5, 5], [9, 0, 0]]
+        assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+        assert not types.any()
+
+    asyncio.run(run())
