@@ -147,7 +147,10 @@ class Ingestor:
                 out.append(IngestOutcome(item, error=errors[i]))
             else:
                 seq, _changed = by_index[i]
-                out.append(IngestOutcome(item, hashes[i].hex(), hashes[i] not in missing, seq))
+                # a text repeated within the batch is embedded once: later copies are hits
+                embedded = hashes[i] in missing
+                missing.discard(hashes[i])
+                out.append(IngestOutcome(item, hashes[i].hex(), not embedded, seq))
         return out
 
     async def _embed(self, texts_by_hash: dict[bytes, str]) -> dict[bytes, np.ndarray]:
