@@ -1,0 +1,159 @@
+"""A dedicated server with small limits: auth, overload, metrics, deadlines dropping queued
+work, a killed worker, and the SIGTERM drain. (The shared live_server must not be killed.)"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos.embedding.v1 import embedding_pb2 as pb
+from protos.embedding.v1 import embedding_pb2_grpc as pb_grpc
+from tests.server_harness import ServerProcess, free_port, running_server
+
+TOKEN = "s3cret-token"
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+LONG = "lorem ipsum dolor sit amet " * 60  # cut to 256 tokens: a slow input
+QUEUE_LIMIT = 100
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, int]]:
+    metrics_port = free_port()
+    with running_server(
+        tmp_path_factory.mktemp("pool") / "data",
+        "--workers", "1",
+        "--max-queue-items", str(QUEUE_LIMIT),
+        "--max-batch-tokens", "1024",
+        "--metrics-port", str(metrics_port),
+        "--auth-token", TOKEN,
+        "--grace-seconds", "60",
+    ) as proc:  # fmt: skip
+        yield proc, metrics_port
+
+
+@pytest.fixture(scope="module")
+def stub(server: tuple[ServerProcess, int]) -> Iterator[pb_grpc.EmbeddingServiceStub]:
+    with grpc.insecure_channel(server[0].address) as channel:
+        yield pb_grpc.EmbeddingServiceStub(channel)
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        return str(reply.read().decode())
+
+
+def metric(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def worker_process(server: ServerProcess) -> psutil.Process:
+    children = psutil.Process(server.process.pid).children()
+    workers = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+    assert len(workers) == 1, [c.cmdline() for c in children]
+    return workers[0]
+
+
+def wait_until_busy(worker: psutil.Process, timeout: float = 60) -> None:
+    """Until the worker has burnt 0.3 s of CPU more than now: a batch is being computed."""
+    start = sum(worker.cpu_times()[:2])
+    deadline = time.monotonic() + timeout
+    while sum(worker.cpu_times()[:2]) - start < 0.3:
+        assert time.monotonic() < deadline, "the worker never started computing"
+        time.sleep(0.02)  # polling an observable condition, bounded by the deadline
+
+
+def test_auth_is_required_except_for_health(
+    server: tuple[ServerProcess, int], stub: pb_grpc.EmbeddingServiceStub
+) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Embed(pb.EmbedRequest(inputs=["hi"]), timeout=30)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Embed(pb.EmbedRequest(inputs=["hi"]), timeout=30, metadata=(("authorization", "Bearer nope"),))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert len(stub.Embed(pb.EmbedRequest(inputs=["hi"]), timeout=30, metadata=AUTH).embeddings) == 1
+    with grpc.insecure_channel(server[0].address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_unary_over_the_queue_limit_is_resource_exhausted(stub: pb_grpc.EmbeddingServiceStub) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Embed(pb.EmbedRequest(inputs=["x"] * (QUEUE_LIMIT + 1)), timeout=30, metadata=AUTH)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"--max-queue-items={QUEUE_LIMIT}" in err.value.details()
+
+
+def test_metrics_count_requests_by_code_and_batches(server: tuple[ServerProcess, int]) -> None:
+    text = scrape(server[1])
+    assert (
+        'embed_requests_total{code="UNAUTHENTICATED",method="/embedding.v1.EmbeddingService/Embed"}' in text
+    )
+    assert 'code="RESOURCE_EXHAUSTED"' in text
+    assert metric(text, "embed_batch_size_count") >= 1
+    assert "embed_queue_depth" in text and "embed_query_cache_misses_total" in text
+
+
+def test_deadline_drops_the_queued_work_of_the_call(
+    server: tuple[ServerProcess, int], stub: pb_grpc.EmbeddingServiceStub
+) -> None:
+    before = metric(scrape(server[1]), 'embed_items_total{priority="interactive"}')
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Embed(
+            pb.EmbedRequest(inputs=[f"{i} {LONG}" for i in range(QUEUE_LIMIT)]), timeout=1.0, metadata=AUTH
+        )
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The next call is served after at most the batch that was in flight, not 100 long inputs.
+    assert len(stub.Embed(pb.EmbedRequest(inputs=["after"]), timeout=60, metadata=AUTH).embeddings) == 1
+    computed = metric(scrape(server[1]), 'embed_items_total{priority="interactive"}') - before
+    assert computed < QUEUE_LIMIT / 2, computed
+
+
+def test_killed_worker_fails_the_call_in_flight_and_is_replaced(
+    server: tuple[ServerProcess, int], stub: pb_grpc.EmbeddingServiceStub
+) -> None:
+    worker = worker_process(server[0])
+    call = stub.Embed.future(
+        pb.EmbedRequest(inputs=[f"{i} {LONG}" for i in range(QUEUE_LIMIT)]), timeout=300, metadata=AUTH
+    )
+    wait_until_busy(worker)
+    worker.kill()
+    with pytest.raises(grpc.RpcError) as err:
+        call.result()
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "encoder worker 0 died (signal 9)" in err.value.details()
+    reply = stub.Embed(pb.EmbedRequest(inputs=["back again"]), timeout=300, metadata=AUTH)
+    assert len(reply.embeddings) == 1
+    assert worker_process(server[0]).pid != worker.pid
+
+
+def test_sigterm_finishes_the_stream_in_flight_then_exits_zero(
+    server: tuple[ServerProcess, int], stub: pb_grpc.EmbeddingServiceStub
+) -> None:
+    outgoing: queue.Queue[pb.EmbedStreamRequest | None] = queue.Queue()
+    replies = stub.EmbedStream(iter(outgoing.get, None), timeout=300, metadata=AUTH)
+    outgoing.put(pb.EmbedStreamRequest(id="0", input="before the signal"))
+    assert next(replies).id == "0"  # the stream is established and working
+    server[0].process.send_signal(signal.SIGTERM)
+    for i in range(1, 11):
+        outgoing.put(pb.EmbedStreamRequest(id=str(i), input=f"during the drain {i}"))
+    outgoing.put(None)
+    rest = list(replies)
+    assert [r.id for r in rest] == [str(i) for i in range(1, 11)]
+    assert all(r.HasField("embedding") for r in rest)
+    assert server[0].process.wait(timeout=120) == 0
+
+
+def test_the_server_log_has_no_traceback(server: tuple[ServerProcess, int]) -> None:
+    log = server[0].log()
+    assert "Traceback" not in log, log[-3000:]
+    assert Path(server[0].log_path).is_file()
