@@ -1,0 +1,44 @@
+"""TLS: with --tls-cert/--tls-key the server speaks TLS only (in-process, before warm-up)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.app import build_server
+from server.settings import Settings
+
+
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_tls_port_accepts_tls_clients_only(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    settings = Settings.from_env({}, port=0, data_dir=tmp_path / "data", tls_cert=str(cert), tls_key=str(key))
+    server, port, runtime = await build_server(settings)
+    try:
+        creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        async with grpc.aio.secure_channel(f"localhost:{port}", creds) as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=10
+            )
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING  # no warm-up in this test
+        async with grpc.aio.insecure_channel(f"localhost:{port}") as plain:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await health_pb2_grpc.HealthStub(plain).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await server.stop(None)
+        for close in reversed(runtime.closers):
+            await close()
