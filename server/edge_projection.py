@@ -32,16 +32,16 @@ class BundleProjection:
         return self.projection.apply(vectors, dims or self.default_dims)
 
 
-def sample_store_vectors(store: Any, limit: int) -> np.ndarray | None:
-    """Up to ``limit`` stored full-dimension vectors (all collections), or None if the store
-    cannot say. Uses the store's ``sample_vectors(limit)`` (issue 4)."""
+def sample_store_vectors(store: Any, limit: int, fingerprint: str) -> np.ndarray | None:
+    """Up to ``limit`` stored full-dimension vectors of the model ``fingerprint`` (all
+    collections), or None if the store cannot say. Uses the store's ``sample_vectors``."""
     if store is None:
         return None
     sample = getattr(store, "sample_vectors", None)
     if sample is None:
         log.warning("the store has no sample_vectors(); the edge projection cannot be fitted on it")
         return None
-    vectors = np.asarray(sample(limit), dtype=np.float32)
+    vectors = np.asarray(sample(limit, fingerprint=fingerprint), dtype=np.float32)
     return vectors if vectors.ndim == 2 and len(vectors) else None
 
 

@@ -39,3 +39,25 @@ def live_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
 
     with running_server(tmp_path_factory.mktemp("live") / "data") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def edge_onnx_dir(spec):  # type: ignore[no-untyped-def]
+    """The model's exported ONNX graphs (fp32 + int8), exported once into the same per-user
+    cache the server uses (server.servicers.edge.onnx_cache_dir), so servers reuse them."""
+    from server.edge_bundle import ensure_onnx
+    from server.servicers.edge import onnx_cache_dir
+    from server.settings import Settings
+
+    return ensure_onnx(spec, onnx_cache_dir(Settings.from_env()))
+
+
+@pytest.fixture(scope="session")
+def edge_bundle(spec, edge_onnx_dir, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """An edge bundle (identity projection, 128 dims) built in-process from edge_onnx_dir."""
+    from edge_client._projection import Projection
+    from server.edge_bundle import build_bundle
+
+    out = tmp_path_factory.mktemp("edge") / "bundle"
+    identity = Projection.identity(spec.dimensions)
+    return build_bundle(spec, out, identity, default_dims=128, onnx_dir=edge_onnx_dir)

@@ -58,7 +58,7 @@ def load_or_build(runtime: Runtime) -> EdgeBundle:
     fitted_on = int(existing.manifest.extra.get("fit_vectors", 0)) if existing else 0
     vectors = None
     if existing is None or fitted_on < settings.edge_fit_min_vectors:
-        vectors = sample_store_vectors(runtime.store, settings.edge_fit_sample)
+        vectors = sample_store_vectors(runtime.store, settings.edge_fit_sample, spec.fingerprint)
     can_refit = vectors is not None and len(vectors) >= settings.edge_fit_min_vectors
     if (
         existing is not None
