@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from server.evaluation.configs import ConfigResult, EvalConfig, default_configs, select
-from server.evaluation.datasets import load_beir, load_sts
-from server.evaluation.edge_path import EdgeUnavailable, run_edge
+from server.evaluation.datasets import BeirDataset, load_beir, load_sts
+from server.evaluation.edge_path import EdgeSession, EdgeUnavailable, run_edge
 from server.evaluation.metrics import evaluate_run, spearman
 from server.evaluation.server_path import ServerClient, Unavailable, collection_name
 
@@ -100,31 +100,45 @@ def _retrieval(
         ingest_error = str(exc)
         say(f"ingest failed: {ingest_error}")
     with tempfile.TemporaryDirectory(prefix="embed-eval-") as tmp:
-        workdir = options.workdir or Path(tmp)
-        for config in configs:
-            dims = full_dims if config.dims is None else config.dims
-            result = ConfigResult(config=config, dims=dims, queries=len(data.qrels))
-            start = time.perf_counter()
-            try:
-                if ingest_error:
-                    raise Unavailable(f"corpus not ingested: {ingest_error}")
-                if config.path == "server":
-                    run = client.search_all(collection, data.queries, config, options.concurrency)
-                else:
-                    run, result.local_share = run_edge(
-                        config,
-                        address=options.server,
-                        collection=collection,
-                        queries=data.queries,
-                        workdir=workdir,
-                    )
-                result.metrics = evaluate_run(run, data.qrels)
-            except (Unavailable, EdgeUnavailable) as exc:
-                result.unavailable = str(exc)
-            result.seconds = time.perf_counter() - start
-            outcome.results.append(result)
-            status = result.unavailable or f"nDCG@10 {result.metrics['ndcg@10']:.4f}"  # type: ignore[index]
-            log.info("%s: %s", config.label, status)
+        edge = EdgeSession(
+            address=options.server, collection=collection, workdir=options.workdir or Path(tmp)
+        )
+        try:
+            for config in configs:
+                outcome.results.append(
+                    _one(config, data, collection, client, edge, full_dims, options, ingest_error)
+                )
+        finally:
+            edge.close()
+
+
+def _one(
+    config: EvalConfig,
+    data: BeirDataset,
+    collection: str,
+    client: ServerClient,
+    edge: EdgeSession,
+    full_dims: int | None,
+    options: EvalOptions,
+    ingest_error: str,
+) -> ConfigResult:
+    dims = full_dims if config.dims is None else config.dims
+    result = ConfigResult(config=config, dims=dims, queries=len(data.qrels))
+    start = time.perf_counter()
+    try:
+        if ingest_error:
+            raise Unavailable(f"corpus not ingested: {ingest_error}")
+        if config.path == "server":
+            run = client.search_all(collection, data.queries, config, options.concurrency)
+        else:
+            run, result.local_share, result.dims = run_edge(edge, config, data.queries)
+        result.metrics = evaluate_run(run, data.qrels)
+    except (Unavailable, EdgeUnavailable) as exc:
+        result.unavailable = str(exc)
+    result.seconds = time.perf_counter() - start
+    status = result.unavailable or f"nDCG@10 {result.metrics['ndcg@10']:.4f}"  # type: ignore[index]
+    log.info("%s: %s", config.label, status)
+    return result
 
 
 def _sts(
