@@ -178,5 +178,5 @@ def _first_pass_scores(vectors: np.ndarray, query: np.ndarray, kind: FirstPass) 
         return np.asarray(docs.astype(np.float32) @ qq.astype(np.float32), dtype=np.float32)
     bits = np.packbits(vectors > 0, axis=1)
     qbits = np.packbits(query > 0)
-    distance = np.bitwise_count(np.bitwise_xor(bits, qbits)).sum(axis=1)
-    return np.asarray(-distance, dtype=np.float32)
+    distance = np.bitwise_count(np.bitwise_xor(bits, qbits)).sum(axis=1).astype(np.float32)
+    return np.asarray(-distance, dtype=np.float32)  # negated after the cast: it is unsigned

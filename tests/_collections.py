@@ -41,7 +41,9 @@ def requests(collection: str, docs: Iterable[tuple[str, str, dict[str, Any]]]) -
     return out
 
 
-def ingest(address: str, collection: str, docs: Iterable[tuple[str, str, dict[str, Any]]]) -> list[pb.IngestAck]:
+def ingest(
+    address: str, collection: str, docs: Iterable[tuple[str, str, dict[str, Any]]]
+) -> list[pb.IngestAck]:
     channel, service = stub(address)
     with channel:
         return list(service.Ingest(iter(requests(collection, docs)), timeout=600))

@@ -92,7 +92,16 @@ def test_cli_ingest_then_search_json(live_server, tmp_path) -> None:  # type: ig
     assert done.returncode == 0, done.stderr
     assert "3 docs into 'ing-cli': 3 embedded, 0 cached, 0 failed" in done.stdout
     found = subprocess.run(
-        [*cmd, "search", "how is bread made", "--collection", "ing-cli", "--server", live_server.address, "--json"],
+        [
+            *cmd,
+            "search",
+            "how is bread made",
+            "--collection",
+            "ing-cli",
+            "--server",
+            live_server.address,
+            "--json",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
