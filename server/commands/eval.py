@@ -8,6 +8,7 @@ exists). One row per configuration; ``--configs`` picks some by glob.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--collection", default=None, help="collection name (default: from the dataset)")
     parser.add_argument("--concurrency", type=int, default=4, help="queries in flight")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("EMBED_AUTH_TOKEN", ""),
+        help="bearer token, if the server requires one [env EMBED_AUTH_TOKEN]",
+    )
     parser.add_argument("--list-configs", action="store_true", help="print the configuration labels")
 
 
@@ -52,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         configs=args.configs,
         collection=args.collection,
         concurrency=args.concurrency,
+        token=args.token,
     )
     try:
         outcome = run_evaluation(options)

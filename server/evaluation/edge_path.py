@@ -42,8 +42,9 @@ def _edge_module() -> Any:
 class EdgeSession:
     """Edge clients of one evaluation run, one per dimension, created (init + sync) on demand."""
 
-    def __init__(self, *, address: str, collection: str, workdir: Path) -> None:
+    def __init__(self, *, address: str, collection: str, workdir: Path, token: str = "") -> None:
         self.address = address
+        self.token = token
         self.collection = collection
         self.workdir = workdir
         self._clients: dict[int | None, tuple[Any, str]] = {}  # dims -> (client, projection kind)
@@ -55,7 +56,7 @@ class EdgeSession:
         if dims not in self._clients:
             edge = _edge_module()
             home = self.workdir / f"edge-{dims or 'default'}"
-            client = edge.EdgeClient(home, server=self.address, dims=dims)
+            client = edge.EdgeClient(home, server=self.address, dims=dims, token=self.token)
             try:
                 bundle = client.init()
                 report = client.sync(self.collection)

@@ -31,6 +31,7 @@ class EvalOptions:
     configs: Sequence[str] = ()
     collection: str | None = None
     concurrency: int = 4
+    token: str = ""  # bearer token, when the server requires one
     workdir: Path | None = None  # edge client state; a temporary folder when None
 
 
@@ -51,7 +52,7 @@ def run_evaluation(options: EvalOptions, say: Callable[[str], None] = print) -> 
     if options.dataset is None and options.sts is None:
         raise ValueError("give --dataset DIR, --sts FILE.csv, or both")
     configs = select(default_configs(), options.configs)
-    client = ServerClient(options.server)
+    client = ServerClient(options.server, token=options.token)
     outcome = EvalOutcome()
     try:
         client.wait_ready()

@@ -58,9 +58,10 @@ class IngestSummary:
 
 
 class ServerClient:
-    def __init__(self, address: str, *, timeout: float = 120.0) -> None:
+    def __init__(self, address: str, *, token: str = "", timeout: float = 120.0) -> None:
         self.address = address
         self.timeout = timeout
+        self._metadata = [("authorization", f"Bearer {token}")] if token else []
         options = [
             ("grpc.max_send_message_length", _MESSAGE_BYTES),
             ("grpc.max_receive_message_length", _MESSAGE_BYTES),
@@ -81,7 +82,9 @@ class ServerClient:
     def info(self) -> pb.InfoResponse | None:
         """The server's Info, or None when it does not answer Info (older or partial servers)."""
         try:
-            info: pb.InfoResponse = self._embedding.Info(pb.InfoRequest(), timeout=self.timeout)
+            info: pb.InfoResponse = self._embedding.Info(
+                pb.InfoRequest(), timeout=self.timeout, metadata=self._metadata
+            )
             return info
         except grpc.RpcError as exc:
             log.warning("%s", describe(exc, "EmbeddingService.Info"))
@@ -104,7 +107,7 @@ class ServerClient:
         first_error = ""
         try:
             # The whole corpus is one call: no per-call deadline that a large corpus could outlive.
-            for ack in self._collections.Ingest(requests()):
+            for ack in self._collections.Ingest(requests(), metadata=self._metadata):
                 acks += 1
                 if ack.HasField("error") and ack.error.code:
                     errors += 1
@@ -130,7 +133,7 @@ class ServerClient:
         )
         if config.dims is not None:
             request.dimensions = config.dims
-        response = self._collections.Search(request, timeout=self.timeout)
+        response = self._collections.Search(request, timeout=self.timeout, metadata=self._metadata)
         return {hit.id: float(hit.score) for hit in response.hits}
 
     def search_all(
@@ -156,7 +159,7 @@ class ServerClient:
         try:
             for start in range(0, len(texts), batch):
                 request = pb.EmbedRequest(inputs=list(texts[start : start + batch]), options=options)
-                response = self._embedding.Embed(request, timeout=self.timeout)
+                response = self._embedding.Embed(request, timeout=self.timeout, metadata=self._metadata)
                 for vector in response.embeddings:
                     rows.append(np.frombuffer(vector.data, dtype="<f4", count=vector.dims))
         except grpc.RpcError as exc:
