@@ -1,0 +1,106 @@
+"""kill -9 during a long ingest, several times at random moments: every acknowledged document
+survives, the store opens cleanly, and sending everything again embeds only the lost tail."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from server.model import load_spec
+from server.store import content_hash, open_store
+from tests._collections import requests, search, stub
+from tests.server_harness import running_server
+
+COLLECTION = "crash"
+N = 400
+
+
+def _docs() -> list[tuple[str, str, dict[str, object]]]:
+    topics = [
+        "volcanoes",
+        "violins",
+        "tax law",
+        "orbital mechanics",
+        "sourdough",
+        "glaciers",
+        "chess openings",
+    ]
+    return [
+        (f"c{i:04d}", f"Short note {i} on {topics[i % len(topics)]}, item {i * 7919 % 1000}.", {"i": i})
+        for i in range(N)
+    ]
+
+
+def _ingest_until_killed(address: str, process, kill_after_s: float) -> tuple[list, bool]:  # type: ignore[no-untyped-def]
+    """Stream every doc; SIGKILL the server ``kill_after_s`` after the first ack."""
+    acks = []
+    timer = threading.Timer(kill_after_s, process.kill)
+    channel, service = stub(address)
+    finished = False
+    with channel:
+        try:
+            for ack in service.Ingest(iter(requests(COLLECTION, _docs())), timeout=300):
+                if not acks:
+                    timer.start()
+                acks.append(ack)
+            finished = True
+        except grpc.RpcError:
+            pass
+        finally:
+            timer.cancel()
+    return acks, finished
+
+
+def _check_store(data: Path, acked: dict[str, tuple[str, int]]) -> int:
+    """Open the store as a fresh process would: every acked doc is there with its hash."""
+    spec = load_spec()
+    store = open_store(data)
+    try:
+        meta = store.collection(COLLECTION)
+        docs = store.documents(COLLECTION, list(acked))
+        for (doc_id, (chash, seq)), doc in zip(acked.items(), docs, strict=True):
+            assert doc is not None, f"acknowledged {doc_id} lost"
+            assert doc.content_hash.hex() == chash and doc.sequence == seq
+            assert doc.content_hash == content_hash(spec.fingerprint, "", doc.text or "")
+        assert store.missing_hashes([d.content_hash for d in docs if d is not None]) == set()
+        return meta.documents if meta else 0
+    finally:
+        store.close()
+
+
+def test_kill_9_during_ingest_loses_no_acknowledged_document(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    rng = np.random.default_rng(20261126)
+    acked: dict[str, tuple[str, int]] = {}
+    kills = 0
+    for _ in range(3):
+        with running_server(data) as server:
+            acks, finished = _ingest_until_killed(
+                server.address, server.process, float(rng.uniform(0.2, 2.5))
+            )
+            assert server.process.wait(60) is not None
+        for ack in acks:
+            assert not ack.HasField("error")
+            if ack.id in acked:  # acknowledged before a previous kill: a cache hit now, same sequence
+                assert ack.cached and (ack.content_hash, ack.sequence) == acked[ack.id]
+            acked[ack.id] = (ack.content_hash, ack.sequence)
+        kills += not finished
+        stored = _check_store(data, acked)
+        assert stored >= len(acked)  # the unacknowledged tail may be there too, never less
+    assert kills >= 2  # the random moments really interrupted the ingest
+
+    with running_server(data) as server:
+        channel, service = stub(server.address)
+        with channel:
+            final = list(service.Ingest(iter(requests(COLLECTION, _docs())), timeout=300))
+        assert len(final) == N and all(a.cached for a in final if a.id in acked)
+        assert all(a.content_hash == acked[a.id][0] for a in final if a.id in acked)
+        exact = search(server.address, COLLECTION, "sourdough", k=N, exact=True)
+        approx = search(server.address, COLLECTION, "sourdough", k=N)
+        assert len(exact.hits) == N and len(approx.hits) == N  # the index caught up with the store
+        doc_id, text, _ = _docs()[123]
+        assert search(server.address, COLLECTION, text, k=1, prompt_name="").hits[0].id == doc_id
+    assert _check_store(data, {a.id: (a.content_hash, a.sequence) for a in final}) == N
