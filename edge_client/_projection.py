@@ -62,7 +62,12 @@ class Projection:
 
     @classmethod
     def load(cls, path: Path) -> Projection:
-        with np.load(path, allow_pickle=False) as data:
+        return cls.load_bytes(path.read_bytes(), source=str(path))
+
+    @classmethod
+    def load_bytes(cls, raw: bytes, *, source: str = "projection") -> Projection:
+        path = source
+        with np.load(io.BytesIO(raw), allow_pickle=False) as data:
             kind = str(data["kind"])
             if kind not in KINDS:
                 raise ValueError(f"{path}: unknown projection kind {kind!r}")

@@ -1,15 +1,131 @@
-"""``embed-server demo``."""
+"""``embed-server demo``: the whole system end to end on the sample corpus, in about a minute.
+
+Starts a real server (default model) on a free port with a temporary data directory, ingests
+server/samples/sample_corpus.jsonl through the Ingest RPC (``embed-server ingest``), fetches
+the edge bundle (``edge-client init``), syncs the collection (``edge-client sync``), searches
+locally and through the server, stops the server, and searches once more: the edge answers
+on its own, flagged degraded.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
-from server.commands import not_built
+SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "sample_corpus.jsonl"
+COLLECTION = "demo"
+QUERIES = (
+    "how do astronomers find planets around other stars",
+    "my home wifi is slow",
+    "keeping fresh basil from wilting",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help="store directory (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp directory afterwards")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the server")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_serving(address: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Block on the health Watch stream until SERVING (no polling), or fail if the server died."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+        request = health_pb2.HealthCheckRequest(service="")
+        for reply in health_pb2_grpc.HealthStub(channel).Watch(request, timeout=timeout):
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+            if process.poll() is not None:
+                break
+    raise RuntimeError("the server stopped before it was serving")
+
+
+def _step(title: str) -> None:
+    print(f"\n=== {title}", flush=True)
+
+
+def _run(*args: str) -> None:
+    print("$ " + " ".join(a if " " not in a else repr(a) for a in args[2:]), flush=True)
+    subprocess.run([sys.executable, *args], check=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    return not_built("demo", 5)
+    root = Path(tempfile.mkdtemp(prefix="embed-demo-"))
+    data_dir = Path(args.data_dir) if args.data_dir else root / "data"
+    home = root / "edge"
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    log_path = root / "server.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    _step(f"starting the server on {address} (data in {data_dir}; log {log_path})")
+    print("first run exports the model to ONNX for the edge bundle (tens of seconds)", flush=True)
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "server",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        try:
+            _wait_serving(address, server, args.timeout)
+        except Exception as exc:
+            print(f"server failed to start ({exc}); last log lines:", file=sys.stderr)
+            print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
+            return 1
+        print(f"serving after {time.monotonic() - started:.0f}s", flush=True)
+        _step("ingesting the sample corpus through the Ingest RPC")
+        _run("-m", "server", "ingest", str(SAMPLE), "--collection", COLLECTION, "--server", address)
+        _step("edge: fetch and verify the bundle, then sync the collection")
+        _run("-m", "edge_client", "init", "--server", address, "--home", str(home))
+        _run("-m", "edge_client", "sync", "--collection", COLLECTION, "--home", str(home), "--no-progress")
+        for query in QUERIES:
+            for mode in ("local", "server"):
+                _step(f"{mode} search: {query!r}")
+                _run(
+                    "-m", "edge_client", "search", query, "--collection", COLLECTION, "--home", str(home),
+                    "--mode", mode, "--k", "3",
+                )  # fmt: skip
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            server.wait(60)
+    _step("server stopped: the edge still answers (auto mode asks the server, falls back, flags it)")
+    _run(
+        "-m", "edge_client", "search", QUERIES[0], "--collection", COLLECTION, "--home", str(home),
+        "--mode", "auto", "--comprehensive", "--timeout", "2", "--k", "3",
+    )  # fmt: skip
+    if args.keep or args.data_dir:
+        print(f"\nkept {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0

@@ -1,15 +1,93 @@
-"""``embed-server export-edge``."""
+"""``embed-server export-edge --out DIR``: write the edge bundle (ONNX model, tokenizer, manifest).
+
+The Matryoshka rotation is fitted on corpus vectors: a running server's store
+(``--fit-data-dir``, optionally one ``--fit-collection``) or a JSONL corpus embedded here
+(``--fit-corpus``, BEIR format). Without either the projection is the identity (plain
+truncation). To make a server serve this bundle, write it to DATA_DIR/edge_bundle (or pass
+``--edge-bundle-dir``) and restart it; edge clients then re-init and resync.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
-from server.commands import not_built
+import numpy as np
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="bundle directory to write")
+    parser.add_argument("--model", default="all-MiniLM-L6-v2", help="model directory, alias or hub id")
+    parser.add_argument("--dims", type=int, default=128, help="default edge dimensions (128)")
+    parser.add_argument("--no-int8", action="store_true", help="leave out the int8 ONNX graph")
+    parser.add_argument("--fit-data-dir", default=None, help="fit the rotation on this store's vectors")
+    parser.add_argument("--fit-collection", default=None, help="with --fit-data-dir: only this collection")
+    parser.add_argument("--fit-corpus", default=None, help="fit the rotation on this JSONL corpus")
+    parser.add_argument("--fit-sample", type=int, default=20000, help="most vectors to fit on")
+    parser.add_argument("--onnx-cache", default="", help="exported ONNX cache (default: per-user cache)")
+
+
+def _corpus_vectors(spec_path: Path, corpus: Path, limit: int, max_tokens: int) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    from server.commands.ingest import read_corpus
+
+    texts = [text for _, text, _ in read_corpus(corpus, limit)]
+    model = SentenceTransformer(str(spec_path), device="cpu")
+    model.max_seq_length = max_tokens
+    return np.asarray(model.encode(texts, batch_size=32, convert_to_numpy=True), dtype=np.float32)
 
 
 def run(args: argparse.Namespace) -> int:
-    return not_built("export-edge", 5)
+    import onnxruntime  # noqa: F401  (before usearch, which the store imports)
+
+    from server.edge_bundle import build_bundle, ensure_onnx
+    from server.edge_projection import fit_projection
+    from server.model import ModelNotFoundError, load_spec
+    from server.servicers.edge import onnx_cache_dir
+    from server.settings import Settings
+
+    try:
+        spec = load_spec(args.model)
+    except ModelNotFoundError as exc:
+        print(f"embed-server export-edge: {exc}", file=sys.stderr)
+        return 2
+    if not 0 < args.dims <= spec.dimensions:
+        print(f"embed-server export-edge: --dims must be in 1..{spec.dimensions}", file=sys.stderr)
+        return 2
+    vectors: np.ndarray | None = None
+    source = "none"
+    if args.fit_data_dir:
+        from server.store.lmdb_store import open_store
+
+        store = open_store(Path(args.fit_data_dir))
+        try:
+            vectors = store.sample_vectors(
+                args.fit_sample, collection=args.fit_collection, fingerprint=spec.fingerprint
+            )
+        finally:
+            store.close()
+        source = f"store {args.fit_data_dir}" + (
+            f" collection {args.fit_collection}" if args.fit_collection else ""
+        )
+    elif args.fit_corpus:
+        vectors = _corpus_vectors(spec.path, Path(args.fit_corpus), args.fit_sample, spec.max_tokens)
+        source = f"corpus {Path(args.fit_corpus).name}"
+    projection = fit_projection(vectors, spec.dimensions, min_vectors=2 * args.dims)
+    fitted = len(vectors) if vectors is not None and projection.kind != "identity" else 0
+    cache = Path(args.onnx_cache) if args.onnx_cache else onnx_cache_dir(Settings())
+    bundle = build_bundle(
+        spec,
+        Path(args.out),
+        projection,
+        default_dims=args.dims,
+        onnx_dir=ensure_onnx(spec, cache, int8=not args.no_int8),
+        int8=not args.no_int8,
+        extra={"fit_vectors": fitted, "fit_source": source if fitted else "none"},
+    )
+    print(
+        f"edge bundle {bundle.fingerprint} in {args.out}: {spec.fingerprint}, {projection.kind} projection"
+        f" ({fitted} vectors from {source}), {args.dims} dims"
+    )
+    return 0

@@ -1,0 +1,154 @@
+"""Edge bundle: served by GetEdgeBundle, verified and installed by the client; bad downloads rejected."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from edge_client import BundleIntegrityError, EdgeClient
+from edge_client._bundle import EdgeBundle, sha256_file
+from edge_client._projection import Projection, fit_pca_rotation
+from edge_client._transport import open_channel
+from protos.embedding.v1 import embedding_pb2 as pb
+from protos.embedding.v1.embedding_pb2_grpc import EmbeddingServiceStub
+from server.edge_bundle import build_bundle
+from server.model import ModelSpec
+
+Mangle = Callable[[int, Any], Any]  # (attempt, message) -> message or None to drop it
+
+
+class _StreamMangler(grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Rewrites GetEdgeBundle streams on the first ``bad_attempts`` calls."""
+
+    def __init__(self, mangle: Mangle, bad_attempts: int) -> None:
+        self.mangle, self.bad_attempts, self.calls = mangle, bad_attempts, 0
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        stream = continuation(details, request)
+        if not details.method.endswith("GetEdgeBundle"):
+            return stream
+        self.calls += 1
+        if self.calls > self.bad_attempts:
+            return stream
+        attempt = self.calls
+
+        def mangled() -> Iterator[Any]:
+            for message in stream:
+                out = self.mangle(attempt, message)
+                if out is not None:
+                    yield out
+
+        return mangled()
+
+
+def _flip_first_model_byte(_: int, message: Any) -> Any:
+    if (
+        message.WhichOneof("part") == "chunk"
+        and message.chunk.path == "model.onnx"
+        and message.chunk.offset == 0
+    ):
+        data = bytearray(message.chunk.data)
+        data[100] ^= 0xFF
+        return pb.EdgeBundleChunk(chunk=pb.FileChunk(path="model.onnx", offset=0, data=bytes(data)))
+    return message
+
+
+def _drop_last_projection_chunk(_: int, message: Any) -> Any:
+    if message.WhichOneof("part") == "chunk" and message.chunk.path == "projection.npz":
+        return None  # the file never arrives: a partial download
+    return message
+
+
+def test_bundle_round_trip_with_hash_check(live_server: Any, tmp_path: Path) -> None:
+    with EdgeClient(tmp_path / "edge", server=live_server.address) as client:
+        bundle = client.init()
+        with grpc.insecure_channel(live_server.address) as channel:
+            info = EmbeddingServiceStub(channel).Info(pb.InfoRequest(), timeout=30)
+    assert bundle.fingerprint == info.edge_bundle_fingerprint != ""
+    server_copy = EdgeBundle.load(live_server.data_dir / "edge_bundle", verify=True)
+    assert server_copy.fingerprint == bundle.fingerprint
+    for name, entry in bundle.manifest.files.items():
+        assert sha256_file(tmp_path / "edge" / "bundle" / name) == entry.sha256
+        assert entry == server_copy.manifest.files[name]
+    assert {"model.onnx", "model.int8.onnx", "tokenizer.json", "projection.npz"} <= set(bundle.manifest.files)
+    assert bundle.manifest.model_fingerprint == info.model_fingerprint
+    assert bundle.manifest.default_dims == 128 and 64 in bundle.manifest.matryoshka_dims
+    assert not list((tmp_path / "edge").glob(".bundle-download.*"))  # staging cleaned up
+
+
+@pytest.mark.parametrize("mangle", [_flip_first_model_byte, _drop_last_projection_chunk])
+def test_corrupted_or_partial_download_is_rejected_then_retried(
+    live_server: Any, tmp_path: Path, mangle: Mangle
+) -> None:
+    mangler = _StreamMangler(mangle, bad_attempts=1)
+    channel = grpc.intercept_channel(open_channel(live_server.address), mangler)
+    with EdgeClient(tmp_path / "edge", channel=channel) as client:
+        bundle = client.init(attempts=3)
+    channel.close()
+    assert mangler.calls == 2  # one rejected attempt, one good one
+    EdgeBundle.load(bundle.directory, verify=True)
+
+
+def test_always_corrupted_download_installs_nothing(live_server: Any, tmp_path: Path) -> None:
+    channel = grpc.intercept_channel(
+        open_channel(live_server.address), _StreamMangler(_flip_first_model_byte, 99)
+    )
+    with (
+        EdgeClient(tmp_path / "edge", channel=channel) as client,
+        pytest.raises(BundleIntegrityError, match="sha256"),
+    ):
+        client.init(attempts=2)
+    channel.close()
+    assert not (tmp_path / "edge" / "bundle").exists()
+
+
+def test_tampered_installed_file_is_detected(edge_bundle: EdgeBundle, tmp_path: Path) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(edge_bundle.directory, copy)
+    path = copy / "projection.npz"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleIntegrityError, match=r"projection\.npz"):
+        EdgeBundle.load(copy, verify=True)
+
+
+def test_pca_rotation_is_orthogonal_keeps_full_similarity_and_orders_variance(
+    edge_bundle: EdgeBundle,
+) -> None:
+    rng = np.random.default_rng(0)
+    texts = [
+        f"document number {i} about {w}"
+        for i, w in enumerate(rng.choice(["cats", "tax", "rain", "jazz"], 80))
+    ]
+    full = edge_bundle.encoder(int8=False).encode(texts)
+    projection = fit_pca_rotation(full)
+    r = projection.matrix
+    assert r is not None
+    assert np.allclose(r.T @ r, np.eye(384), atol=1e-4)
+    rotated = projection.apply(full, 384)
+    assert np.allclose(rotated @ rotated.T, full @ full.T, atol=1e-4)
+    variance = (full @ r).var(axis=0)
+    assert variance[:8].sum() > variance[8:16].sum() > variance[-8:].sum()
+    assert Projection.load_bytes(projection.to_bytes()).sha256() == projection.sha256()
+
+
+def test_rotation_is_part_of_the_bundle_fingerprint(
+    spec: ModelSpec, edge_bundle: EdgeBundle, edge_onnx_dir: Path, tmp_path: Path
+) -> None:
+    full = edge_bundle.encoder(int8=False).encode([f"text {i} {i * i}" for i in range(40)])
+    rotated = build_bundle(
+        spec, tmp_path / "b", fit_pca_rotation(full), default_dims=128, onnx_dir=edge_onnx_dir
+    )
+    assert rotated.fingerprint != edge_bundle.fingerprint
+    assert rotated.manifest.projection_kind == "rotation"
+    again = build_bundle(
+        spec, tmp_path / "b", fit_pca_rotation(full), default_dims=128, onnx_dir=edge_onnx_dir
+    )
+    assert again.fingerprint == rotated.fingerprint  # deterministic: same fit, same fingerprint
