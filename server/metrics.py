@@ -36,6 +36,7 @@ BATCH_TOKENS = Histogram(
 ITEMS = Counter("embed_items_total", "inputs embedded, by priority", ["priority"])
 CACHE_HITS = Counter("embed_query_cache_hits_total", "query-embedding cache hits")
 CACHE_MISSES = Counter("embed_query_cache_misses_total", "query-embedding cache misses")
+WORKERS_READY = Gauge("embed_workers_ready", "encoder workers loaded and serving")
 WORKER_RESTARTS = Counter("embed_worker_restarts_total", "encoder worker (re)starts after a failure")
 
 

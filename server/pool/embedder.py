@@ -126,10 +126,14 @@ class PoolEmbedder:
         await asyncio.gather(
             *(asyncio.get_running_loop().run_in_executor(w.io, w.start_blocking) for w in self.workers)
         )
+        self._report_ready()
         self._tasks = [
             asyncio.create_task(self._dispatch(w), name=f"dispatch-{w.index}") for w in self.workers
         ]
         self._started = True
+
+    def _report_ready(self) -> None:
+        metrics.WORKERS_READY.set(sum(w.ready for w in self.workers))
 
     async def close(self) -> None:
         self.scheduler.close()
@@ -151,6 +155,7 @@ class PoolEmbedder:
             await loop.run_in_executor(worker.io, worker.kill)
             try:
                 await loop.run_in_executor(worker.io, worker.start_blocking)
+                self._report_ready()
                 return
             except WorkerFailed as exc:
                 log.error("%s; retrying in %.0fs", exc, delay)
@@ -176,6 +181,7 @@ class PoolEmbedder:
                 out = await loop.run_in_executor(worker.io, worker.run_blocking, ids, mask, types, timeout)
             except WorkerFailed as exc:
                 log.error("%s", exc.message)
+                self._report_ready()
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(WorkerFailed(exc.message))

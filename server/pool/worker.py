@@ -83,6 +83,7 @@ class WorkerHandle:
         # One thread per worker for the blocking pipe I/O: never the event loop, never a shared pool.
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker{index}-io")
         self._next_batch = 0
+        self.ready = False  # loaded, warmed up and not known to have failed since
 
     @property
     def pid(self) -> int | None:
@@ -113,6 +114,7 @@ class WorkerHandle:
             self.kill()
             raise WorkerFailed(f"encoder worker {self.index} could not load the model: {message[1]}")
         _, self.device, self.dtype = message
+        self.ready = True
         log.info("worker %d ready (pid %s, %s, %s)", self.index, self.pid, self.device, self.dtype)
 
     def run_blocking(
@@ -130,6 +132,7 @@ class WorkerHandle:
             if conn in ready:
                 message = conn.recv()
             elif ready:  # only the sentinel: the process exited
+                self.ready = False
                 raise WorkerFailed(self._death_message())
             else:
                 self.kill()
@@ -137,7 +140,8 @@ class WorkerHandle:
                     f"encoder worker {self.index} did not answer within {timeout:.0f}s "
                     "(--batch-timeout-s); it was restarted, retry the request"
                 )
-        except (EOFError, OSError, BrokenPipeError) as exc:
+        except (EOFError, OSError) as exc:
+            self.ready = False
             raise WorkerFailed(self._death_message()) from exc
         kind, got_id = message[0], message[1]
         if got_id != batch_id:  # cannot happen with one batch in flight; never mix results up
@@ -158,6 +162,7 @@ class WorkerHandle:
         )
 
     def kill(self) -> None:
+        self.ready = False
         if self.process is not None and self.process.is_alive():
             self.process.kill()
         if self.process is not None:
