@@ -15,6 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from server.app import serve
+    from server.errors import WorkerFailed
     from server.model import ModelNotFoundError
 
     try:
@@ -27,4 +28,7 @@ def run(args: argparse.Namespace) -> int:
     except ModelNotFoundError as exc:
         print(f"embed-server serve: {exc}", file=sys.stderr)
         return 2
+    except WorkerFailed as exc:  # an encoder worker could not load the model
+        print(f"embed-server serve: {exc.message}", file=sys.stderr)
+        return 1
     return 0

@@ -44,6 +44,8 @@ def worker_devices(settings: Settings) -> list[str]:
         return ["cpu"] * settings.workers
     if settings.device.startswith("cuda:"):
         return [settings.device]
+    if settings.device == "auto" and not Path("/proc/driver/nvidia/gpus").is_dir():
+        return ["cpu"] * settings.workers  # no NVIDIA driver: skip importing torch here
     import torch  # only to count GPUs
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
