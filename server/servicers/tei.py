@@ -139,4 +139,3 @@ async def attach(server: grpc.aio.Server, runtime: Runtime) -> list[str]:
         register(server, pb.DESCRIPTOR.services_by_name[name], servicer)
         for name in ("Info", "Embed", "Tokenize")
     ]
-
