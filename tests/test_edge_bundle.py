@@ -152,3 +152,39 @@ def test_rotation_is_part_of_the_bundle_fingerprint(
         spec, tmp_path / "b", fit_pca_rotation(full), default_dims=128, onnx_dir=edge_onnx_dir
     )
     assert again.fingerprint == rotated.fingerprint  # deterministic: same fit, same fingerprint
+
+
+class _Store:
+    """Stands in for the LMDB store's sample_vectors (same signature) with real embeddings."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = vectors
+
+    def sample_vectors(self, n: int, *, fingerprint: str | None = None) -> np.ndarray:
+        return self.vectors[:n]
+
+
+def test_server_bundle_fits_the_rotation_once_the_store_has_enough_vectors(
+    spec: ModelSpec, edge_bundle: EdgeBundle, edge_onnx_dir: Path, tmp_path: Path
+) -> None:
+    from types import SimpleNamespace
+
+    from server.servicers.edge import load_or_build
+    from server.settings import Settings
+
+    texts = [
+        f"note {i}: {w} and {v}"
+        for i, (w, v) in enumerate(zip(["tea", "rust", "owls", "maps"] * 20, range(80), strict=True))
+    ]
+    vectors = edge_bundle.encoder(int8=False).encode(texts)
+    settings = Settings(data_dir=tmp_path, edge_onnx_cache=str(edge_onnx_dir.parent), edge_fit_min_vectors=60)
+    runtime = SimpleNamespace(settings=settings, spec=spec, store=_Store(vectors[:30]))
+    first = load_or_build(runtime)  # type: ignore[arg-type]
+    assert first.manifest.projection_kind == "identity" and first.manifest.extra["fit_vectors"] == 0
+    assert load_or_build(runtime).fingerprint == first.fingerprint  # still too few: unchanged
+    runtime.store = _Store(vectors)
+    fitted = load_or_build(runtime)  # type: ignore[arg-type]
+    assert fitted.manifest.projection_kind == "rotation" and fitted.manifest.extra["fit_vectors"] == 80
+    assert fitted.fingerprint != first.fingerprint
+    runtime.store = _Store(vectors[::-1])
+    assert load_or_build(runtime).fingerprint == fitted.fingerprint  # fitted once: kept across restarts

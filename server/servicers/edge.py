@@ -86,11 +86,32 @@ class EdgeServicer(EdgeServiceServicer):  # type: ignore[misc]
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.bundle: EdgeBundle | None = None
+        self._refit_lock = asyncio.Lock()
+
+    def install(self, bundle: EdgeBundle) -> None:
+        self.bundle = bundle
+        self.runtime.edge_projection = BundleProjection(bundle)
+
+    async def refit_if_due(self) -> None:
+        """A bundle without a fitted rotation is refitted as soon as the store holds enough
+        vectors (checked when a client fetches the bundle), so ingest -> init -> sync gets the
+        rotation without a restart. Edges on the old bundle are refused by SyncVectors with a
+        clear message and re-init."""
+        bundle = self.bundle
+        min_vectors = self.runtime.settings.edge_fit_min_vectors
+        if bundle is None or int(bundle.manifest.extra.get("fit_vectors", 0)) >= min_vectors:
+            return
+        async with self._refit_lock:
+            fresh = await asyncio.to_thread(load_or_build, self.runtime)
+            if fresh.fingerprint != bundle.fingerprint:
+                log.info("edge bundle refitted: %s -> %s", bundle.fingerprint, fresh.fingerprint)
+            self.install(fresh)
 
     async def GetEdgeBundle(
         self, request: pb.GetEdgeBundleRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EdgeBundleChunk]:
         try:
+            await self.refit_if_due()
             bundle = self.bundle
             if bundle is None:
                 raise NotReady("the edge bundle is not built yet; retry shortly")
@@ -130,7 +151,6 @@ class EdgeServicer(EdgeServiceServicer):  # type: ignore[misc]
 async def attach(server: grpc.aio.Server, runtime: Runtime) -> list[str]:
     servicer = EdgeServicer(runtime)
     # ONNX export and hashing take seconds and hold the GIL in places: off the event loop.
-    servicer.bundle = await asyncio.to_thread(load_or_build, runtime)
-    runtime.edge_projection = BundleProjection(servicer.bundle)
+    servicer.install(await asyncio.to_thread(load_or_build, runtime))
     add_EdgeServiceServicer_to_server(servicer, server)
     return ["embedding.v1.EdgeService"]
