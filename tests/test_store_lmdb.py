@@ -154,6 +154,9 @@ def test_sample_vectors_and_gc(store: Store) -> None:
     store.upsert([_up("b", str(i), f"b{i}") for i in range(30)], fingerprint="old@1", dimensions=DIMS)
     assert store.sample_vectors(1000).shape == (80, DIMS)
     assert store.sample_vectors(1000, fingerprint=FP).shape == (50, DIMS)
+    store.serving_fingerprint = FP  # as the server sets it: other models' vectors are left out
+    assert store.sample_vectors(1000).shape == (50, DIMS)
+    assert store.sample_vectors(1000, collection="b").shape == (0, 0)
     sample = store.sample_vectors(10, collection="a", seed=1)
     assert sample.shape == (10, DIMS) and len({row.tobytes() for row in sample}) == 10
     store.upsert([_up("a", "0", "a0 changed")], fingerprint=FP, dimensions=DIMS)

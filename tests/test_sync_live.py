@@ -52,7 +52,11 @@ def test_sync_streams_changes_in_batches_and_resumes(live_server) -> None:  # ty
     channel, service = stub(live_server.address)
     with channel:
         service.Delete(pb.DeleteRequest(collection=COLLECTION, ids=[docs[1][0]]), timeout=60)
-    tail = [c for m in _sync(live_server.address, 300, bundle_fingerprint=fingerprint, include_text=False) for c in m.changes]
+    tail = [
+        c
+        for m in _sync(live_server.address, 300, bundle_fingerprint=fingerprint, include_text=False)
+        for c in m.changes
+    ]
     assert [(c.sequence, c.op, c.id) for c in tail] == [
         (301, pb.VectorChange.OP_UPSERT, docs[0][0]),
         (302, pb.VectorChange.OP_DELETE, docs[1][0]),

@@ -288,6 +288,7 @@ async def attach(server: grpc.aio.Server, runtime: Runtime) -> list[str]:
         metric="ip" if spec.normalize else "cos",
         dtype=settings.index_dtype,
     )
+    store.serving_fingerprint = spec.fingerprint
     await asyncio.to_thread(_warm_indexes, store, indexes, spec.fingerprint)
     runtime.store = store
 

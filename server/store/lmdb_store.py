@@ -134,6 +134,9 @@ class Store:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.float16 = float16
+        # The model this process serves, when it serves one: sample_vectors() then skips
+        # collections stored under another model (their vectors are not comparable).
+        self.serving_fingerprint: str | None = None
         self._lock_file = (self.path / "store.lock").open("a+")
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -483,9 +486,11 @@ class Store:
         self, n: int, *, collection: str | None = None, fingerprint: str | None = None, seed: int = 0
     ) -> np.ndarray:
         """Up to ``n`` distinct full-dimension vectors (float32) of one collection or of all
-        collections (only those stored under ``fingerprint`` when given), sampled uniformly."""
-        names = [collection] if collection is not None else list(self.collections())
+        collections, sampled uniformly; only collections stored under ``fingerprint`` (default:
+        :attr:`serving_fingerprint`, when set). Empty: shape (0, 0)."""
+        fingerprint = fingerprint or self.serving_fingerprint
         metas = self.collections()
+        names = [collection] if collection is not None else list(metas)
         hashes: set[bytes] = set()
         for name in names:
             meta = metas.get(name)
