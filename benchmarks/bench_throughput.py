@@ -231,7 +231,8 @@ def bench_infinity(texts: list[str], model_id: str, venv: Path, concurrency: int
 
 # --- report -------------------------------------------------------------------------------------
 def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    width = spec.split(".")[0]
+    return format("-", f">{width}") if value is None else format(value, spec)
 
 
 def main() -> int:
@@ -308,7 +309,7 @@ def main() -> int:
 
     st = rows[0].docs_per_s
     print()
-    header = f"{'engine':<36} {'docs/s':>8} {'xST fp32':>8} {'xInfinity':>9} {'GFLOP/s':>8}"
+    header = f"{'engine':<40} {'docs/s':>8} {'xST fp32':>8} {'xInfinity':>9} {'GFLOP/s':>8}"
     header += f" {'%fp32pk':>7} {'%halfpk':>7}  note"
     print(header)
     print("-" * len(header))
@@ -327,7 +328,7 @@ def main() -> int:
         }
         table.append(entry)
         print(
-            f"{row.name:<36} {_fmt(rate, '8.1f')} {_fmt(entry['x_st_fp32'], '8.2f')} "
+            f"{row.name:<40} {_fmt(rate, '8.1f')} {_fmt(entry['x_st_fp32'], '8.2f')} "
             f"{_fmt(entry['x_infinity'], '9.2f')} {_fmt(entry['model_gflops'], '8.0f')} "
             f"{_fmt(entry['pct_fp32_peak'], '7.0f')} {_fmt(entry['pct_half_peak'], '7.0f')}  {row.note}"
         )

@@ -50,7 +50,7 @@ def test_eval_end_to_end_json_shape_and_perfect_ranking(
     )
     out = tmp_path / "results.json"
     args = ["eval", "--dataset", str(dataset), "--server", live_server.address, "--json", str(out)]
-    assert main([*args, "--sts", str(sts), "--configs", "server/*", "edge-*"]) == 0
+    assert main([*args, "--sts", str(sts), "--configs", "server/*", "edge-local/64/*", "edge-auto"]) == 0
     printed = capsys.readouterr().out
     assert "server/full/float32" in printed and "nDCG@10" in printed
 
