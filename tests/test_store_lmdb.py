@@ -163,3 +163,12 @@ def test_sample_vectors_and_gc(store: Store) -> None:
     store.delete("a", ["1"])
     assert store.gc() == (2, 79)
     assert store.gc() == (0, 79)
+
+
+def test_long_text_is_compressed_and_read_back_exactly(store: Store) -> None:
+    text = "Mitochondria are the powerhouse of the cell; ünïcode ✓. " * 40
+    store.upsert([_up("c", "long", text, meta={"title": "t"})], fingerprint=FP, dimensions=DIMS)
+    doc = store.documents("c", ["long"])[0]
+    assert doc is not None and doc.text == text and doc.metadata == {"title": "t"}
+    raw = rec.encode_doc(doc)
+    assert len(raw) < len(text.encode()) // 4  # repetitive text: zlib pays off

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,10 @@ OP_DELETE = 2
 
 _DTYPES: dict[int, np.dtype[Any]] = {0: np.dtype("<f4"), 1: np.dtype("<f2")}
 _CODES = {v: k for k, v in _DTYPES.items()}
-_DOC_HEADER = struct.Struct(">32sQQI")  # content hash, index key, sequence, text length
+_DOC_HEADER = struct.Struct(">32sQQBI")  # content hash, index key, sequence, flags, text bytes
+_HAS_TEXT, _ZLIB = 1, 2
+# Longer texts are zlib-compressed: a record over ~2 KB would take a whole LMDB overflow page.
+_COMPRESS_FROM = 200
 _LOGPOS = struct.Struct(">QQ")  # sequence of the doc's latest change, its index key
 _CHANGE_HEADER = struct.Struct(">BQ")  # op, index key; then the doc id
 _U64 = struct.Struct(">Q")
@@ -90,20 +94,26 @@ class DocRecord:
 
 
 def encode_doc(doc: DocRecord) -> bytes:
-    text = b"" if doc.text is None else doc.text.encode("utf-8")
-    length = 0xFFFFFFFF if doc.text is None else len(text)
+    flags, text = 0, b""
+    if doc.text is not None:
+        flags, text = _HAS_TEXT, doc.text.encode("utf-8")
+        if len(text) >= _COMPRESS_FROM:
+            packed = zlib.compress(text, 6)
+            if len(packed) < len(text):
+                flags, text = _HAS_TEXT | _ZLIB, packed
     meta = json.dumps(doc.metadata, separators=(",", ":")).encode("utf-8") if doc.metadata else b""
-    return _DOC_HEADER.pack(doc.content_hash, doc.key, doc.sequence, length) + text + meta
+    return _DOC_HEADER.pack(doc.content_hash, doc.key, doc.sequence, flags, len(text)) + text + meta
 
 
 def decode_doc(raw: bytes | memoryview) -> DocRecord:
     data = bytes(raw)
-    chash, key, sequence, length = _DOC_HEADER.unpack_from(data)
+    chash, key, sequence, flags, length = _DOC_HEADER.unpack_from(data)
     start = _DOC_HEADER.size
-    if length == 0xFFFFFFFF:
-        text, end = None, start
-    else:
-        text, end = data[start : start + length].decode("utf-8"), start + length
+    end = start + length
+    text = None
+    if flags & _HAS_TEXT:
+        body = data[start:end]
+        text = (zlib.decompress(body) if flags & _ZLIB else body).decode("utf-8")
     meta = json.loads(data[end:]) if len(data) > end else {}
     return DocRecord(chash, key, sequence, text, meta)
 
