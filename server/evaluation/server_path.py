@@ -28,6 +28,7 @@ _PRECISION = {
 }
 _MESSAGE_BYTES = 64 * 1024 * 1024
 SEARCH_K = 100  # Recall@100 needs the top 100
+_SERVING = b"\x08\x01"  # grpc.health.v1.HealthCheckResponse(status=SERVING), serialized
 
 
 class Unavailable(Exception):
@@ -73,11 +74,29 @@ class ServerClient:
     def close(self) -> None:
         self._channel.close()
 
-    def wait_ready(self, seconds: float = 30.0) -> None:
+    def wait_ready(self, seconds: float = 30.0, serving_seconds: float = 600.0) -> None:
+        """Wait for the connection, then for grpc.health.v1 to say SERVING (the model warms up
+        after the port opens). Watch streams status changes, so nothing polls."""
         try:
             grpc.channel_ready_future(self._channel).result(timeout=seconds)
         except grpc.FutureTimeoutError as exc:
             raise ConnectionError(f"no server answers at {self.address} (waited {seconds:.0f} s)") from exc
+        # Raw bytes keep grpcio-health-checking out of the client's dependencies: the request
+        # (service "") encodes as b"", a SERVING reply (status = 1) as b"\x08\x01".
+        watch = self._channel.unary_stream(
+            "/grpc.health.v1.Health/Watch",
+            request_serializer=lambda raw: raw,
+            response_deserializer=lambda raw: raw,
+        )
+        try:
+            for reply in watch(b"", timeout=serving_seconds, metadata=self._metadata):
+                if reply == _SERVING:
+                    return
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return  # a server without the health service: nothing to wait for
+            raise ConnectionError(f"{self.address} never became SERVING: {describe(exc, 'Health')}") from exc
+        raise ConnectionError(f"{self.address} ended the health watch before SERVING")
 
     def info(self) -> pb.InfoResponse | None:
         """The server's Info, or None when it does not answer Info (older or partial servers)."""
