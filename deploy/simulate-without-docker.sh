@@ -10,17 +10,19 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${1:-/tmp/embedstream-sim}
 LIMIT=${LIMIT:-300}
-rm -rf "$WORK" && mkdir -p "$WORK/src"
+rm -rf "$WORK" && mkdir -p "$WORK/src-server" "$WORK/src-edge"
 cd "$WORK"
+# Each image's build context: what its Dockerfile COPYs (the edge one has no server/).
 git -C "$REPO" archive HEAD pyproject.toml README.md protos server edge_client deploy/grpc_health_check.py |
-  tar -x -C src
+  tar -x -C src-server
+git -C "$REPO" archive HEAD pyproject.toml README.md protos edge_client | tar -x -C src-edge
 
 # Dockerfile.server's install lines (the CUDA wheel there; whatever torch==2.13.0 resolves to here).
 python3 -m venv venv-server
-(cd src && ../venv-server/bin/pip install -q torch==2.13.0 && ../venv-server/bin/pip install -q '.[server]')
+(cd src-server && ../venv-server/bin/pip install -q torch==2.13.0 && ../venv-server/bin/pip install -q '.[server]')
 # Dockerfile.edge's install line and its no-torch check.
 python3 -m venv venv-edge
-(cd src && ../venv-edge/bin/pip install -q '.[edge]')
+(cd src-edge && ../venv-edge/bin/pip install -q '.[edge]')
 if venv-edge/bin/python -c "import torch" 2>/dev/null; then echo "edge venv has torch" >&2; exit 1; fi
 
 free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
@@ -32,7 +34,7 @@ export EMBED_PORT=$PORT EMBED_METRICS_PORT=$METRICS_PORT EMBED_DATA_DIR=$WORK/da
   EMBED_GRACE_SECONDS=20 EMBED_LOG_LEVEL=INFO
 S=$WORK/venv-server/bin
 E=$WORK/venv-edge/bin
-HEALTH="$S/python src/deploy/grpc_health_check.py"
+HEALTH="$S/python src-server/deploy/grpc_health_check.py"
 
 started=$(date +%s)
 "$S/embed-server" serve --host 0.0.0.0 >server.log 2>&1 &
