@@ -10,7 +10,8 @@ One run, one fresh server and store (``embed-server serve``, default settings), 
   brute force, and an int8 first pass with rescoring;
 - bytes per document: LMDB pages in use (vectors float32 + text + metadata + log), index file.
 
-    python benchmarks/bench_ingest.py [--limit N] [--queries 200] [--no-reference] [--json FILE]
+    python benchmarks/bench_ingest.py [--limit N] [--queries 200] [--no-reference] [--float16]
+                                      [--json FILE]
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=0, help="first N documents only (0 = all 5,183)")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--no-reference", action="store_true", help="skip the in-process encode row")
+    parser.add_argument("--float16", action="store_true", help="server stores float16 vectors")
     parser.add_argument("--json", dest="json_file", default=None)
     args = parser.parse_args()
 
@@ -130,7 +132,7 @@ def main() -> int:
         rows["reference_encode_docs_per_s"] = _reference([text for _, text, _ in docs])
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
-        with embed_server(data_dir) as address:
+        with embed_server(data_dir, *(["--store-float16"] if args.float16 else [])) as address:
             seconds, embedded, cached = _ingest(address, docs)
             rows |= {"first_ingest_s": seconds, "first_embedded": embedded, "first_cached": cached}
             seconds, embedded, cached = _ingest(address, docs)
@@ -156,7 +158,8 @@ def main() -> int:
         "index_bytes_per_doc": index_bytes / n,
     }
     rows["reingest_speedup"] = rows["reingest_docs_per_s"] / rows["first_docs_per_s"]
-    print(f"SciFact, {n} documents, {len(queries)} queries (one fresh server, default settings)\n")
+    stored = "float16" if args.float16 else "float32"
+    print(f"SciFact, {n} documents, {len(queries)} queries (one fresh server, {stored} vectors)\n")
     print(f"{'measure':<44}{'value':>14}{'ratio':>16}")
     ref = rows.get("reference_encode_docs_per_s")
     if ref:
