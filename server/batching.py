@@ -95,6 +95,14 @@ class Scheduler:
             self._tokens[item.priority] += item.length
         self._changed.set()
 
+    def requeue(self, items: list[Item]) -> None:
+        """Put items taken for a batch that could not be sent back at the front of their queue."""
+        for item in reversed(items):
+            if not item.future.done():
+                self._queues[item.priority].appendleft(item)
+                self._tokens[item.priority] += item.length
+        self._changed.set()
+
     def close(self) -> None:
         self._closed = True
         self._changed.set()

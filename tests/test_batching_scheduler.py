@@ -115,3 +115,14 @@ def test_pad_batch_right_pads_with_the_pad_id() -> None:
         assert not types.any()
 
     asyncio.run(run())
+
+
+async def test_requeued_items_go_back_to_the_front_in_order() -> None:
+    sched = scheduler(max_batch_tokens=16, max_wait_ms=0)
+    items = [make_item(8, token=t) for t in (1, 2, 3, 4)]
+    sched.submit(items)
+    first = await sched.next_batch()
+    assert first == items[:2]
+    first[1].future.cancel()  # its call ended meanwhile: not given back
+    sched.requeue(first)
+    assert await sched.next_batch() == [items[0], items[2]]

@@ -51,11 +51,12 @@ def test_dimensions_and_normalize(channel: grpc.Channel) -> None:
 
 def test_truncate_false_rejects_long_input_and_empty_input_is_invalid(channel: grpc.Channel) -> None:
     embed = tei_grpc.EmbedStub(channel)
-    for request in (tei.EmbedRequest(inputs="word " * 400), tei.EmbedRequest(inputs="")):
+    long_text = "tei " * 400  # unique to this test: a query-cache hit would report 0 tokens
+    for request in (tei.EmbedRequest(inputs=long_text), tei.EmbedRequest(inputs="")):
         with pytest.raises(grpc.RpcError) as err:
             embed.Embed(request, timeout=30)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    ok = embed.Embed(tei.EmbedRequest(inputs="word " * 400, truncate=True), timeout=30)
+    ok = embed.Embed(tei.EmbedRequest(inputs=long_text, truncate=True), timeout=30)
     assert ok.metadata.compute_tokens == 256
 
 

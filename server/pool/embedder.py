@@ -168,12 +168,18 @@ class PoolEmbedder:
         loop = asyncio.get_running_loop()
         timeout = self.settings.batch_timeout_s
         while True:
+            if not worker.alive():  # restart before taking work, so the other workers keep going
+                log.warning("worker %d is not running; restarting it", worker.index)
+                await self._restart(worker)
             batch = await self.scheduler.next_batch()
             if batch is None:
                 return
-            if not worker.alive():  # died while idle: these items were never sent, so they wait
-                log.warning("worker %d is not running; restarting it", worker.index)
-                await self._restart(worker)
+            if not worker.alive():  # died while idle: these items were never sent; give them back
+                self.scheduler.requeue(batch)
+                continue
+            batch = [item for item in batch if not item.future.done()]  # calls may have ended
+            if not batch:
+                continue
             metrics.QUEUE_DEPTH.set(self.scheduler.depth())
             ids, mask, types = pad_batch(batch, self.pad_id)
             metrics.BATCH_SIZE.observe(len(batch))
