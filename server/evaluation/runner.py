@@ -40,11 +40,12 @@ class EvalOutcome:
     results: list[ConfigResult] = field(default_factory=list)
     sts: dict[str, Any] | None = None
     ingest: dict[str, Any] | None = None
+    server: dict[str, str] = field(default_factory=dict)  # what the server computed with
 
     def json_rows(self) -> list[dict[str, Any]]:
-        rows = [{"task": "retrieval", **r.to_json()} for r in self.results]
+        rows = [{"task": "retrieval", **r.to_json(), **self.server} for r in self.results]
         if self.sts is not None:
-            rows.append({"task": "sts", **self.sts})
+            rows.append({"task": "sts", **self.sts, **self.server})
         return rows
 
 
@@ -59,6 +60,10 @@ def run_evaluation(options: EvalOptions, say: Callable[[str], None] = print) -> 
         info = client.info()
         full_dims = int(info.dimensions) if info is not None and info.dimensions else None
         if info is not None:
+            outcome.server = {
+                "model": info.model_fingerprint,
+                "server_compute": f"{info.backend}/{info.dtype}",
+            }
             say(f"server {options.server}: model {info.model_fingerprint}, {info.backend}/{info.dtype}")
         if options.dataset is not None:
             _retrieval(options.dataset, options, configs, client, full_dims, outcome, say)
