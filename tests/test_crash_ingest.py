@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 
 from server.model import load_spec
 from server.store import content_hash, open_store
@@ -71,6 +72,7 @@ def _check_store(data: Path, acked: dict[str, tuple[str, int]]) -> int:
         store.close()
 
 
+@pytest.mark.slow  # several server starts
 def test_kill_9_during_ingest_loses_no_acknowledged_document(tmp_path: Path) -> None:
     data = tmp_path / "data"
     rng = np.random.default_rng(20261126)
