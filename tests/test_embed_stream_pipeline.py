@@ -1,0 +1,57 @@
+"""The ordered, bounded stream pipeline behind EmbedStream and TEI's EmbedStream (in-process)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from server.servicers._rpc import ordered_pipeline
+
+
+async def test_reads_at_most_max_in_flight_ahead_and_keeps_order() -> None:
+    read: list[int] = []
+    release = asyncio.Event()
+
+    async def requests() -> AsyncIterator[int]:
+        for i in range(100):
+            read.append(i)
+            yield i
+
+    async def handle(i: int) -> int:
+        if i == 0:
+            await release.wait()  # the first item is slow: the window fills behind it
+        else:
+            await asyncio.sleep(0)
+        return i * 10
+
+    out = ordered_pipeline(requests(), handle, max_in_flight=8)
+    first = asyncio.create_task(anext(out))
+    for _ in range(50):  # let the reader run as far as it can
+        await asyncio.sleep(0)
+    assert len(read) == 9  # 8 in flight + 1 read and waiting for a slot: the client's send blocks
+    release.set()
+    results = [await first] + [r async for r in out]
+    assert results == [i * 10 for i in range(100)]
+
+
+async def test_an_error_propagates_and_cancels_the_rest() -> None:
+    started: list[int] = []
+
+    async def requests() -> AsyncIterator[int]:
+        for i in range(10):
+            yield i
+
+    async def handle(i: int) -> int:
+        started.append(i)
+        if i == 2:
+            raise ValueError("bad item")
+        await asyncio.sleep(0)
+        return i
+
+    got = []
+    with pytest.raises(ValueError, match="bad item"):
+        async for r in ordered_pipeline(requests(), handle, max_in_flight=4):
+            got.append(r)
+    assert got == [0, 1]
