@@ -113,6 +113,9 @@ def test_auth_is_required_except_for_health(
     with pytest.raises(grpc.RpcError) as err:
         stub.Embed(pb.EmbedRequest(inputs=["hi"]), timeout=30, metadata=(("authorization", "Bearer nope"),))
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.EmbedStream(iter([pb.EmbedStreamRequest(id="1", input="hi")]), timeout=30))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert len(stub.Embed(pb.EmbedRequest(inputs=["hi"]), timeout=30, metadata=AUTH).embeddings) == 1
     with grpc.insecure_channel(server[0].address) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
