@@ -157,3 +157,18 @@ def test_cli_search_json_shape(live_server: Any, synced: tuple[EdgeClient, str])
         assert out["results"][0]["id"] == "astro-1"
         assert set(out["results"][0]) == {"id", "score", "text", "metadata"}
         assert np.isfinite(out["results"][0]["score"])
+
+
+def test_index_built_with_another_bundle_is_rebuilt_by_a_full_resync(
+    synced: tuple[EdgeClient, str],
+) -> None:
+    """What happens after `init` fetched a bundle with a new rotation: the next sync starts over."""
+    client, collection = synced
+    index = client.index(collection)
+    index.set_state("bundle_fingerprint", "edge-from-an-older-rotation")
+    index.save()
+    before = len(index)
+    report = client.sync(collection)
+    assert report.full_resync and report.upserts >= before > 0
+    assert report.documents == before
+    assert index.get_state("bundle_fingerprint") == client.bundle.fingerprint
