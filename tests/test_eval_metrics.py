@@ -138,3 +138,23 @@ def test_load_sts(tmp_path: Path) -> None:
     assert pairs.gold == [4.5, 0.0]
     assert pairs.left == ['A "quoted" man.', "x"]
     assert pairs.right == ["A man.", "y"]
+
+
+def test_config_labels_and_selection() -> None:
+    from server.evaluation.configs import default_configs, select
+    from server.evaluation.server_path import collection_name
+
+    labels = [c.label for c in default_configs()]
+    assert labels[0] == "server/full/float32"
+    assert {"server/64/float32", "server/full/binary+rescore", "edge-local/32/naive", "edge-auto"} <= set(
+        labels
+    )
+    assert len(labels) == len(set(labels))
+    chosen = select(default_configs(), ["edge-local/128/*,server/full/int8"])
+    assert [c.label for c in chosen] == ["server/full/int8", "edge-local/128/naive", "edge-local/128/rotated"]
+    with pytest.raises(ValueError, match="matches no configuration"):
+        select(default_configs(), ["nope/*"])
+    # Stable per corpus (re-runs hit the same collection), different for another corpus.
+    assert collection_name("sci fact", ["b", "a"]) == collection_name("sci fact", ["a", "b"])
+    assert collection_name("sci fact", ["a"]) != collection_name("sci fact", ["a", "b"])
+    assert collection_name("sci fact", ["a"]).startswith("eval-sci-fact-")
