@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -66,6 +66,20 @@ class _Matrix:
     sequence: int
     ids: list[str]
     vectors: np.ndarray  # normalized float32 (n, full dims)
+    # (kind, dims) -> truncated or quantized copies, made on first use; same lifetime as vectors
+    derived: dict[tuple[str, int], tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
+
+    def view(self, kind: str, dims: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """("float", dims): the renormalized truncation; "int8"/"ubinary": first-pass codes."""
+        found = self.derived.get((kind, dims))
+        if found is None:
+            if kind == "float":
+                base = self.vectors
+                found = (base if dims >= base.shape[1] else _normalize(base[:, :dims]), None)
+            else:
+                found = _quantize(self.view("float", dims)[0], kind)
+            self.derived[(kind, dims)] = found
+        return found
 
 
 class Searcher:
@@ -121,17 +135,16 @@ class Searcher:
             ranked = [(i, float(s)) for i, s in zip(ids, scores, strict=True) if i is not None]
             return ranked, index.sequence
         matrix = self.matrix(q.collection)
-        vectors = matrix.vectors
-        qv = _normalize(query[None, :])[0]
-        if q.dimensions is not None and q.dimensions < vectors.shape[1]:
-            vectors = _normalize(vectors[:, : q.dimensions])
-            qv = _normalize(qv[None, : q.dimensions])[0]
         if len(matrix.ids) == 0:
             return [], matrix.sequence
+        dims = min(q.dimensions or self.spec.dimensions, matrix.vectors.shape[1])
+        vectors = matrix.view("float", dims)[0]
+        qv = _normalize(query[None, :dims])[0]
         if q.first_pass == "float":
             candidates = np.arange(len(matrix.ids))
         else:
-            first = _first_pass_scores(vectors, qv, q.first_pass)
+            codes, scale = matrix.view(q.first_pass, dims)
+            first = _first_pass_scores(codes, scale, qv, q.first_pass)
             candidates = _top(first, q.k * q.rescore_multiplier)
         scores = vectors[candidates] @ qv
         best = candidates[_top(scores, q.k)]
@@ -168,15 +181,21 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
     return part[np.argsort(-scores[part], kind="stable")]
 
 
-def _first_pass_scores(vectors: np.ndarray, query: np.ndarray, kind: FirstPass) -> np.ndarray:
-    """Cheap approximate scores: int8 with per-dimension symmetric scales taken from the
-    collection, or the negated Hamming distance of sign bits (ubinary)."""
+def _quantize(vectors: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """First-pass codes of a collection: int8 with per-dimension symmetric scales taken from the
+    collection (kept as float32 so the scoring matmul uses BLAS), or packed sign bits."""
     if kind == "int8":
         scale = np.clip(np.abs(vectors).max(axis=0), 1e-12, None) / 127.0
-        docs = np.round(vectors / scale).astype(np.int8)
-        qq = np.clip(np.round(query / scale), -127, 127).astype(np.int8)
-        return np.asarray(docs.astype(np.float32) @ qq.astype(np.float32), dtype=np.float32)
-    bits = np.packbits(vectors > 0, axis=1)
-    qbits = np.packbits(query > 0)
-    distance = np.bitwise_count(np.bitwise_xor(bits, qbits)).sum(axis=1).astype(np.float32)
+        return np.round(vectors / scale).astype(np.int8).astype(np.float32), scale
+    return np.packbits(vectors > 0, axis=1), None
+
+
+def _first_pass_scores(
+    codes: np.ndarray, scale: np.ndarray | None, query: np.ndarray, kind: FirstPass
+) -> np.ndarray:
+    """Cheap approximate scores: int8 dot products, or the negated Hamming distance (ubinary)."""
+    if kind == "int8" and scale is not None:
+        qq = np.clip(np.round(query / scale), -127, 127).astype(np.float32)
+        return np.asarray(codes @ qq, dtype=np.float32)
+    distance = np.bitwise_count(np.bitwise_xor(codes, np.packbits(query > 0))).sum(axis=1).astype(np.float32)
     return np.asarray(-distance, dtype=np.float32)  # negated after the cast: it is unsigned
