@@ -76,3 +76,34 @@ def test_other_layout_on_disk_starts_afresh(
     index.close()
     other = LocalIndex(tmp_path, dims=64)
     assert len(other) == 0 and other.get_state("sequence") == ""
+
+
+def test_add_embeds_local_files_by_paragraph_on_the_device(edge_bundle: EdgeBundle, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    from edge_client import EdgeClient
+
+    home = tmp_path / "home"
+    shutil.copytree(edge_bundle.directory, home / "bundle")  # as `init` installs it; no server needed
+    notes = tmp_path / "notes.txt"
+    notes.write_text(
+        "Grocery list: oat milk, lentils, and spinach.\n\n"
+        "The boiler makes a knocking noise when the heating starts in the morning.\n\n\n"
+        "  Book the dentist for a check-up next month.  \n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_client", "add", str(notes), "--home", str(home), "--collection", "mine"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "added 3 paragraphs" in result.stdout
+    with EdgeClient(home) as client:
+        found = client.search("why is my heating system banging", collection="mine", k=3, mode="local")
+    assert found.source == "local" and not found.degraded
+    top = found.results[0]
+    assert top.id == f"{notes.resolve()}#1" and top.metadata == {"path": str(notes.resolve()), "paragraph": 1}
+    assert top.text.startswith("The boiler makes a knocking noise")
