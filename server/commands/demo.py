@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         _run("-m", "server", "ingest", str(SAMPLE), "--collection", COLLECTION, "--server", address)
         _step("edge: fetch and verify the bundle, then sync the collection")
         _run("-m", "edge_client", "init", "--server", address, "--home", str(home))
-        _run("-m", "edge_client", "sync", "--collection", COLLECTION, "--home", str(home), "--no-progress")
+        _run("-m", "edge_client", "sync", "--collection", COLLECTION, "--home", str(home))
         for query in QUERIES:
             for mode in ("local", "server"):
                 _step(f"{mode} search: {query!r}")
