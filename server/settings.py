@@ -53,8 +53,15 @@ class Settings:
         "compute dtype (auto: float16 on GPU, bfloat16 on CPUs with native bf16, else float32)",
         choices=("auto", "float32", "bfloat16", "float16"),
     )
-    workers: int = _opt(1, "CPU worker processes (GPU hosts: one per device)")
-    max_batch_tokens: int = _opt(16384, "token budget of one model batch (padded tokens)")
+    workers: int = _opt(
+        0, "CPU worker processes (0 = auto: one per core, at most 4; GPU hosts: one per device)"
+    )
+    compile: str = _opt(
+        "auto",
+        "torch.compile the model in each worker (auto: on for the torch backend on CPU)",
+        choices=("auto", "on", "off"),
+    )
+    max_batch_tokens: int = _opt(8192, "token budget of one model batch (padded tokens)")
     max_wait_ms: float = _opt(5.0, "longest a request waits for a batch to fill")
     max_client_batch_size: int = _opt(512, "most inputs in one Embed request")
     max_stream_in_flight: int = _opt(256, "items per stream being embedded at once (backpressure)")
@@ -95,8 +102,9 @@ class Settings:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"--{_flag(f.name)} must be one of {', '.join(choices)}")
+        if self.workers < 0:
+            raise ValueError(f"--workers must be 0 (auto) or positive, got {self.workers}")
         positive = (
-            "workers",
             "max_batch_tokens",
             "max_client_batch_size",
             "max_stream_in_flight",

@@ -27,7 +27,7 @@ def test_bad_values_name_the_option() -> None:
     with pytest.raises(ValueError, match="EMBED_PORT"):
         _parse([], {"EMBED_PORT": "many"})
     with pytest.raises(ValueError, match="--workers"):
-        _parse(["--workers", "0"], {})
+        _parse(["--workers", "-1"], {})
     with pytest.raises(ValueError, match="--backend"):
         Settings.from_env({"EMBED_BACKEND": "tensorflow"})
     with pytest.raises(ValueError, match="--tls-cert and --tls-key"):

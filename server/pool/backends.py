@@ -30,6 +30,7 @@ class BackendConfig:
     dtype: str  # auto | float32 | bfloat16 | float16
     threads: int  # intra-op threads for this worker (0 = library default)
     onnx_dir: Path | None = None  # ONNX export cache (per model fingerprint subdirs), onnx backend
+    compile: bool = False  # torch.compile the transformer (torch backend)
 
 
 class Backend(Protocol):
@@ -79,8 +80,38 @@ class TorchBackend:
         model: Any = SentenceTransformer(str(spec.path), device=config.device)
         model.max_seq_length = spec.max_tokens
         model.eval()
-        model.to(getattr(torch, self.dtype))
+        # Only the transformer runs in the compute dtype; pooling, any Dense head and the
+        # normalization run in float32, so vectors come out unit-length to float32 precision.
+        model[0].to(getattr(torch, self.dtype))
         self._model = model
+        self._modules = list(model)
+        self.compiled = config.compile and self._compile()
+
+    def _compile(self) -> bool:
+        """torch.compile the transformer; on any failure keep running eagerly.
+
+        Measured on this 2-core AMX CPU (bf16, SciFact docs): compiled ran ~1.5x the eager
+        model (inductor fuses GELU/LayerNorm/adds and prepacks weights; freezing folds the
+        weights into constants). dynamic=True so batch and sequence sizes share one graph; the
+        warm-up compiles the batch-of-one graph (queries) and the general one (batches).
+        """
+        import torch._inductor.config as inductor_config
+
+        transformer = self._model[0]
+        eager = transformer.auto_model
+        inductor_config.freezing = True
+        try:
+            transformer.auto_model = self._torch.compile(eager, dynamic=True)
+            for batch, seq in ((1, 8), (3, 17)):
+                ids = np.full((batch, seq), 100, dtype=np.int64)
+                mask = np.ones_like(ids)
+                mask[1:, seq // 2 :] = 0  # padded rows, as real batches have
+                self.encode(ids, mask, np.zeros_like(ids))
+        except Exception as exc:  # e.g. no C++ compiler on the host
+            log.warning("torch.compile failed (%s: %s); running the model eagerly", type(exc).__name__, exc)
+            transformer.auto_model = eager
+            return False
+        return True
 
     def encode(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
@@ -92,8 +123,11 @@ class TorchBackend:
             "token_type_ids": torch.from_numpy(token_type_ids).to(self.device),
         }
         with torch.inference_mode():
-            out = self._model(features)["sentence_embedding"]
-        return np.asarray(out.float().cpu().numpy(), dtype=np.float32)
+            features = self._modules[0](features)
+            features["token_embeddings"] = features["token_embeddings"].float()
+            for module in self._modules[1:]:
+                features = module(features)
+        return np.asarray(features["sentence_embedding"].cpu().numpy(), dtype=np.float32)
 
 
 class OnnxBackend:

@@ -39,13 +39,13 @@ _INLINE_TOKENIZE_CHARS = 4096
 
 
 def worker_devices(settings: Settings) -> list[str]:
-    """One entry per worker process: every CUDA device, or ``settings.workers`` CPU workers."""
+    """One entry per worker process: every CUDA device, or the CPU workers (cpu_worker_count)."""
     if settings.device == "cpu":
-        return ["cpu"] * settings.workers
+        return ["cpu"] * cpu_worker_count(settings)
     if settings.device.startswith("cuda:"):
         return [settings.device]
     if settings.device == "auto" and not Path("/proc/driver/nvidia/gpus").is_dir():
-        return ["cpu"] * settings.workers  # no NVIDIA driver: skip importing torch here
+        return ["cpu"] * cpu_worker_count(settings)  # no NVIDIA driver: skip importing torch here
     import torch  # only to count GPUs
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -53,7 +53,16 @@ def worker_devices(settings: Settings) -> list[str]:
         raise RuntimeError("--device cuda but no CUDA device is visible")
     if count:
         return [f"cuda:{i}" for i in range(count)]
-    return ["cpu"] * settings.workers
+    return ["cpu"] * cpu_worker_count(settings)
+
+
+def cpu_worker_count(settings: Settings) -> int:
+    """``--workers``, or auto: one single-threaded worker per core (at most 4).
+
+    Measured here (2 cores, bf16, compiled): 2 processes x 1 thread ran 2.4x faster than
+    1 process x 2 threads; single-threaded workers never wait on each other's OpenMP barriers.
+    """
+    return settings.workers or max(1, min(usable_cores(), 4))
 
 
 def _onnx_cache(settings: Settings) -> Path | None:
@@ -63,6 +72,12 @@ def _onnx_cache(settings: Settings) -> Path | None:
     from server.servicers.edge import onnx_cache_dir
 
     return onnx_cache_dir(settings)
+
+
+def _compile_enabled(settings: Settings, device: str) -> bool:
+    if settings.backend != "torch" or settings.compile == "off":
+        return False
+    return settings.compile == "on" or device == "cpu"
 
 
 def load_pad_id(spec: ModelSpec, tokenizer: Tokenizer) -> int:
@@ -103,6 +118,7 @@ class PoolEmbedder:
                     dtype=settings.dtype,
                     threads=threads if device == "cpu" else 0,
                     onnx_dir=_onnx_cache(settings),
+                    compile=_compile_enabled(settings, device),
                 ),
                 start_timeout=settings.worker_start_timeout_s,
             )
