@@ -165,9 +165,11 @@ class Indexes:
                     dtype=self.dtype,
                     fingerprint=self.fingerprint,
                 )
-                if index.load():
+                meta = self.store.collection(collection)
+                head = meta.sequence if meta else 0
+                if index.load() and index.sequence <= head:
                     log.info("index %r loaded at sequence %d", collection, index.sequence)
-                else:
+                else:  # missing, made for another model, or ahead of the store (store replaced)
                     log.info("index %r missing or outdated: building it from the store", collection)
                     index.build(self.store)
                 self._indexes[collection] = index
