@@ -35,23 +35,29 @@ def _docs() -> list[tuple[str, str, dict[str, object]]]:
     ]
 
 
-def _ingest_until_killed(address: str, process, kill_after_s: float) -> tuple[list, bool]:  # type: ignore[no-untyped-def]
-    """Stream every doc; SIGKILL the server ``kill_after_s`` after the first ack."""
+def _ingest_until_killed(address: str, process, kill_at_ack: int, delay_s: float) -> tuple[list, bool]:  # type: ignore[no-untyped-def]
+    """Stream every doc; SIGKILL the server ``delay_s`` after ack number ``kill_at_ack``.
+
+    Counting acks (not seconds from the start) keeps the kill inside the ingest however fast
+    the encoder is; the extra delay lands it at a random point of the server's next commit.
+    """
     acks = []
-    timer = threading.Timer(kill_after_s, process.kill)
+    timer = threading.Timer(delay_s, process.kill)
     channel, service = stub(address)
     finished = False
     with channel:
         try:
             for ack in service.Ingest(iter(requests(COLLECTION, _docs())), timeout=300):
-                if not acks:
-                    timer.start()
                 acks.append(ack)
+                if len(acks) == kill_at_ack:
+                    timer.start()
             finished = True
         except grpc.RpcError:
             pass
         finally:
-            timer.cancel()
+            if not timer.is_alive() and not timer.finished.is_set():
+                process.kill()  # the ingest outran the timer: kill now, still mid-test
+            timer.join()
     return acks, finished
 
 
@@ -79,9 +85,10 @@ def test_kill_9_during_ingest_loses_no_acknowledged_document(tmp_path: Path) -> 
     acked: dict[str, tuple[str, int]] = {}
     kills = 0
     for _ in range(3):
-        with running_server(data) as server:
+        # Small commits, so a kill can land between, during or right after many of them.
+        with running_server(data, "--ingest-commit-docs", "16") as server:
             acks, finished = _ingest_until_killed(
-                server.address, server.process, float(rng.uniform(0.2, 2.5))
+                server.address, server.process, int(rng.integers(1, N // 2)), float(rng.uniform(0, 0.05))
             )
             assert server.process.wait(60) is not None
         for ack in acks:
