@@ -50,8 +50,9 @@ class Settings:
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N (auto: every GPU, else CPU)")
     dtype: str = _opt(
         "auto",
-        "compute dtype (auto: float16 on GPU, bfloat16 on CPUs with native bf16, else float32)",
-        choices=("auto", "float32", "bfloat16", "float16"),
+        "compute dtype (auto: float16 on GPU; on CPU bfloat16 where native for torch, else "
+        "float32; int8 (per-channel dynamic quantization) for the onnx backend on CPU)",
+        choices=("auto", "float32", "bfloat16", "float16", "int8"),
     )
     workers: int = _opt(
         0, "CPU worker processes (0 = auto: one per core, at most 4; GPU hosts: one per device)"
@@ -102,6 +103,8 @@ class Settings:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"--{_flag(f.name)} must be one of {', '.join(choices)}")
+        if self.dtype == "int8" and self.backend != "onnx":
+            raise ValueError("--dtype int8 needs --backend onnx (the int8 graph is an ONNX export)")
         if self.workers < 0:
             raise ValueError(f"--workers must be 0 (auto) or positive, got {self.workers}")
         positive = (

@@ -35,6 +35,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     with running_server(
         tmp_path_factory.mktemp("pool") / "data",
         "--backend", "onnx",
+        "--dtype", "float32",  # the fp32 graph, so vectors can be compared with torch's
         "--workers", "2",
         "--max-queue-items", str(QUEUE_LIMIT),
         "--max-batch-tokens", "1024",
