@@ -1,7 +1,9 @@
 """Edge benchmark: SciFact nDCG@10 by edge dimensions (naive truncation vs PCA rotation), local /
-server / auto answers, and edge query latency (embed + search) at 5k and 100k local vectors.
+server / auto answers, edge query latency (embed + search) at 5k and 100k local vectors for three
+query encoders, index bytes per document, and install sizes.
 
     python benchmarks/bench_edge.py [--cache DIR] [--server HOST:PORT --collection NAME]
+        [--only-latency] [--edge-venv PATH --server-venv PATH]
 
 Quality runs without RPCs: corpus vectors are the server's (sentence-transformers, float32;
 cached in --cache), "server" is exact full-dimension cosine over them (what Search with exact
@@ -11,6 +13,13 @@ edge_client._policy to each local answer and takes the server's when it says so.
 is fitted on corpus vectors only (never queries or qrels). With --server, the server column
 is also measured through the real Search RPC. The 100k latency rows pad the 5k real vectors
 with random unit vectors (latency only, not quality).
+
+Latency compares, in the same run and interleaved query by query (so load drift hits all alike),
+the edge's int8 ONNX encoder (the default), its fp32 ONNX encoder, and in-process
+sentence-transformers (torch, float32) on the same model, one query per call, each followed by
+the same rotated 128-dim f16 usearch search. Index bytes are the saved usearch files of the 5k
+SciFact vectors per edge dtype (b1 counts its f16 rescoring file too) and the server's
+full-dimension index. --only-latency skips the nDCG sections.
 """
 
 from __future__ import annotations
@@ -18,14 +27,18 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
+import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnxruntime  # noqa: F401  (must load before usearch)
 
-from edge_client._index import LocalIndex  # isort: skip
+from edge_client._index import DTYPES, LocalIndex  # isort: skip
+from edge_client._bundle import EdgeBundle
 from edge_client._policy import Policy, calibrate, weak_evidence
 from edge_client._projection import Projection, fit_pca_rotation
 
@@ -89,42 +102,23 @@ def torch_vectors(texts: list[str], cache: Path | None, name: str) -> np.ndarray
     return np.asarray(out, dtype=np.float32)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cache", type=Path, default=None, help="directory caching corpus vectors")
-    parser.add_argument("--server", default=None, help="also measure Search on this server")
-    parser.add_argument("--collection", default="scifact")
-    parser.add_argument("--latency-queries", type=int, default=200)
-    args = parser.parse_args()
-    if args.cache:
-        args.cache.mkdir(parents=True, exist_ok=True)
-
-    from server.edge_bundle import build_bundle, ensure_onnx
-    from server.model import load_spec
-    from server.servicers.edge import onnx_cache_dir
-    from server.settings import Settings
-
-    ids, texts, qids, qtexts, qrels = load_scifact()
-    corpus = torch_vectors(texts, args.cache, "scifact_corpus")
-    query_full = torch_vectors(qtexts, args.cache, "scifact_queries")
-    spec = load_spec()
-    rotation = fit_pca_rotation(corpus)  # corpus vectors only
-    work = Path(tempfile.mkdtemp(prefix="bench-edge-"))
-    bundle = build_bundle(
-        spec,
-        work / "bundle",
-        rotation,
-        default_dims=128,
-        onnx_dir=ensure_onnx(spec, onnx_cache_dir(Settings())),
-    )
+def quality(
+    args: argparse.Namespace,
+    bundle: EdgeBundle,
+    rotation: Projection,
+    data: tuple[list[str], list[str], list[str], list[str], dict[str, dict[str, int]]],
+    corpus: np.ndarray,
+    query_full: np.ndarray,
+    work: Path,
+) -> None:
+    """nDCG@10 tables: naive vs rotation, local / server / auto, and optionally the Search RPC."""
+    ids, _texts, qids, qtexts, qrels = data
     edge_full = bundle.encoder(int8=True).encode(qtexts)  # what the edge computes for queries
-    print(f"SciFact test: {len(qids)} queries, {len(ids)} documents; rotation fitted on the corpus vectors\n")
-
     server_ranked = exact_ranking(query_full, corpus, ids)
     full = ndcg_at_10(server_ranked, qids, qrels)
     print("nDCG@10 (torch query vectors, exact search)")
     print(f"{'dims':>5} {'naive':>8} {'rotation':>9} {'rot/full':>9}")
-    identity = Projection.identity(spec.dimensions)
+    identity = Projection.identity(bundle.manifest.dimensions)
     for dims in DIMS:
         row = []
         for projection in (identity, rotation):
@@ -170,12 +164,56 @@ def main() -> None:
         rpc_ndcg = ndcg_at_10(ranked, qids, qrels)
         print(f"\nserver Search RPC ({args.server}, {args.collection}): nDCG@10 {rpc_ndcg:.3f}")
 
-    print(f"\nedge query latency, embed (int8 ONNX) + search (f16 usearch), {args.latency_queries} queries")
-    print(f"{'vectors':>8} {'dims':>5} {'p50 ms':>8} {'p99 ms':>8} {'search-only p50':>16}")
+
+def query_encoders(bundle: EdgeBundle, dims: int) -> dict[str, Callable[[str], np.ndarray]]:
+    """One query text -> its rotated ``dims`` edge vector, per encoder (same prompt, projection)."""
+    from sentence_transformers import SentenceTransformer
+
+    from server.model import load_spec
+
+    spec = load_spec()
+    model = SentenceTransformer(str(spec.path), device="cpu")  # float32, as loaded
+    model.max_seq_length = spec.max_tokens
+    prefix = bundle.prompt(bundle.manifest.query_prompt_name)
+
+    def torch_query(text: str) -> np.ndarray:
+        full = model.encode([prefix + text], convert_to_numpy=True)
+        vector: np.ndarray = bundle.projection.apply(np.asarray(full, dtype=np.float32), dims)[0]
+        return vector
+
+    return {
+        "int8 ONNX (edge default)": lambda text: bundle.embed([text], dims, int8=True)[0],
+        "fp32 ONNX": lambda text: bundle.embed([text], dims, int8=False)[0],
+        "torch fp32 (sentence-transformers)": torch_query,
+    }
+
+
+def latency(
+    args: argparse.Namespace,
+    bundle: EdgeBundle,
+    ids: list[str],
+    qtexts: list[str],
+    corpus: np.ndarray,
+    work: Path,
+) -> None:
+    """Embed + search p50/p99 per encoder, interleaved query by query, at 5k and 100k vectors."""
+    dims = 128
+    encoders = query_encoders(bundle, dims)
+    names = list(encoders)
+    for name in names:  # first calls (session/graph warm-up) are not what a query costs
+        for text in qtexts[:5]:
+            encoders[name](text)
+    print(
+        f"\nedge query latency, embed + search (rotated {dims}-dim f16 usearch, k=10), "
+        f"{args.latency_queries} queries, one per call, encoders interleaved"
+    )
+    print(
+        f"{'vectors':>8} {'encoder':<35} {'p50 ms':>7} {'p99 ms':>7} {'embed p50':>10} "
+        f"{'search p50':>11} {'p50 vs torch':>13}"
+    )
     rng = np.random.default_rng(0)
+    base = bundle.projection.apply(corpus, dims)
     for n in (5_000, 100_000):
-        dims = 128
-        base = rotation.apply(corpus, dims)
         index = LocalIndex(work / f"lat{n}", dims=dims)
         index.upsert(ids, base, [""] * len(ids), [{}] * len(ids), source="sync")
         if n > len(ids):
@@ -185,18 +223,137 @@ def main() -> None:
                 part = extra[start : start + 20_000]
                 index.upsert([f"synthetic-{start + j}" for j in range(len(part))], part, [""] * len(part),
                              [{}] * len(part), source="sync")  # fmt: skip
-        total, search_only = [], []
-        for text in qtexts[: args.latency_queries]:
-            t0 = time.perf_counter()
-            qv = bundle.embed([text], dims)[0]
-            t1 = time.perf_counter()
-            index.search(qv, 10)
-            t2 = time.perf_counter()
-            total.append((t2 - t0) * 1e3)
-            search_only.append((t2 - t1) * 1e3)
-        p50, p99 = np.percentile(total, 50), np.percentile(total, 99)
-        print(f"{len(index):>8} {dims:>5} {p50:>8.1f} {p99:>8.1f} {np.percentile(search_only, 50):>16.2f}")
+        load_before = os.getloadavg()[0]  # the box is shared: say how busy it was
+        total: dict[str, list[float]] = {name: [] for name in names}
+        embed: dict[str, list[float]] = {name: [] for name in names}
+        search: dict[str, list[float]] = {name: [] for name in names}
+        for q, text in enumerate(qtexts[: args.latency_queries]):
+            for name in names[q % len(names) :] + names[: q % len(names)]:  # rotate who goes first
+                t0 = time.perf_counter()
+                qv = encoders[name](text)
+                t1 = time.perf_counter()
+                index.search(qv, 10)
+                t2 = time.perf_counter()
+                total[name].append((t2 - t0) * 1e3)
+                embed[name].append((t1 - t0) * 1e3)
+                search[name].append((t2 - t1) * 1e3)
+        load_after = os.getloadavg()[0]
+        torch_p50 = float(np.percentile(total[names[-1]], 50))
+        for name in names:
+            p50, p99 = np.percentile(total[name], 50), np.percentile(total[name], 99)
+            print(
+                f"{len(index):>8} {name:<35} {p50:>7.1f} {p99:>7.1f} {np.percentile(embed[name], 50):>10.1f} "
+                f"{np.percentile(search[name], 50):>11.2f} {p50 / torch_p50:>12.2f}x"
+            )
+        print(f"{'':>8} (1-min load average {load_before:.1f} before these rows, {load_after:.1f} after)")
         index.close()
+
+
+def index_bytes(bundle: EdgeBundle, ids: list[str], corpus: np.ndarray, work: Path) -> None:
+    """Saved usearch bytes per document: each edge dtype at 128 dims, and the server's index."""
+    from server.settings import Settings
+    from server.store.index import CollectionIndex
+
+    dims = 128
+    vectors = bundle.projection.apply(corpus, dims)
+    print(f"\nindex bytes per document: saved usearch files of {len(ids)} SciFact documents (ids and texts")
+    print("live in sqlite, not counted); 'raw' = the vector payload alone, the rest is the HNSW graph")
+    print(f"{'index':<26} {'files':<42} {'bytes':>10} {'bytes/doc':>10} {'raw/doc':>8}")
+    for dtype in DTYPES:
+        index = LocalIndex(work / f"bytes-{dtype}", dims=dims, dtype=dtype)
+        index.upsert(ids, vectors, [""] * len(ids), [{}] * len(ids), source="sync")
+        index.save()
+        files = sorted((work / f"bytes-{dtype}").glob("vectors.*.usearch"))
+        size = sum(f.stat().st_size for f in files)
+        label = f"edge {dtype}, {dims} dims"
+        raw = {"f16": 2 * dims, "i8": dims, "b1": dims // 8 + 2 * dims}[dtype]
+        names = " + ".join(f.name for f in files)
+        print(f"{label:<26} {names:<42} {size:>10,} {size / len(ids):>10.0f} {raw:>8}")
+        index.close()
+    # The server's own index class, with the layout the server gives it (see collections.attach).
+    settings, spec = Settings(), bundle.manifest
+    server = CollectionIndex(
+        "scifact",
+        work / "server" / "scifact.usearch",
+        ndim=spec.dimensions,
+        metric="ip" if spec.normalize else "cos",
+        dtype=settings.index_dtype,
+        fingerprint=spec.model_fingerprint,
+    )
+    server.index.add(np.arange(len(ids), dtype=np.uint64), corpus)
+    server.save()
+    label = f"server {settings.index_dtype}, {spec.dimensions} dims"
+    size = server.nbytes()
+    raw = {"f32": 4, "f16": 2, "i8": 1}[settings.index_dtype] * spec.dimensions
+    print(f"{label:<26} {server.path.name:<42} {size:>10,} {size / len(ids):>10.0f} {raw:>8}")
+
+
+def install_sizes(args: argparse.Namespace) -> None:
+    """du of the venvs given (with the install times passed in); "not measured" for the others."""
+    parts = []
+    for name, venv, note in (
+        ("edge", args.edge_venv, args.edge_install_time),
+        ("server", args.server_venv, args.server_install_time),
+    ):
+        if venv is None:
+            parts.append(f"{name} venv not measured")
+            continue
+        kib = int(
+            subprocess.run(
+                ["du", "-sk", str(venv)], capture_output=True, text=True, check=True
+            ).stdout.split()[0]
+        )
+        text = f"{name} venv {kib / 1024:,.0f} MiB ({venv})"
+        parts.append(text + (f", install {note}" if note else ""))
+    print("\ninstall sizes (du -sk): " + "; ".join(parts))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cache", type=Path, default=None, help="directory caching corpus vectors")
+    parser.add_argument("--server", default=None, help="also measure Search on this server")
+    parser.add_argument("--collection", default="scifact")
+    parser.add_argument("--latency-queries", type=int, default=200)
+    parser.add_argument(
+        "--only-latency",
+        action="store_true",
+        help="skip the nDCG tables (latency, index bytes and install sizes only)",
+    )
+    parser.add_argument("--edge-venv", type=Path, default=None, help="venv of pip install '.[edge]' to du")
+    parser.add_argument(
+        "--server-venv", type=Path, default=None, help="venv of pip install '.[server]' to du"
+    )
+    parser.add_argument("--edge-install-time", default="", help="measured install time to print, e.g. '31 s'")
+    parser.add_argument("--server-install-time", default="", help="measured install time to print")
+    args = parser.parse_args()
+    if args.cache:
+        args.cache.mkdir(parents=True, exist_ok=True)
+
+    from server.edge_bundle import build_bundle, ensure_onnx
+    from server.model import load_spec
+    from server.servicers.edge import onnx_cache_dir
+    from server.settings import Settings
+
+    data = load_scifact()
+    ids, texts, qids, qtexts, _qrels = data
+    corpus = torch_vectors(texts, args.cache, "scifact_corpus")
+    spec = load_spec()
+    rotation = fit_pca_rotation(corpus)  # corpus vectors only
+    work = Path(tempfile.mkdtemp(prefix="bench-edge-"))
+    bundle = build_bundle(
+        spec,
+        work / "bundle",
+        rotation,
+        default_dims=128,
+        onnx_dir=ensure_onnx(spec, onnx_cache_dir(Settings())),
+    )
+    print(f"SciFact test: {len(qids)} queries, {len(ids)} documents; rotation fitted on the corpus vectors\n")
+    if not args.only_latency:
+        query_full = torch_vectors(qtexts, args.cache, "scifact_queries")
+        quality(args, bundle, rotation, data, corpus, query_full, work)
+    latency(args, bundle, ids, qtexts, corpus, work)
+    index_bytes(bundle, ids, corpus, work)
+    install_sizes(args)
 
 
 if __name__ == "__main__":
