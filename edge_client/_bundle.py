@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,3 +214,15 @@ class EdgeBundle:
         prefix = self.prompt(name)
         full = self.encoder(int8=int8, threads=threads).encode([prefix + t for t in texts])
         return self.projection.apply(full, dims)
+
+
+def swap_in_directory(stage: Path, target: Path) -> None:
+    """Replace directory ``target`` with ``stage``; readers see the old or the new one, never a mix."""
+    os.chmod(stage, 0o755)
+    if not target.exists():
+        os.replace(stage, target)
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, old)
+    os.replace(stage, target)
+    shutil.rmtree(old, ignore_errors=True)

@@ -8,7 +8,6 @@ is rejected and retried from scratch. Nothing is installed until everything chec
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -17,7 +16,14 @@ from typing import Any
 
 import grpc
 
-from edge_client._bundle import MANIFEST, EdgeBundle, Manifest, bundle_fingerprint, verify_file
+from edge_client._bundle import (
+    MANIFEST,
+    EdgeBundle,
+    Manifest,
+    bundle_fingerprint,
+    swap_in_directory,
+    verify_file,
+)
 from edge_client.errors import BundleError, BundleIntegrityError, ServerError, ServerUnavailable
 from protos.embedding.v1 import embedding_pb2 as pb
 
@@ -87,7 +93,7 @@ def install_bundle(
         try:
             stream = stub.GetEdgeBundle(pb.GetEdgeBundleRequest(), timeout=timeout, metadata=metadata)
             _receive(stream, stage, progress)
-            _swap_in(stage, target)
+            swap_in_directory(stage, target)
             return EdgeBundle.load(target)
         except BundleError as exc:
             last = exc
@@ -104,14 +110,3 @@ def install_bundle(
     if isinstance(last, grpc.RpcError):
         raise ServerUnavailable(f"could not download the edge bundle: {last.code().name}") from last
     raise BundleIntegrityError(f"edge bundle rejected after {attempts} attempts: {last}") from last
-
-
-def _swap_in(stage: Path, target: Path) -> None:
-    os.chmod(stage, 0o755)
-    if not target.exists():
-        os.replace(stage, target)
-        return
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    os.replace(target, old)
-    os.replace(stage, target)
-    shutil.rmtree(old, ignore_errors=True)

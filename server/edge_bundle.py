@@ -15,7 +15,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge_client._bundle import MANIFEST, EdgeBundle, FileEntry, Manifest, bundle_fingerprint, sha256_file
+from edge_client._bundle import (
+    MANIFEST,
+    EdgeBundle,
+    FileEntry,
+    Manifest,
+    bundle_fingerprint,
+    sha256_file,
+    swap_in_directory,
+)
 from edge_client._projection import Projection
 from edge_client._tokenizer import load_tokenizer
 from server.model import ModelSpec
@@ -109,7 +117,7 @@ def build_bundle(
             extra=extra or {},
         )
         (stage / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
-        _swap_in(stage, out_dir)
+        swap_in_directory(stage, out_dir)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -122,18 +130,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
-
-def _swap_in(stage: Path, target: Path) -> None:
-    """Replace ``target`` with ``stage``; readers see the old or the new bundle, never a mix."""
-    os.chmod(stage, 0o755)
-    if not target.exists():
-        os.replace(stage, target)
-        return
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    os.replace(target, old)
-    os.replace(stage, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def bundle_files(bundle: EdgeBundle, wanted: Sequence[str] = ()) -> list[str]:
