@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from server.launch import free_port, serve_command, wait_serving
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -34,40 +35,26 @@ def corpus_texts(dataset: Path, limit: int | None) -> list[str]:
     return texts[:limit] if limit else texts
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def embed_server(data_dir: Path, *args: str, timeout: float = 600) -> Iterator[str]:
     """``embed-server serve`` on a free port; yields HOST:PORT once health says SERVING."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
     port = free_port()
     address = f"127.0.0.1:{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"server-{port}.log"
-    command = [sys.executable, "-m", "server", "serve", "--port", str(port), "--data-dir", str(data_dir)]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [*command, *args],
+            serve_command(port, data_dir, *args),
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **OFFLINE_ENV},
             cwd=REPO,
         )
     try:
-        with grpc.insecure_channel(address) as channel:
-            grpc.channel_ready_future(channel).result(timeout=timeout)
-            stub = health_pb2_grpc.HealthStub(channel)
-            for reply in stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=timeout):
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-                if process.poll() is not None:
-                    raise RuntimeError(f"server exited:\n{log_path.read_text()[-3000:]}")
+        try:
+            wait_serving(address, process, timeout)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}:\n{log_path.read_text()[-3000:]}") from exc
         yield address
     finally:
         if process.poll() is None:

@@ -16,7 +16,6 @@ import gzip
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,10 +25,10 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1 import embedding_pb2_grpc as pb_grpc
+from server.launch import free_port, serve_command, wait_serving
 
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact" / "corpus.jsonl.gz"
 
@@ -46,32 +45,16 @@ def load_texts(path: Path, limit: int) -> list[str]:
 
 
 def start_server(extra: list[str]) -> tuple[subprocess.Popen[bytes], str, Path]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="bench-embed-"))
     log_path = data_dir / "server.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "server",
-        "serve",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(data_dir / "d"),
-        *extra,
-    ]
+    cmd = serve_command(port, data_dir / "d", *extra)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
         )
     address = f"127.0.0.1:{port}"
-    with grpc.insecure_channel(address) as channel:
-        grpc.channel_ready_future(channel).result(timeout=300)
-        for reply in health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=600):
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                break
+    wait_serving(address, proc, timeout=600)
     return proc, address, log_path
 
 

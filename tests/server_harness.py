@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from server.launch import free_port, serve_command, wait_serving
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["ServerProcess", "free_port", "running_server", "wait_serving"]
 
 
 @dataclass
@@ -38,19 +31,6 @@ class ServerProcess:
         return self.process.wait(timeout)
 
 
-def wait_serving(address: str, process: subprocess.Popen[bytes], timeout: float = 180) -> None:
-    """Block on the health Watch stream (no polling, no sleep) until SERVING or the process dies."""
-    with grpc.insecure_channel(address) as channel:
-        grpc.channel_ready_future(channel).result(timeout=timeout)
-        stub = health_pb2_grpc.HealthStub(channel)
-        for reply in stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=timeout):
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-            if process.poll() is not None:
-                break
-    raise RuntimeError(f"server at {address} never became SERVING")
-
-
 @contextmanager
 def running_server(
     data_dir: Path, *extra_args: str, env: dict[str, str] | None = None
@@ -62,19 +42,7 @@ def running_server(
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "server",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(data_dir),
-                *extra_args,
-            ],
+            serve_command(port, data_dir, *extra_args),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=full_env,
@@ -82,7 +50,7 @@ def running_server(
     server = ServerProcess(process, f"127.0.0.1:{port}", data_dir, log_path)
     try:
         try:
-            wait_serving(server.address, process)
+            wait_serving(server.address, process, timeout=300)
         except Exception as exc:
             process.kill()
             process.wait()

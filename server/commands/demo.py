@@ -13,12 +13,13 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from server.launch import free_port, serve_command, wait_serving
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "sample_corpus.jsonl"
 COLLECTION = "demo"
@@ -35,28 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the server")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_serving(address: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    """Block on the health Watch stream until SERVING (no polling), or fail if the server died."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        grpc.channel_ready_future(channel).result(timeout=timeout)
-        request = health_pb2.HealthCheckRequest(service="")
-        for reply in health_pb2_grpc.HealthStub(channel).Watch(request, timeout=timeout):
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-            if process.poll() is not None:
-                break
-    raise RuntimeError("the server stopped before it was serving")
-
-
 def _step(title: str) -> None:
     print(f"\n=== {title}", flush=True)
 
@@ -70,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     root = Path(tempfile.mkdtemp(prefix="embed-demo-"))
     data_dir = Path(args.data_dir) if args.data_dir else root / "data"
     home = root / "edge"
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     log_path = root / "server.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -79,25 +58,14 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with log_path.open("wb") as log:
         server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "server",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(data_dir),
-            ],
+            serve_command(port, data_dir),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
         )
     try:
         try:
-            _wait_serving(address, server, args.timeout)
+            wait_serving(address, server, args.timeout)
         except Exception as exc:
             print(f"server failed to start ({exc}); last log lines:", file=sys.stderr)
             print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
