@@ -62,7 +62,11 @@ class Settings:
         "torch.compile the model in each worker (auto: on for the torch backend on CPU)",
         choices=("auto", "on", "off"),
     )
-    max_batch_tokens: int = _opt(8192, "token budget of one model batch (padded tokens)")
+    # 4096 measured fastest on a 2-core AMX CPU (3.4x in-process ST vs 3.0x at 8192, 3.2x at
+    # 2048); GPUs want far larger batches.
+    max_batch_tokens: int = _opt(
+        4096, "token budget of one model batch (padded tokens; GPU hosts: raise it, e.g. 32768)"
+    )
     max_wait_ms: float = _opt(5.0, "longest a request waits for a batch to fill")
     max_client_batch_size: int = _opt(512, "most inputs in one Embed request")
     max_stream_in_flight: int = _opt(256, "items per stream being embedded at once (backpressure)")
