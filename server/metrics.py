@@ -98,6 +98,12 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         )
 
 
+def _record(method: str, context: Any, exc: BaseException | None, start: float) -> None:
+    """Count one finished call by method and status code, and observe its latency."""
+    REQUESTS.labels(method, _code_name(context, exc)).inc()
+    LATENCY.labels(method).observe(time.perf_counter() - start)
+
+
 def _wrap_unary(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
     async def wrapped(request: Any, context: Any) -> Any:
         start = time.perf_counter()
@@ -108,8 +114,7 @@ def _wrap_unary(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]
             exc = err
             raise
         finally:
-            REQUESTS.labels(method, _code_name(context, exc)).inc()
-            LATENCY.labels(method).observe(time.perf_counter() - start)
+            _record(method, context, exc, start)
 
     return wrapped
 
@@ -129,7 +134,6 @@ def _wrap_stream(method: str, behavior: Callable[..., Any]) -> Callable[..., Any
             exc = err
             raise
         finally:
-            REQUESTS.labels(method, _code_name(context, exc)).inc()
-            LATENCY.labels(method).observe(time.perf_counter() - start)
+            _record(method, context, exc, start)
 
     return wrapped
