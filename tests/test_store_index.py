@@ -83,3 +83,23 @@ def test_missing_or_foreign_index_file_is_rebuilt(tmp_path: Path) -> None:
         assert len(index.index) == 50
     finally:
         store.close()
+
+
+def test_search_returns_k_hits_where_the_graph_walk_comes_back_short(tmp_path: Path) -> None:
+    # Many documents with the same text share one vector; HNSW links such clusters poorly and
+    # its walk reaches three quarters of them. Asking for every document must still get every one.
+    centres = _unit(np.random.default_rng(0), 2)
+    vectors = np.repeat(centres, 200, axis=0)
+    store = open_store(tmp_path)
+    try:
+        store.upsert(_docs(vectors), fingerprint=FP, dimensions=DIMS)
+        index = _indexes(store, tmp_path).get("c")
+        raw = [len(index.index.search(c, 400).keys) for c in centres]
+        assert min(raw) < 400  # the graph walk alone is short here
+        for centre in centres:
+            keys, scores = index.search(centre, 400)
+            assert len(set(keys.tolist())) == 400
+            assert np.all(np.diff(scores) <= 1e-6)  # still best first
+            assert np.allclose(scores[:200], 1.0, atol=1e-2)  # the query's own cluster leads
+    finally:
+        store.close()

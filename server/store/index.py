@@ -112,7 +112,13 @@ class CollectionIndex:
         with self.lock:
             if len(self.index) == 0:
                 return np.zeros(0, np.int64), np.zeros(0, np.float32)
-            found = self.index.search(np.asarray(query, np.float32), min(k, len(self.index)))
+            wanted = min(k, len(self.index))
+            vector = np.asarray(query, np.float32)
+            found = self.index.search(vector, wanted)
+            if len(found.keys) < wanted:
+                # HNSW can strand nodes after removals (updates are remove + add), so a graph
+                # walk may come back short; a user asking for k gets k, from an exact scan.
+                found = self.index.search(vector, wanted, exact=True)
         keys = np.asarray(found.keys, dtype=np.int64)
         dist = np.asarray(found.distances, dtype=np.float32)
         ok = np.isfinite(dist)
