@@ -56,6 +56,16 @@ def split_paragraphs(text: str) -> list[str]:
     return [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if p.strip()]
 
 
+def check_dims(bundle: EdgeBundle, dims: int) -> None:
+    """BundleError unless the bundle's projection can produce ``dims``-dimensional vectors."""
+    top = bundle.projection.max_dims
+    if not 0 < dims <= top:
+        raise BundleError(
+            f"dims {dims} is not available with this bundle: its {bundle.projection.kind} projection "
+            f"produces 1..{top} dimensions; pass --dims {top} or less"
+        )
+
+
 class EdgeClient:
     """Local semantic search with the server's model in ONNX; the server as fallback.
 
@@ -156,6 +166,7 @@ class EdgeClient:
         self._bundle = bundle
         self._cache.clear()
         self.dims = self.dims or bundle.manifest.default_dims
+        check_dims(bundle, self.dims)
         self._write_config()
         return bundle
 

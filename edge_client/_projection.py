@@ -8,6 +8,10 @@ Kinds (the ``kind`` array of the .npz file):
 - ``rotation``: an orthogonal matrix (PCA directions, largest variance first). Full-dimension
   similarities are unchanged; the leading dimensions carry the most variance, so truncating
   after it loses far less than truncating the raw vector.
+- ``adaptor``: a linear Matryoshka adaptor, a (dimensions, out_dims) matrix (out_dims <=
+  dimensions) trained so that every prefix of its output ranks neighbours like the full vector
+  does (server/edge_adaptor.py fits it). Same code path as the rotation; only its first
+  ``out_dims`` outputs exist, so ``dims`` is at most ``out_dims`` (:attr:`Projection.max_dims`).
 """
 
 from __future__ import annotations
@@ -21,23 +25,33 @@ import numpy as np
 
 from edge_client._pooling import l2_normalize
 
-KINDS = ("identity", "rotation")
+KINDS = ("identity", "rotation", "adaptor")
 
 
 @dataclass(frozen=True)
 class Projection:
     kind: str
     dimensions: int  # full model dimensions (input width)
-    matrix: np.ndarray | None = None  # (dimensions, dimensions) float32 for "rotation"
+    matrix: np.ndarray | None = None  # (dimensions, dimensions) "rotation", (dimensions, out) "adaptor"
+
+    @property
+    def max_dims(self) -> int:
+        """The most edge dimensions this projection can produce."""
+        return self.dimensions if self.matrix is None else int(self.matrix.shape[1])
 
     def apply(self, vectors: np.ndarray, dims: int) -> np.ndarray:
         """(n, dimensions) -> (n, dims) float32, unit length."""
         x = np.asarray(vectors, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.dimensions:
             raise ValueError(f"expected vectors of shape (n, {self.dimensions}), got {x.shape}")
-        if not 0 < dims <= self.dimensions:
-            raise ValueError(f"dims must be in 1..{self.dimensions}, got {dims}")
-        # Rotation then truncation: only the first ``dims`` columns of the matrix are needed.
+        if not 0 < dims <= self.max_dims:
+            why = (
+                f" (this {self.kind} projection has {self.max_dims} outputs)"
+                if self.max_dims < self.dimensions
+                else ""
+            )
+            raise ValueError(f"dims must be in 1..{self.max_dims}{why}, got {dims}")
+        # Projection then truncation: only the first ``dims`` columns of the matrix are needed.
         x = x @ self.matrix[:, :dims] if self.matrix is not None else x[:, :dims]
         return l2_normalize(x)
 
@@ -75,7 +89,20 @@ class Projection:
             matrix = np.asarray(data["matrix"], dtype=np.float32) if "matrix" in data else None
         if kind == "rotation" and (matrix is None or matrix.shape != (dims, dims)):
             raise ValueError(f"{path}: rotation matrix must be ({dims}, {dims})")
+        if kind == "adaptor" and (
+            matrix is None or matrix.ndim != 2 or matrix.shape[0] != dims or not 0 < matrix.shape[1] <= dims
+        ):
+            got = None if matrix is None else matrix.shape
+            raise ValueError(f"{path}: adaptor matrix must be ({dims}, out_dims <= {dims}), got {got}")
+        if kind == "identity" and matrix is not None:
+            raise ValueError(f"{path}: an identity projection has no matrix")
         return cls(kind, dims, matrix)
+
+    @classmethod
+    def adaptor(cls, matrix: np.ndarray) -> Projection:
+        """A fitted adaptor matrix (dimensions, out_dims) as a projection (validated like a load)."""
+        m = np.ascontiguousarray(matrix, dtype=np.float32)
+        return cls.load_bytes(cls("adaptor", int(m.shape[0]), m).to_bytes(), source="adaptor")
 
 
 def fit_pca_rotation(vectors: np.ndarray) -> Projection:

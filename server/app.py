@@ -52,6 +52,7 @@ class EdgeProjection(Protocol):
 
     fingerprint: str  # the edge bundle's fingerprint; clients must present the same one
     default_dims: int
+    max_dims: int  # widest edge vector the bundle's projection produces
 
     def project(self, vectors: np.ndarray, dims: int) -> np.ndarray:
         """(n, full dims) float32 -> (n, dims) float32, renormalized."""

@@ -69,8 +69,11 @@ def build_bundle(
     """
     if projection.dimensions != spec.dimensions:
         raise ValueError(f"projection is for {projection.dimensions} dims, model has {spec.dimensions}")
-    if not 0 < default_dims <= spec.dimensions:
-        raise ValueError(f"default_dims must be in 1..{spec.dimensions}, got {default_dims}")
+    if not 0 < default_dims <= projection.max_dims:
+        raise ValueError(
+            f"default_dims must be in 1..{projection.max_dims} ({projection.kind} projection), "
+            f"got {default_dims}"
+        )
     out_dir = out_dir.resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -104,7 +107,10 @@ def build_bundle(
             max_tokens=spec.max_tokens,
             dimensions=spec.dimensions,
             default_dims=default_dims,
-            matryoshka_dims=edge_dims_for(spec),
+            # Only what the projection produces (an adaptor stops at its out_dims).
+            matryoshka_dims=tuple(
+                sorted({*(d for d in edge_dims_for(spec) if d <= projection.max_dims), projection.max_dims})
+            ),
             prompts=dict(spec.prompts),
             query_prompt_name=spec.query_prompt_name,
             document_prompt_name=spec.document_prompt_name,

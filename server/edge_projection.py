@@ -17,6 +17,8 @@ from edge_client._projection import Projection, fit_pca_rotation
 
 log = logging.getLogger(__name__)
 
+FIT_KINDS = ("adaptor", "rotation")  # what the server can fit (--edge-projection)
+
 
 class BundleProjection:
     """Implements server.app.EdgeProjection for one bundle."""
@@ -26,6 +28,7 @@ class BundleProjection:
         self.fingerprint = bundle.fingerprint
         self.default_dims = bundle.manifest.default_dims
         self.projection = bundle.projection
+        self.max_dims = bundle.projection.max_dims  # widest edge vector this bundle produces
 
     def project(self, vectors: np.ndarray, dims: int) -> np.ndarray:
         """(n, full dims) float32 -> (n, dims) float32, renormalized; 0 means the default."""
@@ -45,12 +48,46 @@ def sample_store_vectors(store: Any, limit: int, fingerprint: str) -> np.ndarray
     return vectors if vectors.ndim == 2 and len(vectors) else None
 
 
-def fit_projection(vectors: np.ndarray | None, dimensions: int, *, min_vectors: int) -> Projection:
-    """PCA rotation when there are at least ``min_vectors`` vectors, else identity (plain
-    truncation), which the server refits once the store holds enough."""
+def sample_store_documents(
+    store: Any, limit: int, fingerprint: str
+) -> tuple[np.ndarray | None, list[str | None]]:
+    """Like :func:`sample_store_vectors`, with each vector's stored text (None where the store
+    keeps no text, or cannot say: then every text is None)."""
+    if store is not None and getattr(store, "sample_documents", None) is not None:
+        vectors, texts = store.sample_documents(limit, fingerprint=fingerprint)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim == 2 and len(vectors):
+            return vectors, list(texts)
+        return None, []
+    only = sample_store_vectors(store, limit, fingerprint)
+    return only, [None] * (0 if only is None else len(only))
+
+
+def fit_projection(
+    vectors: np.ndarray | None,
+    dimensions: int,
+    *,
+    min_vectors: int,
+    kind: str = "adaptor",
+    pseudo_queries: np.ndarray | None = None,
+    out_dims: int = 0,
+) -> Projection:
+    """``kind`` ("adaptor": linear Matryoshka adaptor, server.edge_adaptor; "rotation": PCA)
+    fitted on ``vectors`` (corpus vectors only; ``pseudo_queries``: vectors of corpus sentences,
+    extra adaptor anchors) when there are at least ``min_vectors``; else identity (plain
+    truncation), which the server refits once the store holds enough. ``out_dims``: the
+    adaptor's outputs (0: server.edge_adaptor.OUT_DIMS)."""
+    if kind not in FIT_KINDS:
+        raise ValueError(f"unknown edge projection kind {kind!r} (expected one of {', '.join(FIT_KINDS)})")
     if vectors is None or len(vectors) < min_vectors:
         n = 0 if vectors is None else len(vectors)
         log.info("edge projection: identity (%d vectors to fit on, need %d)", n, min_vectors)
         return Projection.identity(dimensions)
-    log.info("edge projection: PCA rotation fitted on %d vectors", len(vectors))
-    return fit_pca_rotation(vectors)
+    if kind == "rotation":
+        log.info("edge projection: PCA rotation fitted on %d vectors", len(vectors))
+        return fit_pca_rotation(vectors)
+    from server.edge_adaptor import OUT_DIMS, fit_adaptor
+
+    if pseudo_queries is None or not len(pseudo_queries):
+        log.info("edge projection: adaptor without pseudo-queries (no document texts): documents only")
+    return Projection.adaptor(fit_adaptor(vectors, pseudo_queries, out_dims=out_dims or OUT_DIMS))

@@ -83,6 +83,11 @@ class Settings:
     edge_int8: bool = _opt(True, "ship the int8 ONNX graph in the edge bundle")
     edge_fit_min_vectors: int = _opt(256, "stored vectors needed to fit the edge PCA rotation")
     edge_fit_sample: int = _opt(20000, "most stored vectors sampled to fit the edge rotation")
+    # adaptor: linear Matryoshka adaptor fitted on stored vectors + their texts' sentences
+    # (server/edge_adaptor.py); it keeps more of the full ranking at 64/128 dims than PCA.
+    edge_projection: str = _opt(
+        "adaptor", "edge projection fitted on the store", choices=("adaptor", "rotation")
+    )
     # --- logging ---
     log_level: str = _opt("INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 

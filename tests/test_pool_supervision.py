@@ -130,7 +130,17 @@ def test_unary_over_the_queue_limit_is_resource_exhausted(stub: pb_grpc.Embeddin
     assert f"--max-queue-items={QUEUE_LIMIT}" in err.value.details()
 
 
-def test_metrics_count_requests_by_code_and_batches(server: tuple[ServerProcess, int]) -> None:
+def test_metrics_count_requests_by_code_and_batches(
+    server: tuple[ServerProcess, int], stub: pb_grpc.EmbeddingServiceStub
+) -> None:
+    # Its own refused, overloaded and served calls, so the test holds alone or in any order.
+    for call in (
+        lambda: stub.Embed(pb.EmbedRequest(inputs=["hi"]), timeout=30),
+        lambda: stub.Embed(pb.EmbedRequest(inputs=["x"] * (QUEUE_LIMIT + 1)), timeout=30, metadata=AUTH),
+    ):
+        with pytest.raises(grpc.RpcError):
+            call()
+    stub.Embed(pb.EmbedRequest(inputs=["counted"]), timeout=30, metadata=AUTH)
     text = scrape(server[1])
     assert (
         'embed_requests_total{code="UNAUTHENTICATED",method="/embedding.v1.EmbeddingService/Embed"}' in text

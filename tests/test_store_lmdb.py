@@ -165,6 +165,18 @@ def test_sample_vectors_and_gc(store: Store) -> None:
     assert store.gc() == (0, 79)
 
 
+def test_sample_documents_pairs_each_sampled_vector_with_its_text(store: Store) -> None:
+    ups = [_up("a", str(i), f"text number {i}") for i in range(40)]
+    store.upsert(ups, fingerprint=FP, dimensions=DIMS)
+    by_text = {u.text: u.vector for u in ups}
+    vectors, texts = store.sample_documents(15, seed=3)
+    assert vectors.shape == (15, DIMS) and len(texts) == 15
+    for vector, text in zip(vectors, texts, strict=True):
+        np.testing.assert_array_equal(vector, by_text[text])  # type: ignore[arg-type]
+    np.testing.assert_array_equal(vectors, store.sample_vectors(15, seed=3))  # the same sample
+    assert store.sample_documents(5, collection="missing")[1] == []
+
+
 def test_long_text_is_compressed_and_read_back_exactly(store: Store) -> None:
     text = "Mitochondria are the powerhouse of the cell; ünïcode ✓. " * 40
     store.upsert([_up("c", "long", text, meta={"title": "t"})], fingerprint=FP, dimensions=DIMS)

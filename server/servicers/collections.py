@@ -197,8 +197,12 @@ class CollectionServicer(CollectionServiceServicer):  # type: ignore[misc]
             spec = self.runtime.spec
             validate_collection(request.collection)
             dims = request.dimensions or projection.default_dims
-            if dims > spec.dimensions:
-                raise InvalidArgument(f"dimensions must be at most {spec.dimensions}", field="dimensions")
+            if dims > projection.max_dims:
+                raise InvalidArgument(
+                    f"dimensions must be at most {projection.max_dims} (the edge bundle's projection "
+                    f"produces {projection.max_dims} of the model's {spec.dimensions}), got {dims}",
+                    field="dimensions",
+                )
             meta = await asyncio.to_thread(self.store.collection, request.collection)
             if meta is None:
                 raise NotFound(f"no collection {request.collection!r}", field="collection")

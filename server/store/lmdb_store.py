@@ -488,23 +488,32 @@ class Store:
         """Up to ``n`` distinct full-dimension vectors (float32) of one collection or of all
         collections, sampled uniformly; only collections stored under ``fingerprint`` (default:
         :attr:`serving_fingerprint`, when set). Empty: shape (0, 0)."""
+        return self.sample_documents(n, collection=collection, fingerprint=fingerprint, seed=seed)[0]
+
+    def sample_documents(
+        self, n: int, *, collection: str | None = None, fingerprint: str | None = None, seed: int = 0
+    ) -> tuple[np.ndarray, list[str | None]]:
+        """:meth:`sample_vectors` (same sample for the same arguments) with one stored text per
+        vector (the first document found with that content; None when stored without text)."""
         fingerprint = fingerprint or self.serving_fingerprint
         metas = self.collections()
         names = [collection] if collection is not None else list(metas)
-        hashes: set[bytes] = set()
+        texts: dict[bytes, str | None] = {}
         for name in names:
             meta = metas.get(name)
             if meta is None or (fingerprint is not None and meta.fingerprint != fingerprint):
                 continue
             for rows in self.iter_documents(name, batch=4096):
-                hashes.update(doc.content_hash for _, doc in rows)
-        ordered = sorted(hashes)
+                for _, doc in rows:
+                    if texts.get(doc.content_hash) is None:
+                        texts[doc.content_hash] = doc.text
+        ordered = sorted(texts)
         if len(ordered) > n:
             picks = np.random.default_rng(seed).choice(len(ordered), size=n, replace=False)
             ordered = [ordered[int(i)] for i in np.sort(picks)]
         if not ordered:
-            return np.zeros((0, 0), np.float32)
-        return self.vectors(ordered)
+            return np.zeros((0, 0), np.float32), []
+        return self.vectors(ordered), [texts[h] for h in ordered]
 
 
 def open_store(data_dir: Path, *, map_size: int = 1 << 30, float16: bool = False) -> Store:
