@@ -75,18 +75,25 @@ def fit_projection(
     """``kind`` ("adaptor": linear Matryoshka adaptor, server.edge_adaptor; "rotation": PCA)
     fitted on ``vectors`` (corpus vectors only; ``pseudo_queries``: vectors of corpus sentences,
     extra adaptor anchors) when there are at least ``min_vectors``; else identity (plain
-    truncation), which the server refits once the store holds enough. ``out_dims``: the
-    adaptor's outputs (0: server.edge_adaptor.OUT_DIMS)."""
+    truncation), which the server refits once the store holds enough. An adaptor needs
+    server.edge_adaptor.MIN_FIT_DOCS vectors; with fewer the PCA rotation is fitted instead
+    (the returned kind says which). ``out_dims``: the adaptor's outputs (0: OUT_DIMS)."""
     if kind not in FIT_KINDS:
         raise ValueError(f"unknown edge projection kind {kind!r} (expected one of {', '.join(FIT_KINDS)})")
     if vectors is None or len(vectors) < min_vectors:
         n = 0 if vectors is None else len(vectors)
         log.info("edge projection: identity (%d vectors to fit on, need %d)", n, min_vectors)
         return Projection.identity(dimensions)
+    from server.edge_adaptor import MIN_FIT_DOCS, OUT_DIMS, fit_adaptor
+
+    if kind == "adaptor" and len(vectors) < MIN_FIT_DOCS:
+        log.info(
+            "edge projection: %d vectors, the adaptor needs %d: PCA rotation", len(vectors), MIN_FIT_DOCS
+        )
+        kind = "rotation"
     if kind == "rotation":
         log.info("edge projection: PCA rotation fitted on %d vectors", len(vectors))
         return fit_pca_rotation(vectors)
-    from server.edge_adaptor import OUT_DIMS, fit_adaptor
 
     if pseudo_queries is None or not len(pseudo_queries):
         log.info("edge projection: adaptor without pseudo-queries (no document texts): documents only")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -179,12 +180,20 @@ def test_server_bundle_fits_the_rotation_once_the_store_has_enough_vectors(
     vectors = edge_bundle.encoder(int8=False).encode(texts)
     settings = Settings(data_dir=tmp_path, edge_onnx_cache=str(edge_onnx_dir.parent), edge_fit_min_vectors=60)
     runtime = SimpleNamespace(settings=settings, spec=spec, store=_Store(vectors[:30]))
-    first = load_or_build(runtime)  # type: ignore[arg-type]
+
+    def build() -> EdgeBundle:
+        return asyncio.run(load_or_build(runtime))  # type: ignore[arg-type]
+
+    first = build()
     assert first.manifest.projection_kind == "identity" and first.manifest.extra["fit_vectors"] == 0
-    assert load_or_build(runtime).fingerprint == first.fingerprint  # still too few: unchanged
+    assert build().fingerprint == first.fingerprint  # still too few: unchanged
     runtime.store = _Store(vectors)
-    fitted = load_or_build(runtime)  # type: ignore[arg-type]
+    fitted = build()
+    # The default --edge-projection is the adaptor, but 80 documents are far below its
+    # MIN_FIT_DOCS, so the server fits the PCA rotation (no pseudo-queries embedded).
+    assert settings.edge_projection == "adaptor"
     assert fitted.manifest.projection_kind == "rotation" and fitted.manifest.extra["fit_vectors"] == 80
+    assert fitted.manifest.extra["kind"] == "rotation" and fitted.manifest.extra["fit_pseudo_queries"] == 0
     assert fitted.fingerprint != first.fingerprint
     runtime.store = _Store(vectors[::-1])
-    assert load_or_build(runtime).fingerprint == fitted.fingerprint  # fitted once: kept across restarts
+    assert build().fingerprint == fitted.fingerprint  # fitted once: kept across restarts

@@ -26,7 +26,7 @@ from edge_client.errors import BundleError
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1.embedding_pb2_grpc import EdgeServiceServicer, add_EdgeServiceServicer_to_server
 from server.app import Runtime
-from server.edge_adaptor import MAX_FIT_DOCS, OUT_DIMS, pseudo_query_sentences
+from server.edge_adaptor import MAX_FIT_DOCS, MIN_FIT_DOCS, OUT_DIMS, pseudo_query_sentences
 from server.edge_bundle import build_bundle, bundle_files, ensure_onnx
 from server.edge_projection import BundleProjection, fit_projection, sample_store_documents
 from server.embedder import Priority
@@ -62,6 +62,13 @@ class _Plan:
     texts: list[str | None] = field(default_factory=list)  # their stored texts
 
 
+def _kind_for(settings: Settings, documents: int) -> str:
+    """The projection kind fit_projection makes from ``documents`` vectors."""
+    if settings.edge_projection == "adaptor" and documents < MIN_FIT_DOCS:
+        return "rotation"
+    return settings.edge_projection
+
+
 def _plan(runtime: Runtime) -> _Plan:
     """Blocking: read the bundle on disk and, when a (re)fit is due, sample the store."""
     settings, spec = runtime.settings, runtime.spec
@@ -75,11 +82,8 @@ def _plan(runtime: Runtime) -> _Plan:
     min_vectors = settings.edge_fit_min_vectors
     fitted_on = int(existing.manifest.extra.get("fit_vectors", 0)) if existing else 0
     # A fitted bundle of another kind than --edge-projection is refitted (when the store can).
-    other_kind = (
-        existing is not None
-        and fitted_on > 0
-        and existing.manifest.projection_kind != settings.edge_projection
-    )
+    existing_kind = existing.manifest.projection_kind if existing else ""
+    other_kind = fitted_on > 0 and existing_kind != settings.edge_projection
     vectors: np.ndarray | None = None
     texts: list[str | None] = []
     if existing is None or fitted_on < min_vectors or other_kind:
@@ -88,6 +92,8 @@ def _plan(runtime: Runtime) -> _Plan:
             limit = min(limit, MAX_FIT_DOCS)  # the adaptor fits on at most this many anyway
         vectors, texts = sample_store_documents(runtime.store, limit, spec.fingerprint)
     can_refit = vectors is not None and len(vectors) >= min_vectors
+    if other_kind and vectors is not None and _kind_for(settings, len(vectors)) == existing_kind:
+        can_refit = False  # e.g. a rotation, and still too few documents for the adaptor
     if (
         existing is not None
         and existing.manifest.model_fingerprint == spec.fingerprint
@@ -166,11 +172,8 @@ async def load_or_build(runtime: Runtime) -> EdgeBundle:
         return plan.keep
     pseudo_queries = None
     settings = runtime.settings
-    if (
-        settings.edge_projection == "adaptor"
-        and plan.vectors is not None
-        and len(plan.vectors) >= settings.edge_fit_min_vectors
-    ):
+    n = 0 if plan.vectors is None else len(plan.vectors)
+    if n >= settings.edge_fit_min_vectors and _kind_for(settings, n) == "adaptor":
         pseudo_queries = await _pseudo_query_vectors(runtime, plan.texts)
     return await asyncio.to_thread(_build, runtime, plan, pseudo_queries)
 
