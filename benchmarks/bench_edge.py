@@ -1,18 +1,21 @@
-"""Edge benchmark: SciFact nDCG@10 by edge dimensions (naive truncation vs PCA rotation), local /
-server / auto answers, edge query latency (embed + search) at 5k and 100k local vectors for three
+"""Edge benchmark: SciFact nDCG@10 by edge dimensions (naive truncation vs PCA rotation vs the
+linear Matryoshka adaptor), STS-B transfer of the SciFact-fitted projections, local / server /
+auto answers, edge query latency (embed + search) at 5k and 100k local vectors for three
 query encoders, index bytes per document, and install sizes.
 
     python benchmarks/bench_edge.py [--cache DIR] [--server HOST:PORT --collection NAME]
-        [--only-latency] [--edge-venv PATH --server-venv PATH]
+        [--only-latency | --only-quality] [--edge-venv PATH --server-venv PATH]
 
 Quality runs without RPCs: corpus vectors are the server's (sentence-transformers, float32;
 cached in --cache), "server" is exact full-dimension cosine over them (what Search with exact
 does), "local" is the edge path (int8 ONNX query encoder, bundle projection, f16 usearch index
 of the projected corpus vectors, exactly what SyncVectors delivers), "auto" applies
 edge_client._policy to each local answer and takes the server's when it says so. The rotation
-is fitted on corpus vectors only (never queries or qrels). With --server, the server column
-is also measured through the real Search RPC. The 100k latency rows pad the 5k real vectors
-with random unit vectors (latency only, not quality).
+and the adaptor are fitted on corpus vectors only (the adaptor also on pseudo-queries: sentences
+of the corpus texts, server.edge_adaptor.pseudo_query_sentences; never queries or qrels). The
+transfer line scores STS-B test (cosine Spearman) through the SciFact-fitted projections.
+With --server, the server column is also measured through the real Search RPC. The 100k
+latency rows pad the 5k real vectors with random unit vectors (latency only, not quality).
 
 Latency compares, in the same run and interleaved query by query (so load drift hits all alike),
 the edge's int8 ONNX encoder (the default), its fp32 ONNX encoder, and in-process
@@ -42,8 +45,32 @@ from edge_client._bundle import EdgeBundle
 from edge_client._policy import Policy, calibrate, weak_evidence
 from edge_client._projection import Projection, fit_pca_rotation
 
-SCIFACT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "scifact"
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+SCIFACT = SHARED / "scifact"
+STSB = SHARED / "stsb" / "sts-test.csv"
 DIMS = (32, 64, 128, 256, 384)
+
+
+def torch_threads() -> int:
+    from server.edge_adaptor import usable_cores
+
+    return usable_cores()
+
+
+def load_stsb() -> tuple[list[str], list[str], np.ndarray]:
+    rows = [line.rstrip("\n").split("\t") for line in STSB.open(encoding="utf-8")]
+    rows = [r for r in rows if len(r) >= 7]
+    return [r[5] for r in rows], [r[6] for r in rows], np.array([float(r[4]) for r in rows])
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr  # type: ignore[import-untyped]
+
+    return float(spearmanr(a, b).statistic)
+
+
+def cell(projection: Projection, dims: int, score: Callable[[Projection, int], float]) -> str:
+    return f"{score(projection, dims):.3f}" if dims <= projection.max_dims else "-"
 
 
 def load_scifact() -> tuple[list[str], list[str], list[str], list[str], dict[str, dict[str, int]]]:
@@ -106,46 +133,71 @@ def quality(
     args: argparse.Namespace,
     bundle: EdgeBundle,
     rotation: Projection,
+    adaptor: Projection,
     data: tuple[list[str], list[str], list[str], list[str], dict[str, dict[str, int]]],
     corpus: np.ndarray,
     query_full: np.ndarray,
     work: Path,
 ) -> None:
-    """nDCG@10 tables: naive vs rotation, local / server / auto, and optionally the Search RPC."""
+    """nDCG@10 tables: naive vs rotation vs adaptor, STS-B transfer, local / server / auto, and
+    optionally the Search RPC."""
     ids, _texts, qids, qtexts, qrels = data
     edge_full = bundle.encoder(int8=True).encode(qtexts)  # what the edge computes for queries
     server_ranked = exact_ranking(query_full, corpus, ids)
     full = ndcg_at_10(server_ranked, qids, qrels)
     print("nDCG@10 (torch query vectors, exact search)")
-    print(f"{'dims':>5} {'naive':>8} {'rotation':>9} {'rot/full':>9}")
+    print(f"{'dims':>5} {'naive':>8} {'rotation':>9} {'adaptor':>8} {'rot/full':>9} {'adapt/full':>11}")
     identity = Projection.identity(bundle.manifest.dimensions)
-    for dims in DIMS:
-        row = []
-        for projection in (identity, rotation):
-            c, q = projection.apply(corpus, dims), projection.apply(query_full, dims)
-            row.append(ndcg_at_10(exact_ranking(q, c, ids), qids, qrels))
-        print(f"{dims:>5} {row[0]:>8.3f} {row[1]:>9.3f} {row[1] / full:>8.1%}")
 
-    print("\nlocal (int8 ONNX query + f16 usearch, rotation) / server (full 384, exact) / auto")
-    print(f"{'dims':>5} {'local':>7} {'server':>7} {'auto':>7} {'auto local share':>17} {'threshold':>10}")
-    for dims in (64, 128, 256):
-        index = LocalIndex(work / f"idx{dims}", dims=dims)
-        index.upsert(ids, rotation.apply(corpus, dims), [""] * len(ids), [{}] * len(ids), source="sync")
-        index.set_state("bundle_fingerprint", bundle.fingerprint)
-        index.touch_sync()
-        index.save()
-        threshold = calibrate(index)
-        local_ranked, auto_ranked, local_answers = [], [], 0
-        for i, qv in enumerate(rotation.apply(edge_full, dims)):
-            hits = index.search(qv, 10)
-            local_ranked.append([h.id for h in hits])
-            reason = weak_evidence(hits, index, bundle.fingerprint, Policy(), comprehensive=False)
-            auto_ranked.append(local_ranked[-1] if reason is None else server_ranked[i])
-            local_answers += reason is None
-        local, auto = ndcg_at_10(local_ranked, qids, qrels), ndcg_at_10(auto_ranked, qids, qrels)
-        share = local_answers / len(qids)
-        print(f"{dims:>5} {local:>7.3f} {full:>7.3f} {auto:>7.3f} {share:>17.1%} {threshold:>10.3f}")
-        index.close()
+    def ndcg(projection: Projection, dims: int) -> float:
+        c, q = projection.apply(corpus, dims), projection.apply(query_full, dims)
+        return ndcg_at_10(exact_ranking(q, c, ids), qids, qrels)
+
+    for dims in DIMS:
+        row = [cell(p, dims, ndcg) for p in (identity, rotation, adaptor)]
+        ratios = [f"{float(v) / full:.1%}" if v != "-" else "-" for v in row[1:]]
+        print(f"{dims:>5} {row[0]:>8} {row[1]:>9} {row[2]:>8} {ratios[0]:>9} {ratios[1]:>11}")
+
+    sa, sb, gold = load_stsb()
+    va, vb = torch_vectors(sa, args.cache, "stsb_test_a"), torch_vectors(sb, args.cache, "stsb_test_b")
+
+    def sts(projection: Projection, dims: int) -> float:
+        return spearman((projection.apply(va, dims) * projection.apply(vb, dims)).sum(axis=1), gold)
+
+    full_sts = sts(identity, identity.max_dims)
+    print(f"\nSTS-B test transfer ({len(gold)} pairs, cosine Spearman; projections fitted on SciFact):")
+    print(f"full {identity.max_dims}: {full_sts:.3f}; " + "; ".join(
+        f"{dims}: naive {cell(identity, dims, sts)} / rotation {cell(rotation, dims, sts)} / "
+        f"adaptor {cell(adaptor, dims, sts)}" for dims in (64, 128)
+    ))  # fmt: skip
+
+    print("\nlocal (int8 ONNX query + f16 usearch) / server (full 384, exact) / auto, per projection")
+    print(
+        f"{'projection':>10} {'dims':>5} {'local':>7} {'server':>7} {'auto':>7} {'auto local share':>17} "
+        f"{'threshold':>10}"
+    )
+    for name, projection in (("rotation", rotation), ("adaptor", adaptor)):
+        for dims in (32, 64, 128, 256):
+            index = LocalIndex(work / f"idx-{name}-{dims}", dims=dims)
+            index.upsert(ids, projection.apply(corpus, dims), [""] * len(ids), [{}] * len(ids), source="sync")
+            index.set_state("bundle_fingerprint", bundle.fingerprint)
+            index.touch_sync()
+            index.save()
+            threshold = calibrate(index)
+            local_ranked, auto_ranked, local_answers = [], [], 0
+            for i, qv in enumerate(projection.apply(edge_full, dims)):
+                hits = index.search(qv, 10)
+                local_ranked.append([h.id for h in hits])
+                reason = weak_evidence(hits, index, bundle.fingerprint, Policy(), comprehensive=False)
+                auto_ranked.append(local_ranked[-1] if reason is None else server_ranked[i])
+                local_answers += reason is None
+            local, auto = ndcg_at_10(local_ranked, qids, qrels), ndcg_at_10(auto_ranked, qids, qrels)
+            share = local_answers / len(qids)
+            print(
+                f"{name:>10} {dims:>5} {local:>7.3f} {full:>7.3f} {auto:>7.3f} {share:>17.1%} "
+                f"{threshold:>10.3f}"
+            )
+            index.close()
 
     if args.server:
         import grpc
@@ -319,6 +371,9 @@ def main() -> None:
         action="store_true",
         help="skip the nDCG tables (latency, index bytes and install sizes only)",
     )
+    parser.add_argument(
+        "--only-quality", action="store_true", help="the nDCG and STS tables only (no latency, sizes)"
+    )
     parser.add_argument("--edge-venv", type=Path, default=None, help="venv of pip install '.[edge]' to du")
     parser.add_argument(
         "--server-venv", type=Path, default=None, help="venv of pip install '.[server]' to du"
@@ -347,10 +402,25 @@ def main() -> None:
         default_dims=128,
         onnx_dir=ensure_onnx(spec, onnx_cache_dir(Settings())),
     )
-    print(f"SciFact test: {len(qids)} queries, {len(ids)} documents; rotation fitted on the corpus vectors\n")
+    print(f"SciFact test: {len(qids)} queries, {len(ids)} documents; rotation fitted on the corpus vectors")
     if not args.only_latency:
+        from server.edge_adaptor import pseudo_query_sentences
+        from server.edge_projection import fit_projection
+
+        sentences = pseudo_query_sentences(texts)
+        pseudo = torch_vectors(sentences, args.cache, "scifact_pseudo_queries")
+        t0 = time.perf_counter()
+        adaptor = fit_projection(
+            corpus, spec.dimensions, min_vectors=2, kind="adaptor", pseudo_queries=pseudo
+        )
+        print(
+            f"adaptor fitted on the {len(ids)} corpus vectors + {len(sentences)} pseudo-query sentences "
+            f"of the corpus in {time.perf_counter() - t0:.1f}s ({torch_threads()} torch threads)\n"
+        )
         query_full = torch_vectors(qtexts, args.cache, "scifact_queries")
-        quality(args, bundle, rotation, data, corpus, query_full, work)
+        quality(args, bundle, rotation, adaptor, data, corpus, query_full, work)
+    if args.only_quality:
+        return
     latency(args, bundle, ids, qtexts, corpus, work)
     index_bytes(bundle, ids, corpus, work)
     install_sizes(args)
