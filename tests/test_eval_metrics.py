@@ -151,7 +151,7 @@ def test_config_labels_and_selection() -> None:
     )
     assert len(labels) == len(set(labels))
     chosen = select(default_configs(), ["edge-local/128/*,server/full/int8"])
-    assert [c.label for c in chosen] == ["server/full/int8", "edge-local/128/naive", "edge-local/128/rotated"]
+    assert [c.label for c in chosen] == ["server/full/int8", "edge-local/128/naive", "edge-local/128/fitted"]
     with pytest.raises(ValueError, match="matches no configuration"):
         select(default_configs(), ["nope/*"])
     # Stable per corpus (re-runs hit the same collection), different for another corpus.

@@ -1,7 +1,7 @@
 """The configurations one evaluation run measures, and what each one produced.
 
 Labels are ``path/dims/precision[/variant]``; ``--configs`` selects by glob (``'server/*'``,
-``'edge-local/*/rotated'``). The list is fixed and dataset-independent: nothing here is tuned
+``'edge-local/*/fitted'``). The list is fixed and dataset-independent: nothing here is tuned
 to any one benchmark.
 """
 
@@ -17,7 +17,7 @@ from server.evaluation.metrics import RETRIEVAL_METRICS
 SERVER_DIMS = (256, 128, 64)
 SERVER_PRECISIONS = ("float16", "int8", "binary+rescore")
 EDGE_DIMS = (32, 64, 128, 256)
-EDGE_ROTATIONS = ("naive", "rotated")
+EDGE_ROTATIONS = ("naive", "fitted")
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class EvalConfig:
     dims: int | None = None  # None: the model's full dimensions
     precision: str = "float32"  # float32 | float16 | int8 | binary+rescore
     exact: bool = True  # server: brute force (True) or the approximate index
-    rotation: str = ""  # edge-local: "naive" truncation or the bundle's "rotated" projection
+    rotation: str = ""  # edge-local: "naive" truncation or the bundle's "fitted" projection
 
     @property
     def label(self) -> str:

@@ -5,9 +5,10 @@ dimension): ``init`` downloads the server's bundle, ``sync`` pulls the collectio
 vectors, then every query runs through ``EdgeClient.search`` (int8 ONNX query encoder, local
 usearch index; ``auto`` may fall back to the server).
 
-"naive" vs "rotated" is the projection of the server's bundle (identity = plain truncation,
-otherwise a fitted rotation); the evaluator measures whichever the server serves and reports
-the other as unavailable, saying why (the server rows at 256/128/64 dims are naive truncation).
+"naive" vs "fitted" is the projection of the server's bundle (identity = plain truncation,
+otherwise fitted on the store: a PCA rotation or a Matryoshka adaptor); the evaluator measures
+whichever the server serves and reports the other as unavailable, saying why (the server rows
+at 256/128/64 dims are naive truncation).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class EdgeSession:
 
 
 def _rotation_of(kind: str) -> str:
-    return "naive" if kind in ("identity", "none", "truncate") else "rotated"
+    return "naive" if kind in ("identity", "none", "truncate") else "fitted"
 
 
 def run_edge(
