@@ -23,6 +23,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from server.settings import Settings
+
 log = logging.getLogger(__name__)
 
 OUT_DIMS = 256  # widest edge vector the adaptor serves; 384 on the edge gains nothing over 256
@@ -31,9 +33,9 @@ TEMPERATURE = 0.05  # best held-out neighbour fidelity@10 among 0.02 / 0.05 / 0.
 STEPS = 200  # 600 steps overfits the 128/256 prefixes (SciFact 128: 0.622 vs 0.639)
 LEARNING_RATE = 1e-3  # Adam; from the PCA start a small rate only refines the leading directions
 BATCH_ANCHORS = 256  # anchors per step; each is scored against the whole fit corpus
-# Below this many documents the adaptor overfits: fitted on 300 SciFact docs it keeps fewer
-# held-out top-10 neighbours than PCA (64 dims 0.88 vs 0.92 recall@20), so PCA is fitted then.
-MIN_FIT_DOCS = 2000
+# Below this many documents the adaptor overfits (the measurement: Settings.edge_adaptor_min_docs,
+# the server's --edge-adaptor-min-docs, whose default this is); PCA is fitted then.
+MIN_FIT_DOCS: int = Settings.edge_adaptor_min_docs
 MAX_FIT_DOCS = 5000  # the softmax spans the fit corpus: cost is linear in it (~20 s at 5k, 2 cores)
 PSEUDO_QUERIES_PER_DOC = 2  # sentences per document used as extra anchors (query-like vectors)
 MIN_SENTENCE_CHARS = 30  # shorter fragments (headings, numbers) are not query-like

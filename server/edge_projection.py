@@ -71,13 +71,15 @@ def fit_projection(
     kind: str = "adaptor",
     pseudo_queries: np.ndarray | None = None,
     out_dims: int = 0,
+    adaptor_min_docs: int = 0,
 ) -> Projection:
     """``kind`` ("adaptor": linear Matryoshka adaptor, server.edge_adaptor; "rotation": PCA)
     fitted on ``vectors`` (corpus vectors only; ``pseudo_queries``: vectors of corpus sentences,
     extra adaptor anchors) when there are at least ``min_vectors``; else identity (plain
     truncation), which the server refits once the store holds enough. An adaptor needs
-    server.edge_adaptor.MIN_FIT_DOCS vectors; with fewer the PCA rotation is fitted instead
-    (the returned kind says which). ``out_dims``: the adaptor's outputs (0: OUT_DIMS)."""
+    ``adaptor_min_docs`` vectors (0: server.edge_adaptor.MIN_FIT_DOCS); with fewer the PCA
+    rotation is fitted instead (the returned kind says which). ``out_dims``: the adaptor's
+    outputs (0: OUT_DIMS)."""
     if kind not in FIT_KINDS:
         raise ValueError(f"unknown edge projection kind {kind!r} (expected one of {', '.join(FIT_KINDS)})")
     if vectors is None or len(vectors) < min_vectors:
@@ -86,9 +88,10 @@ def fit_projection(
         return Projection.identity(dimensions)
     from server.edge_adaptor import MIN_FIT_DOCS, OUT_DIMS, fit_adaptor
 
-    if kind == "adaptor" and len(vectors) < MIN_FIT_DOCS:
+    adaptor_min_docs = adaptor_min_docs or MIN_FIT_DOCS
+    if kind == "adaptor" and len(vectors) < adaptor_min_docs:
         log.info(
-            "edge projection: %d vectors, the adaptor needs %d: PCA rotation", len(vectors), MIN_FIT_DOCS
+            "edge projection: %d vectors, the adaptor needs %d: PCA rotation", len(vectors), adaptor_min_docs
         )
         kind = "rotation"
     if kind == "rotation":

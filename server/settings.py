@@ -88,6 +88,11 @@ class Settings:
     edge_projection: str = _opt(
         "adaptor", "edge projection fitted on the store", choices=("adaptor", "rotation")
     )
+    # Below this many documents the adaptor overfits: fitted on 300 SciFact docs it keeps fewer
+    # held-out top-10 neighbours than PCA (64 dims 0.88 vs 0.92 recall@20), so PCA is fitted then.
+    edge_adaptor_min_docs: int = _opt(
+        2000, "stored documents needed to fit the adaptor (fewer: the PCA rotation is fitted)"
+    )
     # --- logging ---
     log_level: str = _opt("INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
@@ -125,6 +130,7 @@ class Settings:
             "edge_dims",
             "edge_fit_min_vectors",
             "edge_fit_sample",
+            "edge_adaptor_min_docs",
             "store_map_size_mb",
             "ingest_commit_docs",
             "ingest_max_pending",

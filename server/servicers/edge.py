@@ -26,7 +26,7 @@ from edge_client.errors import BundleError
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1.embedding_pb2_grpc import EdgeServiceServicer, add_EdgeServiceServicer_to_server
 from server.app import Runtime
-from server.edge_adaptor import MAX_FIT_DOCS, MIN_FIT_DOCS, OUT_DIMS, pseudo_query_sentences
+from server.edge_adaptor import MAX_FIT_DOCS, OUT_DIMS, pseudo_query_sentences
 from server.edge_bundle import build_bundle, bundle_files, ensure_onnx
 from server.edge_projection import BundleProjection, fit_projection, sample_store_documents
 from server.embedder import Priority
@@ -64,7 +64,7 @@ class _Plan:
 
 def _kind_for(settings: Settings, documents: int) -> str:
     """The projection kind fit_projection makes from ``documents`` vectors."""
-    if settings.edge_projection == "adaptor" and documents < MIN_FIT_DOCS:
+    if settings.edge_projection == "adaptor" and documents < settings.edge_adaptor_min_docs:
         return "rotation"
     return settings.edge_projection
 
@@ -143,6 +143,7 @@ def _build(runtime: Runtime, plan: _Plan, pseudo_queries: np.ndarray | None) -> 
         kind=settings.edge_projection,
         pseudo_queries=pseudo_queries,
         out_dims=max(OUT_DIMS, settings.edge_dims),  # the default dims must exist
+        adaptor_min_docs=settings.edge_adaptor_min_docs,
     )
     fit = len(vectors) if vectors is not None and projection.kind != "identity" else 0
     queries = (
