@@ -52,7 +52,7 @@ def _encoder(spec_path: Path, max_tokens: int) -> Callable[[list[str]], np.ndarr
 def run(args: argparse.Namespace) -> int:
     import onnxruntime  # noqa: F401  (before usearch, which the store imports)
 
-    from server.edge_adaptor import MAX_FIT_DOCS, OUT_DIMS, pseudo_query_sentences
+    from server.edge_adaptor import MAX_FIT_DOCS, MIN_FIT_DOCS, OUT_DIMS, pseudo_query_sentences
     from server.edge_bundle import build_bundle, ensure_onnx
     from server.edge_projection import fit_projection
     from server.model import ModelNotFoundError, load_spec
@@ -90,10 +90,12 @@ def run(args: argparse.Namespace) -> int:
 
         texts = [text for _, text, _ in read_corpus(Path(args.fit_corpus), limit)]
         encode = _encoder(spec.path, spec.max_tokens)
-        vectors = encode([str(t) for t in texts])
+        document = spec.prompt_text(spec.document_prompt_name)  # as the server's Ingest embeds
+        vectors = encode([document + str(t) for t in texts])
         source = f"corpus {Path(args.fit_corpus).name}"
     pseudo_queries: np.ndarray | None = None
-    enough = vectors is not None and len(vectors) >= 2 * args.dims
+    # Below MIN_FIT_DOCS fit_projection fits the rotation: no model load for unused sentences.
+    enough = vectors is not None and len(vectors) >= max(2 * args.dims, MIN_FIT_DOCS)
     if args.projection == "adaptor" and enough:
         sentences = pseudo_query_sentences(texts)
         if sentences:
@@ -109,7 +111,9 @@ def run(args: argparse.Namespace) -> int:
         out_dims=max(OUT_DIMS, args.dims),
     )
     fitted = len(vectors) if vectors is not None and projection.kind != "identity" else 0
-    queries = len(pseudo_queries) if fitted and pseudo_queries is not None else 0
+    queries = (
+        len(pseudo_queries) if fitted and projection.kind == "adaptor" and pseudo_queries is not None else 0
+    )
     cache = Path(args.onnx_cache) if args.onnx_cache else onnx_cache_dir(Settings())
     bundle = build_bundle(
         spec,
