@@ -6,6 +6,7 @@ import grpc
 import numpy as np
 import pytest
 
+from edge_client._bundle import EdgeBundle
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1.embedding_pb2_grpc import EmbeddingServiceStub
 from tests._collections import ingest, scifact_docs, stub
@@ -75,3 +76,19 @@ def test_sync_with_another_bundle_is_refused(live_server) -> None:  # type: igno
         _sync(live_server.address, 0, bundle_fingerprint="edge-not-this-one")
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "GetEdgeBundle" in info.value.details()
+
+
+def test_sync_with_more_dimensions_than_the_projection_has_is_refused(live_server) -> None:  # type: ignore[no-untyped-def]
+    ingest(live_server.address, COLLECTION, scifact_docs(1, skip=1000))
+    fingerprint = _bundle_fingerprint(live_server.address)
+    served = EdgeBundle.load(live_server.data_dir / "edge_bundle")
+    assert served.fingerprint == fingerprint
+    # identity or rotation: the model's 384 dims (an adaptor, after a large store: 256)
+    limit = served.projection.max_dims
+    with pytest.raises(grpc.RpcError) as info:
+        _sync(live_server.address, 0, bundle_fingerprint=fingerprint, dimensions=limit + 1)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"dimensions must be at most {limit}" in info.value.details()
+    assert f"got {limit + 1}" in info.value.details()
+    ok = _sync(live_server.address, 0, bundle_fingerprint=fingerprint, dimensions=limit)
+    assert ok[0].changes[0].vector.dims == limit
