@@ -44,6 +44,10 @@ class Settings:
     ingest_commit_docs: int = _opt(256, "documents per LMDB commit during Ingest (acks follow each commit)")
     ingest_max_pending: int = _opt(1024, "documents read ahead per Ingest stream before pushing back")
     search_max_k: int = _opt(1000, "largest k a Search may ask for")
+    # An index is a cache of the store (it catches up from the change log after a crash), so it
+    # is written on a timer instead of after every call: one small Ingest or Delete must not
+    # rewrite a large collection's whole index file.
+    index_save_interval_s: float = _opt(30.0, "seconds between saves of changed usearch indexes")
     # --- model and compute ---
     model: str = _opt("all-MiniLM-L6-v2", "local model directory, bundled alias or hub id")
     backend: str = _opt("torch", "inference backend", choices=("torch", "onnx"))
@@ -135,6 +139,7 @@ class Settings:
             "ingest_commit_docs",
             "ingest_max_pending",
             "search_max_k",
+            "index_save_interval_s",
         )
         for name in positive:
             if getattr(self, name) <= 0:

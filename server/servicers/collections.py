@@ -8,6 +8,7 @@ that saves the indexes and closes the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -115,7 +116,6 @@ class CollectionServicer(CollectionServiceServicer):  # type: ignore[misc]
             await _abort(context, exc)
         finally:
             reader.cancel()
-            await asyncio.to_thread(self.indexes.save_all)
 
     # -- Search --------------------------------------------------------------------------------
 
@@ -176,7 +176,6 @@ class CollectionServicer(CollectionServiceServicer):  # type: ignore[misc]
         meta = self.store.collection(collection)
         if meta is not None and meta.fingerprint == self.runtime.spec.fingerprint:
             self.indexes.get(collection)
-            self.indexes.save_all()
 
     # -- SyncVectors ---------------------------------------------------------------------------
 
@@ -296,7 +295,23 @@ async def attach(server: grpc.aio.Server, runtime: Runtime) -> list[str]:
     await asyncio.to_thread(_warm_indexes, store, indexes, spec.fingerprint)
     runtime.store = store
 
+    async def save_periodically() -> None:
+        while True:
+            await asyncio.sleep(settings.index_save_interval_s)  # the save timer, not a wait
+            try:
+                saved = await asyncio.to_thread(indexes.save_all)
+            except OSError:
+                log.exception("saving the vector indexes failed; retrying at the next interval")
+                continue
+            if saved:
+                log.debug("saved %d changed vector indexes", saved)
+
+    saver = asyncio.create_task(save_periodically(), name="index-saver")
+
     async def close() -> None:
+        saver.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await saver
         await asyncio.to_thread(indexes.save_all)
         await asyncio.to_thread(store.close)
 
