@@ -126,3 +126,11 @@ def test_fit_on_real_vectors_beats_pca_on_its_objective_and_is_deterministic(
     assert len(docs) < MIN_FIT_DOCS
     fallback = fit_projection(docs, 384, min_vectors=100, kind="adaptor", pseudo_queries=queries)
     assert fallback.kind == "rotation" and fallback.sha256() == pca.sha256()
+    # Enough documents but no stored texts (no pseudo-queries): documents alone lose to PCA at
+    # 128 dims, so the rotation is fitted; with pseudo-queries the adaptor is.
+    no_texts = fit_projection(docs, 384, min_vectors=100, kind="adaptor", adaptor_min_docs=100)
+    assert no_texts.sha256() == pca.sha256()
+    fitted = fit_projection(
+        docs, 384, min_vectors=100, kind="adaptor", adaptor_min_docs=100, pseudo_queries=queries
+    )
+    assert fitted.kind == "adaptor"

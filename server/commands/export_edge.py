@@ -4,7 +4,7 @@ The Matryoshka projection (``--projection``: the linear adaptor, default, or the
 is fitted on corpus vectors: a server's store (``--fit-data-dir``, optionally one
 ``--fit-collection``) or a JSONL corpus embedded here (``--fit-corpus``, BEIR format). The
 adaptor also trains on pseudo-queries: sentences of the corpus texts, embedded here with the
-same model (documents only when the store keeps no text). Without a corpus the projection is
+same model (a store that keeps no text gets the rotation). Without a corpus the projection is
 the identity (plain truncation). To make a server serve this bundle, write it to DATA_DIR/edge_bundle (or pass
 ``--edge-bundle-dir``) and restart it; edge clients then re-init and resync.
 """

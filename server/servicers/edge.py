@@ -62,9 +62,12 @@ class _Plan:
     texts: list[str | None] = field(default_factory=list)  # their stored texts
 
 
-def _kind_for(settings: Settings, documents: int) -> str:
-    """The projection kind fit_projection makes from ``documents`` vectors."""
-    if settings.edge_projection == "adaptor" and documents < settings.edge_adaptor_min_docs:
+def _kind_for(settings: Settings, documents: int, texts: list[str | None]) -> str:
+    """The projection kind fit_projection makes from ``documents`` vectors with these texts
+    (the adaptor needs enough documents, and stored texts for its pseudo-queries)."""
+    if settings.edge_projection == "adaptor" and (
+        documents < settings.edge_adaptor_min_docs or not any(texts)
+    ):
         return "rotation"
     return settings.edge_projection
 
@@ -92,8 +95,8 @@ def _plan(runtime: Runtime) -> _Plan:
             limit = min(limit, MAX_FIT_DOCS)  # the adaptor fits on at most this many anyway
         vectors, texts = sample_store_documents(runtime.store, limit, spec.fingerprint)
     can_refit = vectors is not None and len(vectors) >= min_vectors
-    if other_kind and vectors is not None and _kind_for(settings, len(vectors)) == existing_kind:
-        can_refit = False  # e.g. a rotation, and still too few documents for the adaptor
+    if other_kind and vectors is not None and _kind_for(settings, len(vectors), texts) == existing_kind:
+        can_refit = False  # e.g. a rotation, and still too few documents (or no texts) for the adaptor
     if (
         existing is not None
         and existing.manifest.model_fingerprint == spec.fingerprint
@@ -111,7 +114,7 @@ async def _pseudo_query_vectors(runtime: Runtime, texts: list[str | None]) -> np
     embedded by the server's own encoder at bulk priority; None without texts or on failure."""
     sentences = pseudo_query_sentences(texts)
     if not sentences:
-        log.info("edge adaptor: the sampled documents have no stored text; fitting on documents only")
+        log.info("edge adaptor: the sampled documents have no stored text; fitting the PCA rotation")
         return None
     start = getattr(runtime.embedder, "start", None)
     if start is not None:  # at attach the pool is not started yet; start() is idempotent
@@ -127,7 +130,7 @@ async def _pseudo_query_vectors(runtime: Runtime, texts: list[str | None]) -> np
             )
             parts.append(np.asarray(result.vectors, dtype=np.float32))
     except ServiceError as exc:
-        log.warning("edge adaptor: embedding pseudo-queries failed (%s); fitting on documents only", exc)
+        log.warning("edge adaptor: embedding pseudo-queries failed (%s); fitting the PCA rotation", exc)
         return None
     return np.concatenate(parts)
 
@@ -174,7 +177,7 @@ async def load_or_build(runtime: Runtime) -> EdgeBundle:
     pseudo_queries = None
     settings = runtime.settings
     n = 0 if plan.vectors is None else len(plan.vectors)
-    if n >= settings.edge_fit_min_vectors and _kind_for(settings, n) == "adaptor":
+    if n >= settings.edge_fit_min_vectors and _kind_for(settings, n, plan.texts) == "adaptor":
         pseudo_queries = await _pseudo_query_vectors(runtime, plan.texts)
     return await asyncio.to_thread(_build, runtime, plan, pseudo_queries)
 
