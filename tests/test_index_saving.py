@@ -35,7 +35,8 @@ def test_indexes_are_saved_on_a_timer_and_reloaded(tmp_path: Path) -> None:
         channel, service = stub(server.address)
         with channel:
             acks = list(service.Ingest(iter(requests(COLLECTION, docs)), timeout=120))
-            assert search(server.address, COLLECTION, docs[5][1], k=1, prompt_name="").hits[0].id == docs[5][0]
+            top = search(server.address, COLLECTION, docs[5][1], k=1, prompt_name="").hits[0]
+            assert top.id == docs[5][0]
             _wait_saved(data, max(a.sequence for a in acks))
             deleted = service.Delete(pb.DeleteRequest(collection=COLLECTION, ids=[docs[5][0]]), timeout=30)
             _wait_saved(data, deleted.sequence)  # a later change is saved by the next tick

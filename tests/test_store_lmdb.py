@@ -20,7 +20,11 @@ def _vec(seed: int) -> np.ndarray:
 
 def _up(collection: str, doc_id: str, text: str, *, vector: bool = True, meta: dict | None = None) -> Upsert:  # type: ignore[type-arg]
     h = content_hash(FP, "", text)
-    return Upsert(collection, doc_id, h, text, meta or {}, _vec(hash(text) % 1000) if vector else None)
+    # Seeded by the content hash: str hash() is salted per process, and its value mod 1000 gave
+    # two texts one vector now and then (a sample of 10 then held 9 distinct rows).
+    return Upsert(
+        collection, doc_id, h, text, meta or {}, _vec(int.from_bytes(h[:8], "little")) if vector else None
+    )
 
 
 @pytest.fixture
