@@ -197,3 +197,48 @@ def test_server_bundle_fits_the_rotation_once_the_store_has_enough_vectors(
     assert fitted.fingerprint != first.fingerprint
     runtime.store = _Store(vectors[::-1])
     assert build().fingerprint == fitted.fingerprint  # fitted once: kept across restarts
+
+
+class _StoreWithoutTexts(_Store):
+    """A store whose documents were ingested without text; counts the walks that sample it."""
+
+    def __init__(self, vectors: np.ndarray, fingerprint: str) -> None:
+        super().__init__(vectors)
+        self.fingerprint, self.sequence, self.walks = fingerprint, len(vectors), 0
+
+    def collections(self) -> dict[str, object]:
+        from types import SimpleNamespace
+
+        return {"c": SimpleNamespace(fingerprint=self.fingerprint, sequence=self.sequence)}
+
+    def sample_documents(self, n: int, *, fingerprint: str | None = None) -> tuple[np.ndarray, list[None]]:
+        self.walks += 1
+        return self.vectors[:n], [None] * min(n, len(self.vectors))
+
+
+def test_a_store_without_texts_keeps_its_rotation_and_is_not_walked_again_until_it_changes(
+    spec: ModelSpec, edge_bundle: EdgeBundle, edge_onnx_dir: Path, tmp_path: Path
+) -> None:
+    import dataclasses
+    from types import SimpleNamespace
+
+    from server.servicers.edge import load_or_build
+    from server.settings import Settings
+
+    vectors = edge_bundle.encoder(int8=False).encode(
+        [f"fact {i} about {w}" for i, w in enumerate(["ice", "salt"] * 40)]
+    )
+    settings = Settings(data_dir=tmp_path, edge_onnx_cache=str(edge_onnx_dir.parent), edge_fit_min_vectors=60)
+    store = _StoreWithoutTexts(vectors, spec.fingerprint)
+    runtime = SimpleNamespace(settings=settings, spec=spec, store=store)
+    rotation = asyncio.run(load_or_build(runtime))  # type: ignore[arg-type]
+    assert rotation.manifest.projection_kind == "rotation" and store.walks == 1  # 80 < 2000 docs
+    # Enough documents for the adaptor now, but no texts for its pseudo-queries: the rotation stays.
+    runtime.settings = dataclasses.replace(settings, edge_adaptor_min_docs=60)
+    assert asyncio.run(load_or_build(runtime)).fingerprint == rotation.fingerprint  # type: ignore[arg-type]
+    assert store.walks == 2
+    assert asyncio.run(load_or_build(runtime)).fingerprint == rotation.fingerprint  # type: ignore[arg-type]
+    assert store.walks == 2  # the same store state was already sampled: no walk at this start
+    store.sequence += 1  # the store changed: look again
+    assert asyncio.run(load_or_build(runtime)).fingerprint == rotation.fingerprint  # type: ignore[arg-type]
+    assert store.walks == 3

@@ -13,6 +13,7 @@ makes edge clients re-init and resync.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -72,6 +73,30 @@ def _kind_for(settings: Settings, documents: int, texts: list[str | None]) -> st
     return settings.edge_projection
 
 
+def _store_state(store: object, fingerprint: str) -> str:
+    """The change-log heads of the collections of this model: equal states, same documents."""
+    metas = getattr(store, "collections", None)
+    if metas is None:
+        return ""
+    heads = sorted((name, meta.sequence) for name, meta in metas().items() if meta.fingerprint == fingerprint)
+    return json.dumps(heads)
+
+
+def _check_path(target: Path) -> Path:
+    """Beside the bundle, not in it: the bundle's files are hashed into its fingerprint."""
+    return target.with_name(target.name + ".fit-check.json")
+
+
+def _already_checked(target: Path, bundle: EdgeBundle, state: str) -> bool:
+    """True when the store was sampled for this bundle at this state and could not give the
+    configured kind (too few documents, or no texts): sampling again would find the same."""
+    try:
+        check = json.loads(_check_path(target).read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(state) and check == {"bundle": bundle.fingerprint, "store": state}
+
+
 def _plan(runtime: Runtime) -> _Plan:
     """Blocking: read the bundle on disk and, when a (re)fit is due, sample the store."""
     settings, spec = runtime.settings, runtime.spec
@@ -87,6 +112,9 @@ def _plan(runtime: Runtime) -> _Plan:
     # A fitted bundle of another kind than --edge-projection is refitted (when the store can).
     existing_kind = existing.manifest.projection_kind if existing else ""
     other_kind = fitted_on > 0 and existing_kind != settings.edge_projection
+    state = _store_state(runtime.store, spec.fingerprint)
+    if other_kind and existing is not None and _already_checked(target, existing, state):
+        other_kind = False  # no walk over a large store at every start to find the same answer
     vectors: np.ndarray | None = None
     texts: list[str | None] = []
     if existing is None or fitted_on < min_vectors or other_kind:
@@ -97,6 +125,8 @@ def _plan(runtime: Runtime) -> _Plan:
     can_refit = vectors is not None and len(vectors) >= min_vectors
     if other_kind and vectors is not None and _kind_for(settings, len(vectors), texts) == existing_kind:
         can_refit = False  # e.g. a rotation, and still too few documents (or no texts) for the adaptor
+        if existing is not None and state:
+            _check_path(target).write_text(json.dumps({"bundle": existing.fingerprint, "store": state}))
     if (
         existing is not None
         and existing.manifest.model_fingerprint == spec.fingerprint
