@@ -106,8 +106,8 @@ def test_search_returns_k_hits_where_the_graph_walk_comes_back_short(tmp_path: P
 
 
 def test_many_updates_rebuild_the_graph_from_the_store(tmp_path: Path) -> None:
-    # An update is remove + add, and usearch links the holes poorly (recall@10 0.91 -> 0.79 after
-    # one full round of updates on 5,000 vectors): past a share of removals the index is rebuilt.
+    # An update is remove + add, and usearch's patched graph loses recall (see the constants in
+    # server/store/index.py): past a share of removals the index is rebuilt from the store.
     rng = np.random.default_rng(3)
     store = open_store(tmp_path)
     try:

@@ -1,0 +1,115 @@
+"""ANN recall of a collection whose documents get updated: usearch's patched graph vs our rebuild rule.
+
+An update in usearch is remove + add. This measures recall@10 of the collection index (the
+server's ``CollectionIndex`` over a real LMDB store) against exact search, on SciFact corpus
+vectors of the real model, before and after every document has been updated ``--rounds`` times
+(each update gives a document the vector of another corpus document), in calls of ``--batch``:
+- fresh: the index built once from the store (the ceiling);
+- patched: updates applied in place only (the rebuild rule switched off);
+- ours: the same updates with the rebuild rule (``server.store.index``).
+
+    python benchmarks/bench_index_updates.py [--limit 5183] [--rounds 1] [--batch 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from _common import SHARED_DATA, corpus_texts
+
+
+def _embed(texts: list[str]) -> np.ndarray:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from server.model import load_spec
+
+    spec = load_spec()
+    model = SentenceTransformer(str(spec.path), device="cpu", model_kwargs={"torch_dtype": torch.bfloat16})
+    model.max_seq_length = spec.max_tokens
+    vectors = model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+    return np.asarray(vectors, dtype=np.float32)
+
+
+def _recall(index, store, queries: np.ndarray, vectors: np.ndarray, ids: list[str]) -> float:  # type: ignore[no-untyped-def]
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    found = []
+    for row, query in enumerate(queries):
+        keys, _ = index.search(query, 10)
+        got = set(store.ids_for_keys("c", [int(k) for k in keys]))
+        found.append(len(got & {ids[j] for j in exact[row]}) / 10)
+    return float(np.mean(found))
+
+
+def run(
+    vectors: np.ndarray, queries: np.ndarray, rounds: int, batch: int, rebuild: bool
+) -> tuple[float, int]:
+    import server.store.index as index_module
+    from server.store import Indexes, Upsert, content_hash, open_store
+
+    fp, n = "bench@1", len(vectors)
+    saved = index_module.REBUILD_AFTER_REMOVED_FRACTION
+    index_module.REBUILD_AFTER_REMOVED_FRACTION = saved if rebuild else float("inf")
+    rng = np.random.default_rng(0)
+    current = vectors.copy()
+    ids = [f"d{i}" for i in range(n)]
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(Path(tmp))
+        try:
+            ups = [
+                Upsert("c", ids[i], content_hash(fp, "", f"v0 {i}"), None, {}, v)
+                for i, v in enumerate(current)
+            ]
+            store.upsert(ups, fingerprint=fp, dimensions=vectors.shape[1])
+            index = Indexes(
+                store, Path(tmp) / "idx", fingerprint=fp, ndim=vectors.shape[1], metric="ip", dtype="f16"
+            ).get("c")
+            for r in range(1, rounds + 1):
+                current = vectors[rng.permutation(n)]  # every document now has another document's vector
+                for start in range(0, n, batch):
+                    ups = [
+                        Upsert("c", ids[i], content_hash(fp, "", f"v{r} {i}"), None, {}, current[i])
+                        for i in range(start, min(n, start + batch))
+                    ]
+                    store.upsert(ups, fingerprint=fp, dimensions=vectors.shape[1])
+                    index.catch_up(store)
+            return _recall(index, store, queries, current, ids), index.rebuilds
+        finally:
+            store.close()
+            index_module.REBUILD_AFTER_REMOVED_FRACTION = saved
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dataset", type=Path, default=SHARED_DATA / "scifact", help="BEIR folder")
+    parser.add_argument("--limit", type=int, default=None, help="first N corpus documents (default all)")
+    parser.add_argument("--rounds", type=int, default=1, help="times every document is updated")
+    parser.add_argument("--batch", type=int, default=500, help="updates per store commit + index catch-up")
+    args = parser.parse_args()
+
+    from server.evaluation.datasets import load_beir
+
+    texts = corpus_texts(args.dataset, args.limit)
+    queries_text = list(load_beir(args.dataset, "test").queries.values())
+    print(
+        f"embedding {len(texts)} documents and {len(queries_text)} queries (bf16, in process) ...", flush=True
+    )
+    vectors, queries = _embed(texts), _embed(queries_text)
+    print(f"{'index':<36} {'recall@10':>9} {'rebuilds':>8}")
+    fresh, _ = run(vectors, queries, 0, args.batch, rebuild=True)
+    print(f"{'fresh build (ceiling)':<36} {fresh:>9.3f} {0:>8}", flush=True)
+    for name, rebuild in (("patched in place (no rebuild)", False), ("ours (rebuild at 25% removed)", True)):
+        recall, rebuilds = run(vectors, queries, args.rounds, args.batch, rebuild)
+        print(f"{name:<36} {recall:>9.3f} {rebuilds:>8}", flush=True)
+    print(f"after {args.rounds} round(s) of updating all {len(vectors)} documents, {args.batch} per call")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
