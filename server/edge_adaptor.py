@@ -16,13 +16,13 @@ checks transfer to STS-B. torch is imported inside :func:`fit_adaptor` only.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from collections.abc import Sequence
 
 import numpy as np
 
+from server.pool.backends import usable_cores
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,13 +59,6 @@ def pseudo_query_sentences(
         picks = rng.choice(len(sentences), size=min(per_doc, len(sentences)), replace=False)
         out.extend(sentences[int(i)] for i in picks)
     return out
-
-
-def usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
