@@ -49,12 +49,19 @@ def test_dtypes_find_the_right_documents_and_survive_reopen(
     reopened.close()
 
 
+def synced_index(corpus: tuple[list[str], list[str], np.ndarray], directory: Path) -> LocalIndex:
+    """A 128-dim local index holding the whole corpus, as a sync leaves it."""
+    ids, texts, vectors = corpus
+    index = LocalIndex(directory, dims=128)
+    index.upsert(ids, vectors, texts, [{}] * len(ids), source="sync")
+    return index
+
+
 def test_upsert_replaces_and_delete_removes(
     corpus: tuple[list[str], list[str], np.ndarray], tmp_path: Path
 ) -> None:
-    ids, texts, vectors = corpus
-    index = LocalIndex(tmp_path, dims=128)
-    index.upsert(ids, vectors, texts, [{}] * len(ids), source="sync")
+    ids, _texts, vectors = corpus
+    index = synced_index(corpus, tmp_path)
     # astro-1 now carries cook-1's vector: searching with it finds both, no duplicate keys.
     index.upsert(["astro-1"], vectors[ids.index("cook-1")][None], ["moved"], [{}], source="sync")
     assert len(index) == len(ids)
@@ -68,9 +75,7 @@ def test_upsert_replaces_and_delete_removes(
 def test_other_layout_on_disk_starts_afresh(
     corpus: tuple[list[str], list[str], np.ndarray], tmp_path: Path
 ) -> None:
-    ids, texts, vectors = corpus
-    index = LocalIndex(tmp_path, dims=128)
-    index.upsert(ids, vectors, texts, [{}] * len(ids), source="sync")
+    index = synced_index(corpus, tmp_path)
     index.set_state("sequence", "56")
     index.save()
     index.close()

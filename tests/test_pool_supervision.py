@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -88,6 +89,17 @@ def wait_until_busy(worker: psutil.Process, timeout: float = 60) -> None:
     while sum(worker.cpu_times()[:2]) - start < 0.3:
         assert time.monotonic() < deadline, "the worker never started computing"
         time.sleep(0.02)  # polling an observable condition, bounded by the deadline
+
+
+def busy_call(
+    server: ServerProcess, stub: pb_grpc.EmbeddingServiceStub, index: int, prefix: str
+) -> tuple[psutil.Process, Any]:
+    """Worker ``index``, once it is computing a batch of a long Embed call (returned as a future)."""
+    worker = worker_processes(server)[index]
+    inputs = [f"{prefix}{i} {LONG}" for i in range(QUEUE_LIMIT)]
+    call = stub.Embed.future(pb.EmbedRequest(inputs=inputs), timeout=300, metadata=AUTH)
+    wait_until_busy(worker)
+    return worker, call
 
 
 def test_onnx_workers_match_the_torch_server(
@@ -169,11 +181,7 @@ def test_deadline_drops_the_queued_work_of_the_call(
 def test_killed_worker_fails_the_call_in_flight_and_is_replaced(
     server: tuple[ServerProcess, int], stub: pb_grpc.EmbeddingServiceStub
 ) -> None:
-    worker = worker_processes(server[0])[0]
-    call = stub.Embed.future(
-        pb.EmbedRequest(inputs=[f"{i} {LONG}" for i in range(QUEUE_LIMIT)]), timeout=300, metadata=AUTH
-    )
-    wait_until_busy(worker)
+    worker, call = busy_call(server[0], stub, 0, "")
     worker.kill()
     with pytest.raises(grpc.RpcError) as err:
         call.result()
@@ -188,11 +196,7 @@ def test_killed_worker_fails_the_call_in_flight_and_is_replaced(
 def test_hung_worker_times_out_the_call_and_is_replaced(
     server: tuple[ServerProcess, int], stub: pb_grpc.EmbeddingServiceStub
 ) -> None:
-    worker = worker_processes(server[0])[1]
-    call = stub.Embed.future(
-        pb.EmbedRequest(inputs=[f"hang {i} {LONG}" for i in range(QUEUE_LIMIT)]), timeout=300, metadata=AUTH
-    )
-    wait_until_busy(worker)
+    worker, call = busy_call(server[0], stub, 1, "hang ")
     worker.suspend()  # SIGSTOP: alive but silent, like a deadlocked worker
     with pytest.raises(grpc.RpcError) as err:
         call.result()
