@@ -41,9 +41,8 @@ import numpy as np
 import onnxruntime  # noqa: F401  (must load before usearch)
 
 from edge_client._index import DTYPES, LocalIndex  # isort: skip
-from edge_client._bundle import EdgeBundle
 from edge_client._policy import Policy, calibrate, weak_evidence
-from edge_client._projection import Projection, fit_pca_rotation
+from embedcore import EdgeBundle, Projection, fit_pca_rotation
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 SCIFACT = SHARED / "scifact"

@@ -16,13 +16,14 @@ import grpc
 import numpy as np
 from google.protobuf.json_format import MessageToDict
 
-from edge_client._bundle import EdgeBundle
 from edge_client._download import Progress, install_bundle
 from edge_client._index import Hit, LocalIndex
 from edge_client._policy import Policy, calibrate, weak_evidence
 from edge_client._sync import SyncReport, sync_collection
 from edge_client._transport import call_metadata, open_channel
 from edge_client.errors import BundleError, NotInitialized, ServerError, ServerUnavailable
+from embedcore import BundleError as BundleFormatError
+from embedcore import EdgeBundle
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1 import embedding_pb2_grpc as rpc
 
@@ -128,7 +129,7 @@ class EdgeClient:
         if self._bundle is None:
             try:
                 self._bundle = EdgeBundle.load(self.home / "bundle")
-            except BundleError as exc:
+            except BundleFormatError as exc:
                 raise NotInitialized(
                     f"no usable edge bundle in {self.home} ({exc}); run `edge-client init --server HOST:PORT`"
                 ) from exc

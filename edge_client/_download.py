@@ -16,15 +16,17 @@ from typing import Any
 
 import grpc
 
-from edge_client._bundle import (
+from edge_client import errors
+from embedcore import (
     MANIFEST,
+    BundleError,
+    BundleIntegrityError,
     EdgeBundle,
     Manifest,
     bundle_fingerprint,
     swap_in_directory,
     verify_file,
 )
-from edge_client.errors import BundleError, BundleIntegrityError, ServerError, ServerUnavailable
 from protos.embedding.v1 import embedding_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -103,10 +105,10 @@ def install_bundle(
             last = exc
             if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 message = f"GetEdgeBundle failed: {code.name}: {exc.details()}"
-                raise ServerError(message, code=code.name) from exc
+                raise errors.ServerError(message, code=code.name) from exc
             log.warning("bundle download %d/%d interrupted: %s", attempt, attempts, code.name)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
     if isinstance(last, grpc.RpcError):
-        raise ServerUnavailable(f"could not download the edge bundle: {last.code().name}") from last
-    raise BundleIntegrityError(f"edge bundle rejected after {attempts} attempts: {last}") from last
+        raise errors.ServerUnavailable(f"could not download the edge bundle: {last.code().name}") from last
+    raise errors.BundleIntegrityError(f"edge bundle rejected after {attempts} attempts: {last}") from last

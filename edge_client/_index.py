@@ -26,7 +26,7 @@ import onnxruntime  # noqa: F401
 
 from usearch.index import Index  # isort: skip
 
-from edge_client.errors import IndexError_
+from edge_client.errors import LocalIndexError
 
 DTYPES = ("f16", "i8", "b1")
 RESCORE_MULTIPLIER = 8  # b1 candidates per result, rescored with f16
@@ -87,7 +87,7 @@ class LocalIndex:
             try:
                 index.load(str(path))
             except Exception as exc:  # usearch raises RuntimeError/ValueError on a bad file
-                raise IndexError_(f"cannot load {path}: {exc}; delete it and sync again") from exc
+                raise LocalIndexError(f"cannot load {path}: {exc}; delete it and sync again") from exc
         return index
 
     def _wipe(self) -> None:

@@ -4,7 +4,7 @@ EdgeError
 ├── NotInitialized        no bundle installed yet: run ``edge-client init --server HOST:PORT``
 ├── BundleError           the bundle is unusable
 │   └── BundleIntegrityError   a file's size or sha256 differs from the manifest
-├── IndexError_           the local index is missing, corrupt or built for another bundle
+├── LocalIndexError       the local index is missing, corrupt or built for another bundle
 ├── FingerprintMismatch   the server's bundle/collection fingerprint is not ours (re-init)
 └── ServerError           the server could not answer
     └── ServerUnavailable      unreachable or past the deadline (search falls back locally)
@@ -29,7 +29,7 @@ class BundleIntegrityError(BundleError):
     """A downloaded or installed file does not match the manifest's size or sha256."""
 
 
-class IndexError_(EdgeError):  # the builtin IndexError means something else
+class LocalIndexError(EdgeError):
     """The local index cannot be used as it is."""
 
 

@@ -1,4 +1,4 @@
-"""Fits the edge's linear Matryoshka adaptor (projection kind "adaptor", edge_client._projection).
+"""Fits the edge's linear Matryoshka adaptor (projection kind "adaptor", embedcore.Projection).
 
 The default model is not MRL-trained: its leading dimensions are not a good short embedding,
 and a PCA rotation only orders variance. The adaptor is a matrix W (dimensions, out_dims),

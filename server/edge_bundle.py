@@ -1,4 +1,4 @@
-"""Writes the edge bundle: ONNX graphs, tokenizer, projection and manifest (see edge_client._bundle).
+"""Writes the edge bundle: ONNX graphs, tokenizer, projection and manifest (format: embedcore.bundle).
 
 The ONNX export needs torch and takes seconds, so exported graphs are cached per model
 fingerprint (``onnx_cache``) and reused when only the projection changes. A bundle directory
@@ -15,17 +15,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge_client._bundle import (
+from embedcore import (
     MANIFEST,
     EdgeBundle,
     FileEntry,
     Manifest,
+    Projection,
     bundle_fingerprint,
+    load_tokenizer,
     sha256_file,
     swap_in_directory,
 )
-from edge_client._projection import Projection
-from edge_client._tokenizer import load_tokenizer
 from server.model import ModelSpec
 from server.onnx_export import FP32_NAME, INT8_NAME, export_onnx
 

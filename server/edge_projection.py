@@ -2,7 +2,7 @@
 server gets the vectors to fit it on.
 
 SyncVectors projects stored full-dimension vectors with exactly the numpy code the edge runs
-after its own encoder (edge_client._projection), so a synced vector equals the edge's own.
+after its own encoder (embedcore.Projection), so a synced vector equals the edge's own.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_client._bundle import EdgeBundle
-from edge_client._projection import Projection, fit_pca_rotation
+from embedcore import EdgeBundle, Projection, fit_pca_rotation
 
 log = logging.getLogger(__name__)
 

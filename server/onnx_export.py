@@ -1,7 +1,7 @@
 """Export a model's transformer to ONNX (fp32) and a dynamic int8 copy (per-channel weights).
 
 The graph maps (input_ids, attention_mask, token_type_ids) -> last_hidden_state; tokenization
-(edge_client._tokenizer), pooling and normalization (edge_client._pooling) stay outside it in
+(embedcore.tokenization), pooling and normalization (embedcore.pooling) stay outside it in
 numpy, so the same graph serves the server's ``--backend onnx`` and the edge client.
 
 Measured with all-MiniLM-L6-v2: fp32 90 MB, max abs diff 2.2e-7 to sentence-transformers;

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_client._pooling import l2_normalize, truncate_dims
+from embedcore import truncate_dims
 from protos.embedding.v1 import embedding_pb2 as pb
 from server.errors import InvalidArgument
 from server.model import ModelSpec
@@ -115,7 +115,3 @@ def to_protos(
         pb.Vector(data=data, dims=options.dimensions, precision=options.precision)  # type: ignore[arg-type]
         for data in encode_bytes(shaped, options.precision, ranges)
     ]
-
-
-def normalize_rows(vectors: np.ndarray) -> np.ndarray:
-    return l2_normalize(vectors)

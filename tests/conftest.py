@@ -55,7 +55,7 @@ def edge_onnx_dir(spec):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def edge_bundle(spec, edge_onnx_dir, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """An edge bundle (identity projection, 128 dims) built in-process from edge_onnx_dir."""
-    from edge_client._projection import Projection
+    from embedcore import Projection
     from server.edge_bundle import build_bundle
 
     out = tmp_path_factory.mktemp("edge") / "bundle"

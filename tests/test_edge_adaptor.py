@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_client._bundle import EdgeBundle
 from edge_client._client import check_dims
-from edge_client._projection import Projection, fit_pca_rotation
 from edge_client.errors import BundleError
+from embedcore import EdgeBundle, Projection, fit_pca_rotation
 from server.edge_adaptor import MIN_FIT_DOCS, fit_adaptor, pseudo_query_sentences
 from server.edge_bundle import build_bundle
 from server.edge_projection import BundleProjection, fit_projection

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from edge_client import EdgeClient
-from edge_client._bundle import EdgeBundle
+from embedcore import EdgeBundle
 from protos.embedding.v1 import embedding_pb2 as pb
 from tests._collections import ingest, scifact_docs, stub
 from tests.server_harness import running_server

@@ -12,10 +12,10 @@ import grpc
 import numpy as np
 import pytest
 
+import embedcore
 from edge_client import BundleIntegrityError, EdgeClient
-from edge_client._bundle import EdgeBundle, sha256_file
-from edge_client._projection import Projection, fit_pca_rotation
 from edge_client._transport import open_channel
+from embedcore import EdgeBundle, Projection, fit_pca_rotation, sha256_file
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1.embedding_pb2_grpc import EmbeddingServiceStub
 from server.edge_bundle import build_bundle
@@ -116,7 +116,7 @@ def test_tampered_installed_file_is_detected(edge_bundle: EdgeBundle, tmp_path: 
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x01
     path.write_bytes(bytes(data))
-    with pytest.raises(BundleIntegrityError, match=r"projection\.npz"):
+    with pytest.raises(embedcore.BundleIntegrityError, match=r"projection\.npz"):
         EdgeBundle.load(copy, verify=True)
 
 

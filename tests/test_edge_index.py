@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_client._bundle import EdgeBundle
 from edge_client._index import LocalIndex
+from embedcore import EdgeBundle
 
 SAMPLE = Path(__file__).resolve().parent.parent / "server" / "samples" / "sample_corpus.jsonl"
 

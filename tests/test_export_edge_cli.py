@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_client._bundle import EdgeBundle
-from edge_client._projection import fit_pca_rotation
+from embedcore import EdgeBundle, fit_pca_rotation
 from server.cli import build_parser
 from server.model import ModelSpec
 from server.store import Upsert, content_hash, open_store

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from edge_client._bundle import EdgeBundle
+from embedcore import EdgeBundle
 from server.model import ModelSpec
 
 TEXTS = [

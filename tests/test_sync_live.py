@@ -6,7 +6,7 @@ import grpc
 import numpy as np
 import pytest
 
-from edge_client._bundle import EdgeBundle
+from embedcore import EdgeBundle
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1.embedding_pb2_grpc import EmbeddingServiceStub
 from tests._collections import ingest, scifact_docs, stub

@@ -136,6 +136,7 @@ class OnnxBackend:
     def __init__(self, spec: ModelSpec, config: BackendConfig) -> None:
         import onnxruntime as ort
 
+        from embedcore import OnnxModel
         from server.edge_bundle import ensure_onnx  # the export the edge bundle ships
         from server.onnx_export import FP32_NAME, INT8_NAME
 
@@ -146,28 +147,23 @@ class OnnxBackend:
         # Exported once per model fingerprint into the shared cache, then reused.
         export_dir = ensure_onnx(spec, config.onnx_dir or Path("onnx"), int8=int8)
         model_path = export_dir / (INT8_NAME if int8 else FP32_NAME)
-        options = ort.SessionOptions()
-        if config.threads > 0:
-            options.intra_op_num_threads = config.threads
-            options.inter_op_num_threads = 1
         providers = ["CPUExecutionProvider"]
         if config.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        self._session: Any = ort.InferenceSession(str(model_path), options, providers=providers)
-        self._inputs = {i.name for i in self._session.get_inputs()}
-        self._spec = spec
+        self._model = OnnxModel(
+            model_path,
+            pooling=spec.pooling,
+            normalize=spec.normalize,
+            threads=config.threads,
+            providers=providers,
+        )
         self.device = config.device
         self.dtype = "int8" if int8 else "float32"
 
     def encode(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
     ) -> np.ndarray:
-        from edge_client._pooling import l2_normalize, pool
-
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        hidden = self._session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
-        vectors = pool(np.asarray(hidden, dtype=np.float32), attention_mask, self._spec.pooling)
-        return l2_normalize(vectors) if self._spec.normalize else vectors
+        return self._model.forward(input_ids, attention_mask, token_type_ids)
 
 
 def load_backend(spec: ModelSpec, config: BackendConfig) -> Backend:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from edge_client._tokenizer import load_tokenizer
+from embedcore import load_tokenizer, pad_token_id
 from server import metrics
 from server.batching import Item, Scheduler, pad_batch
 from server.embedder import EncodeResult, Priority
@@ -81,12 +81,12 @@ def _compile_enabled(settings: Settings, device: str) -> bool:
 
 
 def load_pad_id(spec: ModelSpec, tokenizer: Tokenizer) -> int:
+    """The pad token named in the model's tokenizer_config.json (default [PAD])."""
     path = spec.path / "tokenizer_config.json"
     token = "[PAD]"
     if path.is_file():
         token = str(json.loads(path.read_text(encoding="utf-8")).get("pad_token") or token)
-    found = tokenizer.token_to_id(token)
-    return 0 if found is None else int(found)
+    return pad_token_id(tokenizer, token)
 
 
 class PoolEmbedder:

@@ -22,8 +22,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from edge_client._bundle import EdgeBundle
-from edge_client.errors import BundleError
+from embedcore import BundleError, EdgeBundle
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1.embedding_pb2_grpc import EdgeServiceServicer, add_EdgeServiceServicer_to_server
 from server.app import Runtime

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_client._pooling import l2_normalize
+from embedcore.pooling import l2_normalize
 
 KINDS = ("identity", "rotation", "adaptor")
 
@@ -105,21 +105,26 @@ class Projection:
         return cls.load_bytes(cls("adaptor", int(m.shape[0]), m).to_bytes(), source="adaptor")
 
 
+def pca_directions(vectors: np.ndarray, out_dims: int | None = None) -> np.ndarray:
+    """(d, out_dims) eigenvectors of the centred covariance of ``vectors`` (n, d), largest
+    eigenvalue first, each with its largest-magnitude component positive (deterministic signs).
+    ``out_dims`` defaults to d (the full orthogonal rotation)."""
+    x = np.asarray(vectors, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError("need at least 2 vectors to fit PCA directions")
+    centred = x - x.mean(axis=0, keepdims=True)
+    values, vecs = np.linalg.eigh(centred.T @ centred / x.shape[0])
+    vecs = vecs[:, np.argsort(values)[::-1][: out_dims or x.shape[1]]]
+    signs = np.sign(vecs[np.abs(vecs).argmax(axis=0), np.arange(vecs.shape[1])])
+    signs[signs == 0] = 1.0
+    return np.asarray(vecs * signs, dtype=np.float32)
+
+
 def fit_pca_rotation(vectors: np.ndarray) -> Projection:
-    """Orthogonal PCA rotation of ``vectors`` (n, d): eigenvectors of the centred covariance,
-    largest eigenvalue first, each with its largest component positive (deterministic signs).
+    """Orthogonal PCA rotation of ``vectors`` (n, d): :func:`pca_directions` for all d.
 
     With fewer vectors than dimensions the trailing directions are an arbitrary orthonormal
     completion; they only matter for dims above the sample's rank.
     """
-    x = np.asarray(vectors, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] < 2:
-        raise ValueError("need at least 2 vectors to fit a rotation")
-    centred = x - x.mean(axis=0, keepdims=True)
-    cov = centred.T @ centred / x.shape[0]
-    values, vecs = np.linalg.eigh(cov)
-    order = np.argsort(values)[::-1]
-    vecs = vecs[:, order]
-    signs = np.sign(vecs[np.abs(vecs).argmax(axis=0), np.arange(vecs.shape[1])])
-    signs[signs == 0] = 1.0
-    return Projection("rotation", x.shape[1], np.asarray(vecs * signs, dtype=np.float32))
+    matrix = pca_directions(vectors)
+    return Projection("rotation", matrix.shape[0], matrix)

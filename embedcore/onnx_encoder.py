@@ -7,7 +7,6 @@ Produces the same full-dimension vectors as the server's model (fp32 graph: max 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from edge_client._pooling import PoolingMode, l2_normalize, pool
-from edge_client._tokenizer import encode_batch, load_tokenizer
+from embedcore.pooling import PoolingMode, l2_normalize, pool
+from embedcore.tokenization import encode_batch, load_tokenizer, pad_token_id
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +33,22 @@ def _providers(requested: Sequence[str] | None) -> list[str]:
     return chosen
 
 
-class OnnxEncoder:
-    """Embeds texts into full-dimension float32 vectors with an exported transformer graph."""
+class OnnxModel:
+    """An exported transformer graph plus numpy pooling: token ids in, pooled vectors out.
+
+    The graph maps (input_ids, attention_mask[, token_type_ids]) -> last_hidden_state; pooling
+    and normalization follow the model's configuration. The server's ``--backend onnx`` workers
+    and the edge encoder both run this.
+    """
 
     def __init__(
         self,
         model_path: Path,
-        tokenizer_path: Path,
         *,
-        max_tokens: int,
         pooling: PoolingMode,
         normalize: bool,
         threads: int = 0,
         providers: Sequence[str] | None = None,
-        batch_size: int = 32,
     ) -> None:
         options = ort.SessionOptions()
         # 0 lets ORT pick (all cores); an app sharing the machine can pass a smaller number.
@@ -61,15 +62,48 @@ class OnnxEncoder:
         if providers and providers[0] not in used:
             log.warning("ONNX Runtime fell back from %s to %s", providers[0], used)
         self.input_names = {i.name for i in self.session.get_inputs()}
-        self.tokenizer = load_tokenizer(tokenizer_path, max_tokens=max_tokens)
         self.pooling = pooling
         self.normalize = normalize
+
+    def forward(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
+    ) -> np.ndarray:
+        """(batch, seq) int64 arrays -> (batch, dimension) float32 pooled vectors."""
+        feeds: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+        }
+        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
+        (hidden,) = self.session.run(["last_hidden_state"], feeds)
+        pooled = pool(np.asarray(hidden, dtype=np.float32), attention_mask, self.pooling)
+        return l2_normalize(pooled) if self.normalize else pooled
+
+
+class OnnxEncoder:
+    """Embeds texts into full-dimension float32 vectors: tokenizer + :class:`OnnxModel`."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        tokenizer_path: Path,
+        *,
+        max_tokens: int,
+        pooling: PoolingMode,
+        normalize: bool,
+        threads: int = 0,
+        providers: Sequence[str] | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        self.model = OnnxModel(
+            model_path, pooling=pooling, normalize=normalize, threads=threads, providers=providers
+        )
+        self.tokenizer = load_tokenizer(tokenizer_path, max_tokens=max_tokens)
         self.batch_size = batch_size
-        pad = self.tokenizer.padding  # None after load_tokenizer; read the pad id from the vocab
-        self.pad_id = int(pad["pad_id"]) if pad else int(self.tokenizer.token_to_id("[PAD]") or 0)
+        self.pad_id = pad_token_id(self.tokenizer)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """(n, dimensions) float32; unit length when the model normalizes."""
+        """(n, dimension) float32; unit length when the model normalizes."""
         texts = list(texts)
         if not texts:
             raise ValueError("encode() needs at least one text")
@@ -78,28 +112,9 @@ class OnnxEncoder:
         out: list[np.ndarray] = []
         for start in range(0, len(order), self.batch_size):
             chunk = [texts[i] for i in order[start : start + self.batch_size]]
-            out.append(self._encode_batch(chunk))
+            batch = encode_batch(self.tokenizer, chunk, pad_id=self.pad_id)
+            out.append(self.model.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids))
         stacked = np.concatenate(out, axis=0)
         result = np.empty_like(stacked)
         result[np.asarray(order)] = stacked
         return result
-
-    def _encode_batch(self, texts: list[str]) -> np.ndarray:
-        batch = encode_batch(self.tokenizer, texts, pad_id=self.pad_id)
-        feeds: dict[str, Any] = {
-            "input_ids": batch.input_ids,
-            "attention_mask": batch.attention_mask,
-            "token_type_ids": batch.token_type_ids,
-        }
-        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
-        (hidden,) = self.session.run(["last_hidden_state"], feeds)
-        pooled = pool(np.asarray(hidden, dtype=np.float32), batch.attention_mask, self.pooling)
-        return l2_normalize(pooled) if self.normalize else pooled
-
-
-def default_threads() -> int:
-    """Intra-op threads when the caller gives none: every core this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1

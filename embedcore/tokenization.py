@@ -34,15 +34,11 @@ def load_tokenizer(tokenizer_json: Path, *, max_tokens: int) -> Tokenizer:
     return tokenizer
 
 
-def untruncated_lengths(tokenizer: Tokenizer, texts: Sequence[str]) -> list[int]:
-    """Token count of each text (special tokens included) as if there were no length limit."""
-    truncation = tokenizer.truncation
-    tokenizer.no_truncation()
-    try:
-        return [len(e.ids) for e in tokenizer.encode_batch(list(texts))]
-    finally:
-        if truncation:
-            tokenizer.enable_truncation(**truncation)
+def pad_token_id(tokenizer: Tokenizer, pad_token: str = "[PAD]") -> int:
+    """The id of ``pad_token`` in the vocabulary, or 0 when it has none. Padded positions are
+    masked out of attention and pooling, so the id only has to be a valid one."""
+    found = tokenizer.token_to_id(pad_token)
+    return 0 if found is None else int(found)
 
 
 def encode_batch(tokenizer: Tokenizer, texts: Sequence[str], *, pad_id: int = 0) -> TokenBatch:

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from edge_client._encoder import OnnxEncoder
-from edge_client._pooling import PoolingMode
-from edge_client._projection import Projection
-from edge_client.errors import BundleError, BundleIntegrityError
+from embedcore.errors import BundleError, BundleIntegrityError
+from embedcore.onnx_encoder import OnnxEncoder
+from embedcore.pooling import PoolingMode
+from embedcore.projection import Projection
 
 MANIFEST = "manifest.json"
 FORMAT = 1
