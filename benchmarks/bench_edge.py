@@ -10,7 +10,7 @@ Quality runs without RPCs: corpus vectors are the server's (sentence-transformer
 cached in --cache), "server" is exact full-dimension cosine over them (what Search with exact
 does), "local" is the edge path (int8 ONNX query encoder, bundle projection, f16 usearch index
 of the projected corpus vectors, exactly what SyncVectors delivers), "auto" applies
-edge_client._policy to each local answer and takes the server's when it says so. The rotation
+edge_client.policy to each local answer and takes the server's when it says so. The rotation
 and the adaptor are fitted on corpus vectors only (the adaptor also on pseudo-queries: sentences
 of the corpus texts, server.edge_adaptor.pseudo_query_sentences; never queries or qrels). The
 transfer line scores STS-B test (cosine Spearman) through the SciFact-fitted projections.
@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime  # noqa: F401  (must load before usearch)
 
-from edge_client._index import DTYPES, LocalIndex  # isort: skip
-from edge_client._policy import Policy, calibrate, weak_evidence
+from edge_client.index import DTYPES, LocalIndex  # isort: skip
+from edge_client.policy import Policy, fit_threshold, weak_evidence
 from embedcore import EdgeBundle, Projection, fit_pca_rotation
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -51,7 +51,7 @@ DIMS = (32, 64, 128, 256, 384)
 
 
 def torch_threads() -> int:
-    from server.edge_adaptor import usable_cores
+    from server.hardware import usable_cores
 
     return usable_cores()
 
@@ -63,7 +63,7 @@ def load_stsb() -> tuple[list[str], list[str], np.ndarray]:
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import spearmanr  # type: ignore[import-untyped]
+    from scipy.stats import spearmanr
 
     return float(spearmanr(a, b).statistic)
 
@@ -146,7 +146,7 @@ def quality(
     full = ndcg_at_10(server_ranked, qids, qrels)
     print("nDCG@10 (torch query vectors, exact search)")
     print(f"{'dims':>5} {'naive':>8} {'rotation':>9} {'adaptor':>8} {'rot/full':>9} {'adapt/full':>11}")
-    identity = Projection.identity(bundle.manifest.dimensions)
+    identity = Projection.identity(bundle.manifest.dimension)
 
     def ndcg(projection: Projection, dims: int) -> float:
         c, q = projection.apply(corpus, dims), projection.apply(query_full, dims)
@@ -182,7 +182,7 @@ def quality(
             index.set_state("bundle_fingerprint", bundle.fingerprint)
             index.touch_sync()
             index.save()
-            threshold = calibrate(index)
+            threshold = fit_threshold(index)
             local_ranked, auto_ranked, local_answers = [], [], 0
             for i, qv in enumerate(projection.apply(edge_full, dims)):
                 hits = index.search(qv, 10)
@@ -321,21 +321,21 @@ def index_bytes(bundle: EdgeBundle, ids: list[str], corpus: np.ndarray, work: Pa
         names = " + ".join(f.name for f in files)
         print(f"{label:<26} {names:<42} {size:>10,} {size / len(ids):>10.0f} {raw:>8}")
         index.close()
-    # The server's own index class, with the layout the server gives it (see collections.attach).
+    # The server's own index class, with the layout the server gives it (see server.runtime.build_runtime).
     settings, spec = Settings(), bundle.manifest
     server = CollectionIndex(
         "scifact",
         work / "server" / "scifact.usearch",
-        ndim=spec.dimensions,
+        ndim=spec.dimension,
         metric="ip" if spec.normalize else "cos",
         dtype=settings.index_dtype,
         fingerprint=spec.model_fingerprint,
     )
     server.index.add(np.arange(len(ids), dtype=np.uint64), corpus)
     server.save()
-    label = f"server {settings.index_dtype}, {spec.dimensions} dims"
+    label = f"server {settings.index_dtype}, {spec.dimension} dims"
     size = server.nbytes()
-    raw = {"f32": 4, "f16": 2, "i8": 1}[settings.index_dtype] * spec.dimensions
+    raw = {"f32": 4, "f16": 2, "i8": 1}[settings.index_dtype] * spec.dimension
     print(f"{label:<26} {server.path.name:<42} {size:>10,} {size / len(ids):>10.0f} {raw:>8}")
 
 
@@ -383,9 +383,9 @@ def main() -> None:
     if args.cache:
         args.cache.mkdir(parents=True, exist_ok=True)
 
-    from server.edge_bundle import build_bundle, ensure_onnx
+    from server.edge_bundle import build_bundle
     from server.model import load_spec
-    from server.servicers.edge import onnx_cache_dir
+    from server.onnx_export import ensure_onnx, onnx_cache_dir
     from server.settings import Settings
 
     data = load_scifact()
@@ -403,14 +403,19 @@ def main() -> None:
     )
     print(f"SciFact test: {len(qids)} queries, {len(ids)} documents; rotation fitted on the corpus vectors")
     if not args.only_latency:
-        from server.edge_adaptor import pseudo_query_sentences
-        from server.edge_projection import fit_projection
+        from server.edge_adaptor import MIN_FIT_DOCS, pseudo_query_sentences
+        from server.edge_builder import fit_projection
 
         sentences = pseudo_query_sentences(texts)
         pseudo = torch_vectors(sentences, args.cache, "scifact_pseudo_queries")
         t0 = time.perf_counter()
         adaptor = fit_projection(
-            corpus, spec.dimensions, min_vectors=2, kind="adaptor", pseudo_queries=pseudo
+            corpus,
+            spec.dimension,
+            min_vectors=2,
+            kind="adaptor",
+            pseudo_queries=pseudo,
+            adaptor_min_docs=MIN_FIT_DOCS,
         )
         print(
             f"adaptor fitted on the {len(ids)} corpus vectors + {len(sentences)} pseudo-query sentences "

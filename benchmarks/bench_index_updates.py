@@ -64,7 +64,7 @@ def run(
                 Upsert("c", ids[i], content_hash(fp, "", f"v0 {i}"), None, {}, v)
                 for i, v in enumerate(current)
             ]
-            store.upsert(ups, fingerprint=fp, dimensions=vectors.shape[1])
+            store.upsert(ups, fingerprint=fp, dimension=vectors.shape[1])
             index = Indexes(
                 store, Path(tmp) / "idx", fingerprint=fp, ndim=vectors.shape[1], metric="ip", dtype="f16"
             ).get("c")
@@ -75,7 +75,7 @@ def run(
                         Upsert("c", ids[i], content_hash(fp, "", f"v{r} {i}"), None, {}, current[i])
                         for i in range(start, min(n, start + batch))
                     ]
-                    store.upsert(ups, fingerprint=fp, dimensions=vectors.shape[1])
+                    store.upsert(ups, fingerprint=fp, dimension=vectors.shape[1])
                     index.catch_up(store)
             return _recall(index, store, queries, current, ids), index.rebuilds
         finally:

@@ -139,7 +139,7 @@ def main() -> int:
             rows |= {"reingest_s": seconds, "reingest_embedded": embedded, "reingest_cached": cached}
             # "index": distinct queries, each embedded (end to end); the other rows repeat them,
             # so the query-embedding LRU answers and only the store/index work is timed.
-            modes = (
+            modes: tuple[tuple[str, dict[str, Any]], ...] = (
                 ("index", {}),
                 ("index_cached_query", {}),
                 ("exact_cached_query", {"exact": True}),

@@ -40,12 +40,13 @@ from _common import (
     SHARED_DATA,
     corpus_texts,
     embed_server,
-    free_port,
     matmul_peak_gflops,
     model_config,
     model_flops,
     token_lengths,
 )
+
+from server.launch import free_port
 
 INFINITY_PINS = ("torch==2.13.0", "infinity-emb[server,torch]==0.0.78")
 

@@ -32,8 +32,8 @@ def _model(dtype: str):  # type: ignore[no-untyped-def]
     from server.model import load_spec
 
     spec = load_spec()
-    kwargs = {} if dtype == "float32" else {"model_kwargs": {"torch_dtype": getattr(torch, dtype)}}
-    model = SentenceTransformer(str(spec.path), device="cpu", **kwargs)
+    model_kwargs = None if dtype == "float32" else {"torch_dtype": getattr(torch, dtype)}
+    model = SentenceTransformer(str(spec.path), device="cpu", model_kwargs=model_kwargs)
     model.max_seq_length = spec.max_tokens
     return model
 

@@ -1,14 +1,15 @@
 """Torch-free edge client: ONNX Runtime encoder, local usearch index, server fallback.
 
-Public API is what ``__all__`` lists (plus the ``edge_client.errors`` module); every other
-module is private (underscore-prefixed).
+Public API is what ``__all__`` lists, plus the modules ``edge_client.errors`` (the exception
+tree), ``edge_client.index`` (the local usearch + sqlite index) and ``edge_client.policy`` (when
+``auto`` search asks the server); every other module is private (underscore-prefixed). What the
+edge computes exactly as the server does (tokenizer, pooling, projection, bundle format) lives
+in the shared package ``embedcore``.
 """
 
 from __future__ import annotations
 
 from edge_client._client import EdgeClient, SearchResult
-from edge_client._index import Hit
-from edge_client._policy import Policy
 from edge_client._sync import SyncReport
 from edge_client.errors import (
     BundleError,
@@ -20,6 +21,8 @@ from edge_client.errors import (
     ServerError,
     ServerUnavailable,
 )
+from edge_client.index import Hit
+from edge_client.policy import Policy
 
 __version__ = "0.1.0"
 

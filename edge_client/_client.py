@@ -17,11 +17,11 @@ import numpy as np
 from google.protobuf.json_format import MessageToDict
 
 from edge_client._download import Progress, install_bundle
-from edge_client._index import Hit, LocalIndex
-from edge_client._policy import Policy, calibrate, weak_evidence
 from edge_client._sync import SyncReport, sync_collection
 from edge_client._transport import call_metadata, open_channel
 from edge_client.errors import BundleError, NotInitialized, ServerError, ServerUnavailable
+from edge_client.index import Hit, LocalIndex
+from edge_client.policy import Policy, fit_threshold, weak_evidence
 from embedcore import BundleError as BundleFormatError
 from embedcore import EdgeBundle
 from protos.embedding.v1 import embedding_pb2 as pb
@@ -184,7 +184,7 @@ class EdgeClient:
             progress=progress,
         )
         if report.upserts or report.deletes or report.full_resync:
-            calibrate(index)
+            fit_threshold(index)
         return report
 
     def add(self, paths: Iterable[Path | str], *, collection: str) -> int:
@@ -208,7 +208,7 @@ class EdgeClient:
             )
             index.upsert(ids[part], vectors, texts[part], metadata[part], source="local")
         index.save()
-        calibrate(index)
+        fit_threshold(index)
         return len(ids)
 
     # --- search ------------------------------------------------------------------------------
@@ -261,7 +261,7 @@ class EdgeClient:
         comprehensive: bool = False,
         timeout: float | None = None,
     ) -> SearchResult:
-        """Search ``collection``: locally, on the server, or ``auto`` (see edge_client._policy)."""
+        """Search ``collection``: locally, on the server, or ``auto`` (see edge_client.policy)."""
         if mode not in ("local", "server", "auto"):
             raise ValueError(f"mode must be local, server or auto, got {mode!r}")
         if mode == "server":

@@ -18,8 +18,8 @@ import grpc
 import numpy as np
 from google.protobuf.json_format import MessageToDict
 
-from edge_client._index import LocalIndex
 from edge_client.errors import FingerprintMismatch, ServerError, ServerUnavailable
+from edge_client.index import LocalIndex
 from protos.embedding.v1 import embedding_pb2 as pb
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from embedcore.errors import BundleError, BundleIntegrityError
 from embedcore.onnx_encoder import OnnxEncoder, OnnxModel
 from embedcore.pooling import PoolingMode, l2_normalize, pool, truncate_dims
 from embedcore.projection import Projection, fit_pca_rotation, pca_directions
-from embedcore.tokenization import TokenBatch, encode_batch, load_tokenizer, pad_token_id
+from embedcore.tokenization import TokenBatch, load_tokenizer, pad_token_id, tokenize_batch
 
 __all__ = [
     "MANIFEST",
@@ -37,7 +37,6 @@ __all__ = [
     "Projection",
     "TokenBatch",
     "bundle_fingerprint",
-    "encode_batch",
     "fit_pca_rotation",
     "l2_normalize",
     "load_tokenizer",
@@ -46,6 +45,7 @@ __all__ = [
     "pool",
     "sha256_file",
     "swap_in_directory",
+    "tokenize_batch",
     "truncate_dims",
     "verify_file",
 ]

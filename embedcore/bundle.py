@@ -64,7 +64,7 @@ class Manifest:
     pooling: PoolingMode
     normalize: bool
     max_tokens: int
-    dimensions: int
+    dimension: int  # width of the model's full vectors
     default_dims: int
     matryoshka_dims: tuple[int, ...]
     prompts: Mapping[str, str]
@@ -87,7 +87,7 @@ class Manifest:
             "pooling": self.pooling,
             "normalize": self.normalize,
             "max_tokens": self.max_tokens,
-            "dimensions": self.dimensions,
+            "dimensions": self.dimension,
             "default_dims": self.default_dims,
             "matryoshka_dims": list(self.matryoshka_dims),
             "prompts": dict(self.prompts),
@@ -116,7 +116,7 @@ class Manifest:
                 pooling=d["pooling"],
                 normalize=bool(d["normalize"]),
                 max_tokens=int(d["max_tokens"]),
-                dimensions=int(d["dimensions"]),
+                dimension=int(d["dimensions"]),
                 default_dims=int(d["default_dims"]),
                 matryoshka_dims=tuple(int(x) for x in d["matryoshka_dims"]),
                 prompts={str(k): str(v) for k, v in d["prompts"].items()},
@@ -182,7 +182,7 @@ class EdgeBundle:
             projection = Projection.load(directory / manifest.projection)
         except (OSError, ValueError) as exc:
             raise BundleError(f"cannot read the bundle's projection: {exc}") from exc
-        if projection.dimensions != manifest.dimensions:
+        if projection.dimension != manifest.dimension:
             raise BundleError("the bundle's projection does not match its model dimensions")
         return cls(directory, manifest, projection)
 

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from embedcore.pooling import PoolingMode, l2_normalize, pool
-from embedcore.tokenization import encode_batch, load_tokenizer, pad_token_id
+from embedcore.tokenization import load_tokenizer, pad_token_id, tokenize_batch
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class OnnxEncoder:
         out: list[np.ndarray] = []
         for start in range(0, len(order), self.batch_size):
             chunk = [texts[i] for i in order[start : start + self.batch_size]]
-            batch = encode_batch(self.tokenizer, chunk, pad_id=self.pad_id)
+            batch = tokenize_batch(self.tokenizer, chunk, pad_id=self.pad_id)
             out.append(self.model.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids))
         stacked = np.concatenate(out, axis=0)
         result = np.empty_like(stacked)

@@ -31,23 +31,23 @@ KINDS = ("identity", "rotation", "adaptor")
 @dataclass(frozen=True)
 class Projection:
     kind: str
-    dimensions: int  # full model dimensions (input width)
+    dimension: int  # full model dimension (input width)
     matrix: np.ndarray | None = None  # (dimensions, dimensions) "rotation", (dimensions, out) "adaptor"
 
     @property
     def max_dims(self) -> int:
         """The most edge dimensions this projection can produce."""
-        return self.dimensions if self.matrix is None else int(self.matrix.shape[1])
+        return self.dimension if self.matrix is None else int(self.matrix.shape[1])
 
     def apply(self, vectors: np.ndarray, dims: int) -> np.ndarray:
         """(n, dimensions) -> (n, dims) float32, unit length."""
         x = np.asarray(vectors, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.dimensions:
-            raise ValueError(f"expected vectors of shape (n, {self.dimensions}), got {x.shape}")
+        if x.ndim != 2 or x.shape[1] != self.dimension:
+            raise ValueError(f"expected vectors of shape (n, {self.dimension}), got {x.shape}")
         if not 0 < dims <= self.max_dims:
             why = (
                 f" (this {self.kind} projection has {self.max_dims} outputs)"
-                if self.max_dims < self.dimensions
+                if self.max_dims < self.dimension
                 else ""
             )
             raise ValueError(f"dims must be in 1..{self.max_dims}{why}, got {dims}")
@@ -60,7 +60,7 @@ class Projection:
         buf = io.BytesIO()
         arrays: dict[str, np.ndarray] = {
             "kind": np.array(self.kind),
-            "dimensions": np.array(self.dimensions, dtype=np.int64),
+            "dimensions": np.array(self.dimension, dtype=np.int64),
         }
         if self.matrix is not None:
             arrays["matrix"] = np.ascontiguousarray(self.matrix, dtype=np.float32)
@@ -71,8 +71,8 @@ class Projection:
         return hashlib.sha256(self.to_bytes()).hexdigest()
 
     @classmethod
-    def identity(cls, dimensions: int) -> Projection:
-        return cls("identity", dimensions)
+    def identity(cls, dimension: int) -> Projection:
+        return cls("identity", dimension)
 
     @classmethod
     def load(cls, path: Path) -> Projection:

@@ -41,7 +41,7 @@ def pad_token_id(tokenizer: Tokenizer, pad_token: str = "[PAD]") -> int:
     return 0 if found is None else int(found)
 
 
-def encode_batch(tokenizer: Tokenizer, texts: Sequence[str], *, pad_id: int = 0) -> TokenBatch:
+def tokenize_batch(tokenizer: Tokenizer, texts: Sequence[str], *, pad_id: int = 0) -> TokenBatch:
     """Tokenize ``texts`` (truncated as configured) and pad to the longest with ``pad_id``."""
     encodings = tokenizer.encode_batch(list(texts))
     lengths = tuple(len(e.ids) for e in encodings)

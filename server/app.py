@@ -1,27 +1,27 @@
-"""Builds the grpc.aio server: services, health, reflection; runs it until SIGTERM.
+"""The composition root: builds the gRPC server and the runtime (server.runtime), and runs them.
 
-Lifecycle (grpc.health.v1): every service starts NOT_SERVING; once the embedder has warmed up
-they flip to SERVING; on SIGTERM they go NOT_SERVING, the server stops accepting calls, drains
-in-flight ones for ``grace_seconds`` and the process exits 0.
-
-Each service module under ``server/servicers/`` exposes ``attach(server, runtime) -> list[str]``
-(it registers its servicer and returns the full service names it serves), so adding a service
-never means editing another one.
+Start-up order (grpc.health.v1 is the lifecycle):
+1. build the grpc.aio server, register every service (each call answers UNAVAILABLE "starting"
+   until the runtime is installed), health (NOT_SERVING), reflection; bind the port and start;
+   from here on a probe gets NOT_SERVING, never a refused connection;
+2. open the store and catch the indexes up, start and warm the encoder workers, load the int8
+   calibration, load or build the edge bundle (off the event loop);
+3. install the servicers and report SERVING.
+On SIGTERM: NOT_SERVING, the server stops accepting calls, in-flight calls drain for
+``grace_seconds``, then background tasks stop, indexes are saved, the store and the pool close,
+and the process exits 0.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
+import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 import grpc
-import numpy as np
 
 # onnxruntime must be loaded before usearch: the other order segfaults the process (usearch
 # 2.26 + onnxruntime 1.32). The store imports usearch; the edge bundle and ONNX backend use ORT.
@@ -29,50 +29,37 @@ import onnxruntime  # noqa: F401
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server.embedder import Embedder, Priority
-from server.model import ModelSpec, load_spec
+from server.embedder import Embedder
+from server.model import load_spec
+from server.runtime import Runtime, build_runtime, create_embedder
+from server.servicers import SERVICES, ServiceTable, register, servicers_for
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SERVICE_MODULES = (
-    "server.servicers.embedding",
-    "server.servicers.tei",
-    "server.servicers.collections",
-    "server.servicers.edge",
-)
 
-
-class EdgeProjection(Protocol):
-    """How full-dimension store vectors become edge vectors (rotation, then truncation).
-
-    Implemented with the edge bundle (issue 5); SyncVectors applies it so that synced vectors
-    match what the edge's own ONNX encoder produces.
-    """
-
-    fingerprint: str  # the edge bundle's fingerprint; clients must present the same one
-    default_dims: int
-    max_dims: int  # widest edge vector the bundle's projection produces
-
-    def project(self, vectors: np.ndarray, dims: int) -> np.ndarray:
-        """(n, full dims) float32 -> (n, dims) float32, renormalized."""
-        ...
+# --- the gRPC server ---------------------------------------------------------------------------
 
 
 @dataclass
-class Runtime:
-    """What the services of one server process share. Built once, after any fork."""
+class GrpcServer:
+    """The bound, started gRPC server; its services answer once :meth:`install` ran."""
 
-    settings: Settings
-    spec: ModelSpec
-    embedder: Embedder
+    server: grpc.aio.Server
+    port: int
     health: health.aio.HealthServicer
-    service_names: list[str] = field(default_factory=list)  # full names, for health
-    store: Any = None  # the LMDB store, opened by the collections service (issue 4)
-    edge_projection: EdgeProjection | None = None  # set by the edge service (issue 5)
-    calibration: Any = None  # server.calibration.Calibration: int8 ranges, loaded at warm-up
-    # Called in reverse order on shutdown (close the store after the services stop).
-    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    services: ServiceTable
+    service_names: list[str]
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+    def install(self, runtime: Runtime) -> None:
+        self.services.install(servicers_for(runtime))
 
 
 def _server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -81,18 +68,6 @@ def _server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-
-
-def create_embedder(settings: Settings, spec: ModelSpec) -> Embedder:
-    """The encoder pool (worker processes), behind the query-embedding LRU.
-
-    The workers start in :func:`warm_up`, so building the server stays fast and health can
-    report NOT_SERVING while they load.
-    """
-    from server.pool import PoolEmbedder
-    from server.query_cache import CachedEmbedder
-
-    return CachedEmbedder(PoolEmbedder(settings, spec), settings.query_cache_size)
 
 
 def _interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
@@ -114,82 +89,67 @@ def _bind(server: grpc.aio.Server, settings: Settings) -> int:
     return int(server.add_insecure_port(address))
 
 
-async def build_server(
-    settings: Settings, *, embedder: Embedder | None = None
-) -> tuple[grpc.aio.Server, int, Runtime]:
-    """Create and start the server on ``settings.host:port``; returns (server, bound port, runtime).
-
-    Health reports NOT_SERVING until :func:`mark_serving`.
-    """
-    spec = load_spec(settings.model)
+async def start_grpc(settings: Settings) -> GrpcServer:
+    """Register every service (gated until :meth:`GrpcServer.install`), health NOT_SERVING and
+    reflection; bind ``settings.host:port`` and start. OSError if the port cannot be bound."""
     server = grpc.aio.server(options=_server_options(settings), interceptors=_interceptors(settings))
-    runtime = Runtime(
-        settings=settings,
-        spec=spec,
-        embedder=embedder or create_embedder(settings, spec),
-        health=health.aio.HealthServicer(),
-    )
-    for module_name in SERVICE_MODULES:
-        module = importlib.import_module(module_name)
-        runtime.service_names.extend(await module.attach(server, runtime))
-    names = runtime.service_names
-    health_pb2_grpc.add_HealthServicer_to_server(runtime.health, server)
-    for name in ("", *names):
-        await runtime.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    services = ServiceTable()
+    names = [register(server, descriptor, services) for descriptor in SERVICES]
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = _bind(server, settings)
     if port == 0:
         raise OSError(f"could not bind {settings.host}:{settings.port}")
-    close = getattr(runtime.embedder, "close", None)
-    if close is not None:  # first added, so closed last: the services drain before the pool stops
-        runtime.closers.insert(0, close)
-    if settings.metrics_port:
-        from server.metrics import start_metrics_server
-
-        start_metrics_server(settings.metrics_port, settings.host)
+    grpc_server = GrpcServer(server, port, health_servicer, services, names)
+    await grpc_server.set_serving(False)
     await server.start()
-    log.info("listening on %s:%d (model %s)", settings.host, port, spec.fingerprint)
-    return server, port, runtime
+    return grpc_server
 
 
-async def set_serving(runtime: Runtime, serving: bool) -> None:
-    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    for name in ("", *runtime.service_names):
-        await runtime.health.set(name, status)
-
-
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT, then drain and return."""
-    server, _port, runtime = await build_server(settings)
+async def serve(settings: Settings, *, embedder: Embedder | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then drain and return (see the module docstring)."""
+    spec = load_spec(settings.model)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await warm_up(runtime)
-    await set_serving(runtime, True)
+    grpc_server = await start_grpc(settings)
+    log.info("listening on %s:%d (model %s); starting up", settings.host, grpc_server.port, spec.fingerprint)
+    if settings.metrics_port:
+        from server.metrics import start_metrics_server
+
+        start_metrics_server(settings.metrics_port, settings.host)
+
+    def phase(what: str) -> None:
+        grpc_server.services.phase = what
+        log.info("start-up: %s", what)
+
+    embedder = embedder or create_embedder(settings, spec)
+    building = asyncio.create_task(build_runtime(settings, spec, embedder, phase))
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({building, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not building.done():  # SIGTERM during start-up: give up starting
+            log.info("stopping during start-up")
+            building.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await building
+            await embedder.close()
+            await grpc_server.server.stop(0)
+            return
+        runtime = building.result()  # raises what start-up raised
+    except BaseException:
+        stopping.cancel()
+        await embedder.close()
+        await grpc_server.server.stop(0)
+        raise
+    grpc_server.install(runtime)
+    await grpc_server.set_serving(True)
     log.info("serving")
-    await stop.wait()
+    await stopping
     log.info("draining (up to %.0fs)", settings.grace_seconds)
-    await set_serving(runtime, False)
-    await server.stop(settings.grace_seconds)
-    for close in reversed(runtime.closers):
-        await close()
+    await grpc_server.set_serving(False)
+    await grpc_server.server.stop(settings.grace_seconds)
+    await runtime.close()
     log.info("stopped")
-
-
-async def warm_up(runtime: Runtime) -> None:
-    """Start the encoder workers (each loads and warms up the model), load the int8 calibration
-    (computed once per model and stored), then one real encode through the whole path."""
-    from server.calibration import Calibration, sample_path
-
-    start = getattr(runtime.embedder, "start", None)
-    if start is not None:
-        await start()
-
-    async def encode(texts: list[str]) -> np.ndarray:
-        return (await runtime.embedder.encode(texts, priority=Priority.BULK)).vectors
-
-    runtime.calibration = await Calibration.load_or_create(
-        sample_path(runtime.settings.data_dir, runtime.spec.fingerprint), encode
-    )
-    await runtime.embedder.encode(["warm up"], priority=Priority.BULK)

@@ -9,13 +9,14 @@ unnormalized output are derived from the same stored sample, shaped the same way
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
 
-from server.vectors import shape
+from server.vectors import postprocess
 
 log = logging.getLogger(__name__)
 
@@ -98,23 +99,45 @@ class Calibration:
         self.sample = np.asarray(sample, dtype=np.float32)
         self._ranges: dict[tuple[bool, int], tuple[np.ndarray, np.ndarray]] = {}
 
-    def ranges(self, normalize: bool, dimensions: int) -> tuple[np.ndarray, np.ndarray]:
-        key = (normalize, dimensions)
+    def ranges(self, normalize: bool, truncate_dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-dimension (min, max), each (truncate_dim,) float32, of the sample shaped alike."""
+        key = (normalize, truncate_dim)
         if key not in self._ranges:
-            shaped = shape(self.sample, normalize, dimensions)
+            shaped = postprocess(self.sample, normalize, truncate_dim)
             self._ranges[key] = (shaped.min(axis=0), shaped.max(axis=0))
         return self._ranges[key]
 
     @classmethod
     async def load_or_create(
-        cls, path: Path, encode: Callable[[list[str]], Awaitable[np.ndarray]]
+        cls, path: Path, dimension: int, encode: Callable[[list[str]], Awaitable[np.ndarray]]
     ) -> Calibration:
-        if path.is_file():
-            return cls(np.load(path))
-        sample = await encode(list(SAMPLE_TEXTS))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, np.asarray(sample, dtype=np.float32))
-        tmp.replace(path)
+        """The stored sample at ``path``; computed with ``encode`` and stored when missing or
+        unreadable (a damaged file is a cache miss, not a failure)."""
+        stored = await asyncio.to_thread(_load, path, dimension)
+        if stored is not None:
+            return cls(stored)
+        sample = np.asarray(await encode(list(SAMPLE_TEXTS)), dtype=np.float32)
+        await asyncio.to_thread(_save, path, sample)
         log.info("stored int8 calibration sample in %s", path)
         return cls(sample)
+
+
+def _load(path: Path, dimension: int) -> np.ndarray | None:
+    try:
+        sample = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("int8 calibration sample %s is unreadable (%s); computing it again", path, exc)
+        return None
+    if sample.shape != (len(SAMPLE_TEXTS), dimension) or not np.isfinite(sample).all():
+        log.warning("int8 calibration sample %s has shape %s; computing it again", path, sample.shape)
+        return None
+    return np.asarray(sample, dtype=np.float32)
+
+
+def _save(path: Path, sample: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, sample)
+    tmp.replace(path)

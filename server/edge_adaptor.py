@@ -22,7 +22,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from server.pool.backends import usable_cores
+from embedcore import l2_normalize, pca_directions
+from server.hardware import usable_cores
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,24 +62,6 @@ def pseudo_query_sentences(
     return out
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    out: np.ndarray = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return out
-
-
-def pca_directions(vectors: np.ndarray, out_dims: int) -> np.ndarray:
-    """(dimensions, out_dims) eigenvectors of the centred covariance, largest first, with
-    deterministic signs (the adaptor's starting point; same directions as the PCA rotation)."""
-    x = np.asarray(vectors, dtype=np.float64)
-    centred = x - x.mean(axis=0, keepdims=True)
-    values, vecs = np.linalg.eigh(centred.T @ centred / len(x))
-    vecs = vecs[:, np.argsort(values)[::-1][:out_dims]]
-    signs = np.sign(vecs[np.abs(vecs).argmax(axis=0), np.arange(vecs.shape[1])])
-    signs[signs == 0] = 1.0
-    return np.asarray(vecs * signs, dtype=np.float32)
-
-
 def fit_adaptor(
     corpus: np.ndarray,
     pseudo_queries: np.ndarray | None = None,
@@ -96,7 +79,7 @@ def fit_adaptor(
     import torch
     import torch.nn.functional as F
 
-    x = _unit(corpus)
+    x = l2_normalize(corpus)
     if x.ndim != 2 or len(x) < 2:
         raise ValueError("need at least 2 corpus vectors to fit the adaptor")
     dimensions = x.shape[1]
@@ -107,7 +90,7 @@ def fit_adaptor(
         x = x[np.sort(rng.choice(len(x), MAX_FIT_DOCS, replace=False))]
     anchors, own = x, np.arange(len(x))  # own[i]: the anchor's row in the corpus, -1 for none
     if pseudo_queries is not None and len(pseudo_queries):
-        p = _unit(pseudo_queries)
+        p = l2_normalize(pseudo_queries)
         if len(p) > PSEUDO_QUERIES_PER_DOC * len(x):
             p = p[np.sort(rng.choice(len(p), PSEUDO_QUERIES_PER_DOC * len(x), replace=False))]
         anchors = np.concatenate([x, p])

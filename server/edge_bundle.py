@@ -38,18 +38,8 @@ STANDARD_DIMS = (32, 64, 128, 256, 384, 512, 768, 1024)
 
 def edge_dims_for(spec: ModelSpec) -> tuple[int, ...]:
     """Dimensions an edge may keep: the model's MRL dims, else powers of two up to full."""
-    dims = spec.matryoshka_dims or tuple(d for d in STANDARD_DIMS if d < spec.dimensions)
-    return tuple(sorted({*dims, spec.dimensions}))
-
-
-def ensure_onnx(spec: ModelSpec, cache_dir: Path, *, int8: bool = True) -> Path:
-    """``cache_dir/<model fingerprint>/`` holding model.onnx (+ int8), exported once."""
-    target = cache_dir / spec.fingerprint.replace("/", "_").replace("@", "-")
-    if (target / FP32_NAME).is_file() and (not int8 or (target / INT8_NAME).is_file()):
-        return target
-    log.info("exporting %s to ONNX in %s (once per model)", spec.fingerprint, target)
-    export_onnx(spec, target, int8=int8)
-    return target
+    dims = spec.matryoshka_dims or tuple(d for d in STANDARD_DIMS if d < spec.dimension)
+    return tuple(sorted({*dims, spec.dimension}))
 
 
 def build_bundle(
@@ -67,8 +57,8 @@ def build_bundle(
     ``onnx_dir`` is a directory from :func:`ensure_onnx`; without it the model is exported
     into the bundle directly.
     """
-    if projection.dimensions != spec.dimensions:
-        raise ValueError(f"projection is for {projection.dimensions} dims, model has {spec.dimensions}")
+    if projection.dimension != spec.dimension:
+        raise ValueError(f"projection is for {projection.dimension} dims, model has {spec.dimension}")
     if not 0 < default_dims <= projection.max_dims:
         raise ValueError(
             f"default_dims must be in 1..{projection.max_dims} ({projection.kind} projection), "
@@ -105,7 +95,7 @@ def build_bundle(
             pooling=spec.pooling,
             normalize=spec.normalize,
             max_tokens=spec.max_tokens,
-            dimensions=spec.dimensions,
+            dimension=spec.dimension,
             default_dims=default_dims,
             # Only what the projection produces (an adaptor stops at its out_dims).
             matryoshka_dims=tuple(

@@ -1,13 +1,14 @@
-"""Domain errors, and the one table that maps them to gRPC status codes.
+"""Domain errors: what went wrong, in the terms of the request, never of the transport.
 
-Runtime modules raise these; only the servicers (the service edge) turn them into statuses,
-through :func:`status_for`. Messages are written for the person who sent the request: they
-name the field and the limit, and never carry a stack trace.
+Runtime modules raise these; the service edge maps them to statuses in one table
+(:mod:`server.servicers._status` for gRPC). Messages are written for the person who sent the
+request: they name the field and the limit, and never carry a stack trace.
 
     ServiceError
     ├── InvalidArgument      bad request: names the field (INVALID_ARGUMENT)
     ├── NotFound             unknown collection, document, bundle file (NOT_FOUND)
     ├── Overloaded           a queue or concurrency limit was hit (RESOURCE_EXHAUSTED)
+    ├── StorageFull          the data directory's disk is full (RESOURCE_EXHAUSTED)
     ├── NotReady             warming up, draining, a worker is restarting (UNAVAILABLE)
     ├── PreconditionFailed   state forbids it: model/fingerprint mismatch (FAILED_PRECONDITION)
     ├── Unauthenticated      missing or wrong bearer token (UNAUTHENTICATED)
@@ -16,13 +17,9 @@ name the field and the limit, and never carry a stack trace.
 
 from __future__ import annotations
 
-import grpc
-
 
 class ServiceError(Exception):
     """Base of every error the service reports to a client."""
-
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
     def __init__(self, message: str, *, field: str = "") -> None:
         super().__init__(message)
@@ -31,39 +28,32 @@ class ServiceError(Exception):
 
 
 class InvalidArgument(ServiceError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    """The request is malformed or outside a documented limit."""
 
 
 class NotFound(ServiceError):
-    code = grpc.StatusCode.NOT_FOUND
+    """The named collection, document or file does not exist."""
 
 
 class Overloaded(ServiceError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    """A queue or concurrency limit was hit; retrying later can succeed."""
+
+
+class StorageFull(ServiceError):
+    """The disk holding the data directory has no room left for this write."""
 
 
 class NotReady(ServiceError):
-    code = grpc.StatusCode.UNAVAILABLE
+    """The server is starting, draining, or a worker is restarting."""
 
 
 class PreconditionFailed(ServiceError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    """The server's state forbids the request (for example another model's collection)."""
 
 
 class Unauthenticated(ServiceError):
-    code = grpc.StatusCode.UNAUTHENTICATED
+    """Missing or wrong bearer token."""
 
 
 class WorkerFailed(ServiceError):
-    code = grpc.StatusCode.UNAVAILABLE
-
-
-def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status and client-facing message for any exception raised while serving a call.
-
-    Anything that is not a ServiceError is our bug, not the client's: INTERNAL with a generic
-    message (the details go to the server log, not over the wire).
-    """
-    if isinstance(exc, ServiceError):
-        return exc.code, exc.message
-    return grpc.StatusCode.INTERNAL, "internal error (logged on the server)"
+    """The encoder process died or hung while holding this item; retrying can succeed."""

@@ -1,5 +1,7 @@
-"""The ingest pipeline: validate a batch of documents, embed only the texts the store has not
-seen (content hash), commit the batch in one LMDB transaction, then bring the indexes up to date.
+"""The write path of collections: Ingest and Delete (and ``reembed``, which re-ingests).
+
+Ingest validates a batch of documents, embeds only the texts the store has not seen (content
+hash), commits the batch in one LMDB transaction, then brings the indexes up to date.
 
 The caller acknowledges a document only after :meth:`Ingestor.process` returned it, i.e. after
 the transaction holding it committed. Memory stays bounded because the caller hands over at most
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from server.embedder import Embedder, Priority
-from server.errors import InvalidArgument, NotReady, PreconditionFailed, ServiceError
+from server.errors import InvalidArgument, NotFound, NotReady, PreconditionFailed, ServiceError
 from server.model import ModelSpec
 from server.store import Indexes, StaleCollection, Store, Upsert, VectorsMissing, content_hash
 
@@ -65,12 +67,16 @@ def validate_collection(name: str) -> None:
         )
 
 
+def validate_id(doc_id: str, field: str = "id") -> None:
+    if not doc_id:
+        raise InvalidArgument(f"{field} must not be empty", field=field)
+    if len(doc_id.encode("utf-8")) > MAX_ID_BYTES or "\0" in doc_id:
+        raise InvalidArgument(f"{field} must be at most {MAX_ID_BYTES} UTF-8 bytes without NUL", field=field)
+
+
 def _validate(item: IngestItem) -> None:
     validate_collection(item.collection)
-    if not item.doc_id:
-        raise InvalidArgument("id must not be empty", field="id")
-    if len(item.doc_id.encode("utf-8")) > MAX_ID_BYTES or "\0" in item.doc_id:
-        raise InvalidArgument(f"id must be at most {MAX_ID_BYTES} UTF-8 bytes without NUL", field="id")
+    validate_id(item.doc_id)
     if not item.text.strip():
         raise InvalidArgument("text must not be empty", field="text")
     if item.metadata and len(json.dumps(item.metadata)) > MAX_METADATA_BYTES:
@@ -90,9 +96,15 @@ class Ingestor:
     def hash_of(self, text: str) -> bytes:
         return content_hash(self.spec.fingerprint, self.prompt_text, text)
 
-    async def process(self, items: Sequence[IngestItem]) -> list[IngestOutcome]:
+    async def process(
+        self, items: Sequence[IngestItem], *, rewrite_from: str | None = None
+    ) -> list[IngestOutcome]:
         """Store ``items`` (one commit); outcomes in input order. Raises only for call-level
-        failures (overload, worker trouble), never for one bad document."""
+        failures (overload, worker trouble), never for one bad document.
+
+        ``rewrite_from``: the collections are stored under that (older) model fingerprint and are
+        being re-embedded (``reembed``): they are written while they stay marked with it."""
+        allowed = {self.spec.fingerprint, *([rewrite_from] if rewrite_from else [])}
         errors: dict[int, ServiceError] = {}
         stale: dict[str, str | None] = {}
         for i, item in enumerate(items):
@@ -104,7 +116,7 @@ class Ingestor:
             if item.collection not in stale:
                 meta = await asyncio.to_thread(self.store.collection, item.collection)
                 stale[item.collection] = (
-                    meta.fingerprint if meta and meta.fingerprint != self.spec.fingerprint else None
+                    meta.fingerprint if meta and meta.fingerprint not in allowed else None
                 )
             stored = stale[item.collection]
             if stored is not None:
@@ -127,7 +139,7 @@ class Ingestor:
                 for i in good
             ]
             try:
-                results = await asyncio.to_thread(self._commit, upserts)
+                results = await asyncio.to_thread(self._commit, upserts, rewrite_from)
                 break
             except VectorsMissing as exc:  # gc removed a vector we counted as cached
                 texts = {i: items[i].text for i in good if hashes[i] in exc.hashes}
@@ -162,13 +174,30 @@ class Ingestor:
         )
         return {k: result.vectors[j] for j, k in enumerate(keys)}
 
-    def _commit(self, upserts: list[Upsert]) -> list[tuple[int, bool]]:
+    def _commit(self, upserts: list[Upsert], rewrite_from: str | None) -> list[tuple[int, bool]]:
         if not upserts:
             return []
         results = self.store.upsert(
-            upserts, fingerprint=self.spec.fingerprint, dimensions=self.spec.dimensions
+            upserts,
+            fingerprint=self.spec.fingerprint,
+            dimension=self.spec.dimension,
+            expect_fingerprint=rewrite_from,
         )
-        if self.indexes is not None:
+        if self.indexes is not None and rewrite_from is None:
             for collection in {u.collection for u in upserts}:
                 self.indexes.get(collection).catch_up(self.store)
         return results
+
+    async def delete(self, collection: str, doc_ids: Sequence[str]) -> tuple[int, int]:
+        """Delete documents of ``collection``; returns (how many existed, sequence afterwards).
+        NotFound for an unknown collection."""
+        validate_collection(collection)
+        for i, doc_id in enumerate(doc_ids):
+            validate_id(doc_id, f"ids[{i}]")
+        meta = await asyncio.to_thread(self.store.collection, collection)
+        if meta is None:
+            raise NotFound(f"no collection {collection!r}", field="collection")
+        deleted, sequence = await asyncio.to_thread(self.store.delete, collection, list(doc_ids))
+        if self.indexes is not None and meta.fingerprint == self.spec.fingerprint:
+            await asyncio.to_thread(self.indexes.get, collection)  # catches up with the delete
+        return deleted, sequence

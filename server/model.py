@@ -65,7 +65,7 @@ class ModelSpec:
     model_id: str  # as the user gave it (path, alias or hub id)
     path: Path
     fingerprint: str  # "<name>@<sha256 prefix of weights+configs>"
-    dimensions: int
+    dimension: int  # width of the model's output vectors
     max_tokens: int
     pooling: Pooling
     normalize: bool  # the model's pipeline ends in a Normalize module
@@ -169,11 +169,11 @@ def load_spec(model: str = DEFAULT_MODEL) -> ModelSpec:
     st_extra = _read_json(path / "config_sentence_transformers.json")
     tok_config = _read_json(path / "tokenizer_config.json")
 
-    dimensions = int(hf_config.get("hidden_size") or hf_config.get("d_model") or 0)
+    dimension = int(hf_config.get("hidden_size") or hf_config.get("d_model") or 0)
     for module in modules:  # a Dense head changes the output size
         if str(module.get("type", "")).endswith("Dense"):
             dense = _read_json(path / module.get("path", "") / "config.json")
-            dimensions = int(dense.get("out_features", dimensions))
+            dimension = int(dense.get("out_features", dimension))
     max_tokens = int(
         st_config.get("max_seq_length")
         or min(
@@ -189,7 +189,7 @@ def load_spec(model: str = DEFAULT_MODEL) -> ModelSpec:
         model_id=model,
         path=path,
         fingerprint=fingerprint_of(path, str(name).split("/")[-1]),
-        dimensions=dimensions,
+        dimension=dimension,
         max_tokens=max_tokens,
         pooling=_pooling_of(path, modules),
         normalize=any(str(m.get("type", "")).endswith("Normalize") for m in modules),

@@ -6,19 +6,26 @@ numpy, so the same graph serves the server's ``--backend onnx`` and the edge cli
 
 Measured with all-MiniLM-L6-v2: fp32 90 MB, max abs diff 2.2e-7 to sentence-transformers;
 int8 per-channel 23 MB, mean cosine 0.992 to fp32 (per-tensor 0.954, reduce_range 0.853).
+
+Exports are cached (:func:`ensure_onnx`) under a key of the model fingerprint and this
+exporter's own version (a hash of this file), so a change to the exporter is exported afresh.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import inspect
 import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from server.model import ModelSpec
+from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +34,32 @@ FP32_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "last_hidden_state"
+
+
+def onnx_cache_dir(settings: Settings) -> Path:
+    """``--edge-onnx-cache``, or a per-user cache directory."""
+    if settings.edge_onnx_cache:
+        return Path(settings.edge_onnx_cache)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("embedstream", appauthor=False)) / "onnx"
+
+
+@functools.cache
+def exporter_version() -> str:
+    """A hash of this module's source: any change to how graphs are made changes it."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+
+
+def ensure_onnx(spec: ModelSpec, cache_dir: Path, *, int8: bool = True) -> Path:
+    """``cache_dir/<model fingerprint>-<exporter version>/`` with model.onnx (+ int8), made once."""
+    key = f"{spec.fingerprint}-{exporter_version()}".replace("/", "_").replace("@", "-")
+    target = cache_dir / key
+    if (target / FP32_NAME).is_file() and (not int8 or (target / INT8_NAME).is_file()):
+        return target
+    log.info("exporting %s to ONNX in %s (once per model and exporter version)", spec.fingerprint, target)
+    export_onnx(spec, target, int8=int8)
+    return target
 
 
 @dataclass(frozen=True)
@@ -48,7 +81,7 @@ def export_onnx(spec: ModelSpec, out_dir: Path, *, int8: bool = True) -> OnnxExp
     from transformers import AutoModel
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = AutoModel.from_pretrained(str(spec.path), torch_dtype=torch.float32)
+    model = AutoModel.from_pretrained(str(spec.path), dtype=torch.float32)
     model.eval()
     # BERT-like models take token_type_ids; others (e.g. RoBERTa variants with one type) may not.
     accepts_types = "token_type_ids" in inspect.signature(model.forward).parameters
@@ -71,7 +104,10 @@ def export_onnx(spec: ModelSpec, out_dir: Path, *, int8: bool = True) -> OnnxExp
     fp32 = out_dir / FP32_NAME
     tmp = _temp_path(out_dir, FP32_NAME)
     try:
-        with torch.no_grad():
+        # The tracer warns about Python branches on tensor shapes inside transformers' masking
+        # code; the graph is checked against sentence-transformers (tests/test_onnx_parity.py).
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
                 _Hidden(model),
                 args,

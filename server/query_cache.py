@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from server import metrics
-from server.embedder import Embedder, EncodeResult, Priority
+from server.embedder import ComputeInfo, Embedder, EncodeResult, Priority
 from server.model import ModelSpec
 
 
@@ -93,5 +93,11 @@ class CachedEmbedder:
             cache_hits=len(found),
         )
 
-    def __getattr__(self, name: str) -> object:  # start(), close(), describe() of the inner pool
-        return getattr(self.inner, name)
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def describe(self) -> ComputeInfo:
+        return self.inner.describe()

@@ -15,11 +15,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from embedcore import l2_normalize, truncate_dims
 from server.embedder import Embedder, Priority
 from server.errors import InvalidArgument, NotFound, PreconditionFailed
 from server.ingest import stale_message, validate_collection
 from server.model import ModelSpec
 from server.store import Indexes, Store
+from server.vectors import check_truncate_dim
 
 FirstPass = Literal["float", "int8", "ubinary"]
 MAX_RESCORE_MULTIPLIER = 100
@@ -31,7 +33,7 @@ class SearchQuery:
     query: str
     k: int = 10
     exact: bool = False
-    dimensions: int | None = None
+    truncate_dim: int | None = None  # Matryoshka target (exact search at that width)
     first_pass: FirstPass = "float"
     rescore_multiplier: int = 4
     prompt_name: str | None = None  # None: the model's query prompt
@@ -56,11 +58,6 @@ class SearchResult:
     tokens: int = 0
 
 
-def _normalize(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return np.asarray(x / np.clip(norms, 1e-12, None), dtype=np.float32)
-
-
 @dataclass
 class _Matrix:
     sequence: int
@@ -75,7 +72,7 @@ class _Matrix:
         if found is None:
             if kind == "float":
                 base = self.vectors
-                found = (base if dims >= base.shape[1] else _normalize(base[:, :dims]), None)
+                found = (base if dims >= base.shape[1] else truncate_dims(base, dims), None)
             else:
                 found = _quantize(self.view("float", dims)[0], kind)
             self.derived[(kind, dims)] = found
@@ -96,10 +93,8 @@ class Searcher:
             raise InvalidArgument("query must not be empty", field="query")
         if not 0 < q.k <= self.max_k:
             raise InvalidArgument(f"k must be between 1 and {self.max_k}", field="k")
-        if q.dimensions is not None and not 0 < q.dimensions <= self.spec.dimensions:
-            raise InvalidArgument(
-                f"dimensions must be between 1 and the model's {self.spec.dimensions}", field="dimensions"
-            )
+        if q.truncate_dim is not None:
+            check_truncate_dim(q.truncate_dim, self.spec, "dimensions")
         if not 0 < q.rescore_multiplier <= MAX_RESCORE_MULTIPLIER:
             raise InvalidArgument(
                 f"rescore_multiplier must be between 1 and {MAX_RESCORE_MULTIPLIER}",
@@ -128,7 +123,7 @@ class Searcher:
         )
 
     def _rank(self, q: SearchQuery, query: np.ndarray) -> tuple[list[tuple[str, float]], int]:
-        if not (q.exact or q.dimensions is not None or q.first_pass != "float"):
+        if not (q.exact or q.truncate_dim is not None or q.first_pass != "float"):
             index = self.indexes.get(q.collection)
             keys, scores = index.search(query, q.k)
             ids = self.store.ids_for_keys(q.collection, [int(k) for k in keys])
@@ -137,9 +132,9 @@ class Searcher:
         matrix = self.matrix(q.collection)
         if len(matrix.ids) == 0:
             return [], matrix.sequence
-        dims = min(q.dimensions or self.spec.dimensions, matrix.vectors.shape[1])
+        dims = min(q.truncate_dim or self.spec.dimension, matrix.vectors.shape[1])
         vectors = matrix.view("float", dims)[0]
-        qv = _normalize(query[None, :dims])[0]
+        qv = truncate_dims(query[None, :], dims)[0]
         if q.first_pass == "float":
             candidates = np.arange(len(matrix.ids))
         else:
@@ -158,7 +153,7 @@ class Searcher:
             cached = self._matrices.get(collection)
             if cached is None or cached.sequence != head:
                 _keys, ids, vectors = self.store.matrix(collection)
-                cached = _Matrix(head, ids, _normalize(vectors) if len(ids) else vectors)
+                cached = _Matrix(head, ids, l2_normalize(vectors) if len(ids) else vectors)
                 self._matrices[collection] = cached
             return cached
 

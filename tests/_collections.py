@@ -52,7 +52,10 @@ def ingest(
 def search(address: str, collection: str, query: str, **options: Any) -> pb.SearchResponse:
     channel, service = stub(address)
     with channel:
-        return service.Search(pb.SearchRequest(collection=collection, query=query, **options), timeout=120)
+        response: pb.SearchResponse = service.Search(
+            pb.SearchRequest(collection=collection, query=query, **options), timeout=120
+        )
+        return response
 
 
 def ranked(response: pb.SearchResponse) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import onnxruntime  # noqa: F401  (before usearch, or the process segfaults; see server/app.py)
@@ -11,6 +12,9 @@ import pytest
 # Model hubs are unreachable here; make every hub lookup fail fast instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Each session exports ONNX graphs afresh into an empty directory of its own (servers started
+# by the tests inherit it), so a change to server/onnx_export.py is always what gets tested.
+os.environ["EMBED_EDGE_ONNX_CACHE"] = tempfile.mkdtemp(prefix="embed-test-onnx-")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -43,10 +47,10 @@ def live_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
 
 @pytest.fixture(scope="session")
 def edge_onnx_dir(spec):  # type: ignore[no-untyped-def]
-    """The model's exported ONNX graphs (fp32 + int8), exported once into the same per-user
-    cache the server uses (server.servicers.edge.onnx_cache_dir), so servers reuse them."""
-    from server.edge_bundle import ensure_onnx
-    from server.servicers.edge import onnx_cache_dir
+    """The model's exported ONNX graphs (fp32 + int8), exported once per session into the
+    session's own ONNX cache (EMBED_EDGE_ONNX_CACHE, which every test server inherits), so the
+    exporter under test is what runs, never a graph cached by an earlier version."""
+    from server.onnx_export import ensure_onnx, onnx_cache_dir
     from server.settings import Settings
 
     return ensure_onnx(spec, onnx_cache_dir(Settings.from_env()))
@@ -59,5 +63,5 @@ def edge_bundle(spec, edge_onnx_dir, tmp_path_factory: pytest.TempPathFactory): 
     from server.edge_bundle import build_bundle
 
     out = tmp_path_factory.mktemp("edge") / "bundle"
-    identity = Projection.identity(spec.dimensions)
+    identity = Projection.identity(spec.dimension)
     return build_bundle(spec, out, identity, default_dims=128, onnx_dir=edge_onnx_dir)

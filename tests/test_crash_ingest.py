@@ -3,6 +3,7 @@ survives, the store opens cleanly, and sending everything again embeds only the 
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
+from protos.embedding.v1 import embedding_pb2 as pb
 from server.model import load_spec
 from server.store import content_hash, open_store
 from tests._collections import requests, search, stub
@@ -35,7 +37,9 @@ def _docs() -> list[tuple[str, str, dict[str, object]]]:
     ]
 
 
-def _ingest_until_killed(address: str, process, kill_at_ack: int, delay_s: float) -> tuple[list, bool]:  # type: ignore[no-untyped-def]
+def _ingest_until_killed(
+    address: str, process: subprocess.Popen[bytes], kill_at_ack: int, delay_s: float
+) -> tuple[list[pb.IngestAck], bool]:
     """Stream every doc; SIGKILL the server ``delay_s`` after ack number ``kill_at_ack``.
 
     Counting acks (not seconds from the start) keeps the kill inside the ingest however fast

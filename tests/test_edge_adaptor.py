@@ -13,8 +13,8 @@ from edge_client._client import check_dims
 from edge_client.errors import BundleError
 from embedcore import EdgeBundle, Projection, fit_pca_rotation
 from server.edge_adaptor import MIN_FIT_DOCS, fit_adaptor, pseudo_query_sentences
+from server.edge_builder import fit_projection
 from server.edge_bundle import build_bundle
-from server.edge_projection import BundleProjection, fit_projection
 from server.model import ModelSpec
 from tests.conftest import SHARED_DATA
 
@@ -50,11 +50,10 @@ def test_adaptor_bundle_server_projection_equals_edge_and_kind_changes_fingerpri
     bundle = build_bundle(spec, tmp_path / "a", adaptor, default_dims=128, onnx_dir=edge_onnx_dir)
     loaded = EdgeBundle.load(tmp_path / "a", verify=True)
     assert loaded.manifest.projection_kind == "adaptor" and max(loaded.manifest.matryoshka_dims) == 256
-    server = BundleProjection(loaded)
-    assert server.max_dims == 256
+    assert loaded.projection.max_dims == 256
     x = np.random.default_rng(2).standard_normal((7, 384)).astype(np.float32)
-    for dims in (0, 64, 256):  # 0: the bundle's default (128)
-        np.testing.assert_array_equal(server.project(x, dims), adaptor.apply(x, dims or 128))
+    for dims in (32, 64, 128, 256):
+        np.testing.assert_array_equal(loaded.projection.apply(x, dims), adaptor.apply(x, dims))
     # Same directions as a rotation would start from, but another kind: another fingerprint,
     # so SyncVectors refuses edges holding the other bundle.
     rotation = Projection("rotation", 384, np.linalg.qr(_matrix(384))[0].astype(np.float32))
@@ -123,7 +122,9 @@ def test_fit_on_real_vectors_beats_pca_on_its_objective_and_is_deterministic(
             assert _kl(adaptor, anchors, docs, dims) < 0.9 * _kl(pca, anchors, docs, dims)
     # Too few documents for the adaptor to generalise: fit_projection falls back to PCA.
     assert len(docs) < MIN_FIT_DOCS
-    fallback = fit_projection(docs, 384, min_vectors=100, kind="adaptor", pseudo_queries=queries)
+    fallback = fit_projection(
+        docs, 384, min_vectors=100, kind="adaptor", pseudo_queries=queries, adaptor_min_docs=MIN_FIT_DOCS
+    )
     assert fallback.kind == "rotation" and fallback.sha256() == pca.sha256()
     # Enough documents but no stored texts (no pseudo-queries): documents alone lose to PCA at
     # 128 dims, so the rotation is fitted; with pseudo-queries the adaptor is.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,8 +19,12 @@ from edge_client._transport import open_channel
 from embedcore import EdgeBundle, Projection, fit_pca_rotation, sha256_file
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1.embedding_pb2_grpc import EmbeddingServiceStub
+from server.edge_builder import EdgeBundles
 from server.edge_bundle import build_bundle
 from server.model import ModelSpec
+from server.pool import EncoderPool
+from server.settings import Settings
+from server.store import Store, Upsert, content_hash, open_store
 
 Mangle = Callable[[int, Any], Any]  # (attempt, message) -> message or None to drop it
 
@@ -155,90 +160,87 @@ def test_rotation_is_part_of_the_bundle_fingerprint(
     assert again.fingerprint == rotated.fingerprint  # deterministic: same fit, same fingerprint
 
 
-class _Store:
-    """Stands in for the LMDB store's sample_vectors (same signature) with real embeddings."""
+def _store_with(data_dir: Path, spec: ModelSpec, vectors: np.ndarray, *, collection: str = "c") -> Store:
+    """A real LMDB store holding ``vectors`` as documents stored without text."""
+    store = open_store(data_dir)
+    store.upsert(
+        [
+            Upsert(collection, f"d{i}", content_hash(spec.fingerprint, "", f"{collection} {i}"), None, {}, v)
+            for i, v in enumerate(vectors)
+        ],
+        fingerprint=spec.fingerprint,
+        dimension=spec.dimension,
+    )
+    return store
 
-    def __init__(self, vectors: np.ndarray) -> None:
-        self.vectors = vectors
 
-    def sample_vectors(self, n: int, *, fingerprint: str | None = None) -> np.ndarray:
-        return self.vectors[:n]
+def _bundles(settings: Settings, spec: ModelSpec, store: Store) -> EdgeBundles:
+    # The pool is never started: these stores hold no text, so no pseudo-query is embedded.
+    return EdgeBundles(settings, spec, store, EncoderPool(settings, spec))
 
 
 def test_server_bundle_fits_the_rotation_once_the_store_has_enough_vectors(
     spec: ModelSpec, edge_bundle: EdgeBundle, edge_onnx_dir: Path, tmp_path: Path
 ) -> None:
-    from types import SimpleNamespace
-
-    from server.servicers.edge import load_or_build
-    from server.settings import Settings
-
     texts = [
         f"note {i}: {w} and {v}"
         for i, (w, v) in enumerate(zip(["tea", "rust", "owls", "maps"] * 20, range(80), strict=True))
     ]
     vectors = edge_bundle.encoder(int8=False).encode(texts)
     settings = Settings(data_dir=tmp_path, edge_onnx_cache=str(edge_onnx_dir.parent), edge_fit_min_vectors=60)
-    runtime = SimpleNamespace(settings=settings, spec=spec, store=_Store(vectors[:30]))
 
-    def build() -> EdgeBundle:
-        return asyncio.run(load_or_build(runtime))  # type: ignore[arg-type]
+    def build(store: Store) -> EdgeBundle:
+        try:
+            return asyncio.run(_bundles(settings, spec, store).load_or_build())
+        finally:
+            store.close()
 
-    first = build()
+    first = build(_store_with(tmp_path / "few", spec, vectors[:30]))
     assert first.manifest.projection_kind == "identity" and first.manifest.extra["fit_vectors"] == 0
-    assert build().fingerprint == first.fingerprint  # still too few: unchanged
-    runtime.store = _Store(vectors)
-    fitted = build()
+    assert build(_store_with(tmp_path / "few2", spec, vectors[:30])).fingerprint == first.fingerprint
+    fitted = build(_store_with(tmp_path / "all", spec, vectors))
     # The default --edge-projection is the adaptor, but 80 documents are far below its
     # MIN_FIT_DOCS, so the server fits the PCA rotation (no pseudo-queries embedded).
     assert settings.edge_projection == "adaptor"
     assert fitted.manifest.projection_kind == "rotation" and fitted.manifest.extra["fit_vectors"] == 80
     assert fitted.manifest.extra["kind"] == "rotation" and fitted.manifest.extra["fit_pseudo_queries"] == 0
     assert fitted.fingerprint != first.fingerprint
-    runtime.store = _Store(vectors[::-1])
-    assert build().fingerprint == fitted.fingerprint  # fitted once: kept across restarts
-
-
-class _StoreWithoutTexts(_Store):
-    """A store whose documents were ingested without text; counts the walks that sample it."""
-
-    def __init__(self, vectors: np.ndarray, fingerprint: str) -> None:
-        super().__init__(vectors)
-        self.fingerprint, self.sequence, self.walks = fingerprint, len(vectors), 0
-
-    def collections(self) -> dict[str, object]:
-        from types import SimpleNamespace
-
-        return {"c": SimpleNamespace(fingerprint=self.fingerprint, sequence=self.sequence)}
-
-    def sample_documents(self, n: int, *, fingerprint: str | None = None) -> tuple[np.ndarray, list[None]]:
-        self.walks += 1
-        return self.vectors[:n], [None] * min(n, len(self.vectors))
+    # Fitted once: kept across restarts, even when the store's sample would now differ.
+    assert build(_store_with(tmp_path / "other", spec, vectors[::-1][:70])).fingerprint == fitted.fingerprint
 
 
 def test_a_store_without_texts_keeps_its_rotation_and_is_not_walked_again_until_it_changes(
-    spec: ModelSpec, edge_bundle: EdgeBundle, edge_onnx_dir: Path, tmp_path: Path
+    spec: ModelSpec,
+    edge_bundle: EdgeBundle,
+    edge_onnx_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import dataclasses
-    from types import SimpleNamespace
-
-    from server.servicers.edge import load_or_build
-    from server.settings import Settings
-
     vectors = edge_bundle.encoder(int8=False).encode(
         [f"fact {i} about {w}" for i, w in enumerate(["ice", "salt"] * 40)]
     )
     settings = Settings(data_dir=tmp_path, edge_onnx_cache=str(edge_onnx_dir.parent), edge_fit_min_vectors=60)
-    store = _StoreWithoutTexts(vectors, spec.fingerprint)
-    runtime = SimpleNamespace(settings=settings, spec=spec, store=store)
-    rotation = asyncio.run(load_or_build(runtime))  # type: ignore[arg-type]
-    assert rotation.manifest.projection_kind == "rotation" and store.walks == 1  # 80 < 2000 docs
-    # Enough documents for the adaptor now, but no texts for its pseudo-queries: the rotation stays.
-    runtime.settings = dataclasses.replace(settings, edge_adaptor_min_docs=60)
-    assert asyncio.run(load_or_build(runtime)).fingerprint == rotation.fingerprint  # type: ignore[arg-type]
-    assert store.walks == 2
-    assert asyncio.run(load_or_build(runtime)).fingerprint == rotation.fingerprint  # type: ignore[arg-type]
-    assert store.walks == 2  # the same store state was already sampled: no walk at this start
-    store.sequence += 1  # the store changed: look again
-    assert asyncio.run(load_or_build(runtime)).fingerprint == rotation.fingerprint  # type: ignore[arg-type]
-    assert store.walks == 3
+    store = _store_with(tmp_path / "data", spec, vectors)
+    walks: list[int] = []
+    sample = store.sample_documents
+
+    def counted(*args: Any, **kwargs: Any) -> tuple[np.ndarray, list[str | None]]:
+        walks.append(1)
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(store, "sample_documents", counted)
+    try:
+        rotation = asyncio.run(_bundles(settings, spec, store).load_or_build())
+        assert rotation.manifest.projection_kind == "rotation" and len(walks) == 1  # 80 < 2000 docs
+        # Enough documents for the adaptor now, but no texts for its pseudo-queries: the rotation stays.
+        adaptor_settings = dataclasses.replace(settings, edge_adaptor_min_docs=60)
+        again = asyncio.run(_bundles(adaptor_settings, spec, store).load_or_build())
+        assert again.fingerprint == rotation.fingerprint and len(walks) == 2
+        again = asyncio.run(_bundles(adaptor_settings, spec, store).load_or_build())
+        assert again.fingerprint == rotation.fingerprint
+        assert len(walks) == 2  # the same store state was already sampled: no walk at this start
+        store.delete("c", ["d0"])  # the store changed: look again
+        again = asyncio.run(_bundles(adaptor_settings, spec, store).load_or_build())
+        assert again.fingerprint == rotation.fingerprint and len(walks) == 3
+    finally:
+        store.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_client._index import LocalIndex
+from edge_client.index import LocalIndex
 from embedcore import EdgeBundle
 
 SAMPLE = Path(__file__).resolve().parent.parent / "server" / "samples" / "sample_corpus.jsonl"

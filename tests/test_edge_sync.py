@@ -62,7 +62,7 @@ class _Unavailable(grpc.RpcError):  # type: ignore[misc]
 
 
 @pytest.fixture(scope="module")
-def synced(live_server: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[EdgeClient, str]:
+def synced(live_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EdgeClient, str]]:
     collection = f"edge-sync-{uuid.uuid4().hex[:8]}"
     ingest(live_server.address, collection, _sample_docs())
     client = EdgeClient(tmp_path_factory.mktemp("edge-sync"), server=live_server.address)

@@ -27,7 +27,11 @@ async def test_reads_at_most_max_in_flight_ahead_and_keeps_order() -> None:
         return i * 10
 
     out = ordered_pipeline(requests(), handle, max_in_flight=8)
-    first = asyncio.create_task(anext(out))
+
+    async def next_result() -> int:
+        return await anext(out)
+
+    first = asyncio.create_task(next_result())
     for _ in range(50):  # let the reader run as far as it can
         await asyncio.sleep(0)
     assert len(read) == 9  # 8 in flight + 1 read and waiting for a slot: the client's send blocks

@@ -9,6 +9,7 @@ import pytest
 
 from server.cli import main
 from server.evaluation.metrics import RETRIEVAL_METRICS
+from tests.server_harness import ServerProcess
 
 # Each query has one clearly matching document: a model worth serving ranks it first.
 _DOCS = {
@@ -39,7 +40,7 @@ def _dataset(folder: Path) -> Path:
 
 
 def test_eval_end_to_end_json_shape_and_perfect_ranking(
-    live_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    live_server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     dataset = _dataset(tmp_path / "tiny-beir")
     sts = tmp_path / "sts.csv"

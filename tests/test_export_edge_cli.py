@@ -1,4 +1,4 @@
-"""``embed-server export-edge --projection``: fitted on a small real store, and bad values refused."""
+"""``embed-server export-edge``: fitted on a small real store, and bad values refused."""
 
 from __future__ import annotations
 
@@ -35,21 +35,14 @@ def test_export_edge_fits_the_store_and_refuses_an_unknown_projection(
                 for i, (t, v) in enumerate(zip(texts, vectors, strict=True))
             ],
             fingerprint=spec.fingerprint,
-            dimensions=spec.dimensions,
+            dimension=spec.dimension,
         )
         stored, _ = store.sample_documents(1000, fingerprint=spec.fingerprint)
     finally:
         store.close()
-    common = (
-        "--dims",
-        "32",
-        "--fit-data-dir",
-        str(tmp_path / "data"),
-        "--onnx-cache",
-        str(edge_onnx_dir.parent),
-    )
+    common = ("--edge-dims", "32", "--data-dir", str(tmp_path / "data"), "--workers", "1")
 
-    # Default --projection adaptor: 80 documents are below MIN_FIT_DOCS, so the PCA rotation is
+    # Default --edge-projection adaptor: 80 documents are below MIN_FIT_DOCS, so the PCA rotation is
     # fitted and no pseudo-query is embedded (nor reported in the manifest).
     assert _export("--out", str(tmp_path / "a"), *common) == 0
     assert "rotation projection (80 vectors + 0 pseudo-queries from store" in capsys.readouterr().out
@@ -59,11 +52,11 @@ def test_export_edge_fits_the_store_and_refuses_an_unknown_projection(
     assert (extra["fit_vectors"], extra["fit_pseudo_queries"], extra["kind"]) == (80, 0, "rotation")
     assert adaptor_asked.projection.sha256() == fit_pca_rotation(stored).sha256()
 
-    assert _export("--out", str(tmp_path / "r"), "--projection", "rotation", *common) == 0
+    assert _export("--out", str(tmp_path / "r"), "--edge-projection", "rotation", *common) == 0
     assert EdgeBundle.load(tmp_path / "r").fingerprint == adaptor_asked.fingerprint  # same fit
 
     with pytest.raises(SystemExit) as refused:
-        _export("--out", str(tmp_path / "x"), "--projection", "pca")
+        _export("--out", str(tmp_path / "x"), "--edge-projection", "pca")
     assert refused.value.code == 2
-    assert "--projection: invalid choice: 'pca'" in capsys.readouterr().err
+    assert "--edge-projection: invalid choice: 'pca'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import grpc
 import pytest
@@ -124,7 +125,9 @@ def test_cli_ingest_then_search_json(live_server, tmp_path) -> None:  # type: ig
 @pytest.mark.parametrize("batch", [1, 700])
 def test_acks_follow_request_order_across_commits(live_server, batch: int) -> None:  # type: ignore[no-untyped-def]
     # 700 docs span several commits (256 per commit) and the bounded read-ahead
-    docs = [(f"o{i}", f"order test document number {i % 50}", {}) for i in range(batch)]
+    docs: list[tuple[str, str, dict[str, Any]]] = [
+        (f"o{i}", f"order test document number {i % 50}", {}) for i in range(batch)
+    ]
     acks = ingest(live_server.address, f"ing-order-{batch}", docs)
     assert [a.id for a in acks] == [d[0] for d in docs]
     assert sorted(a.sequence for a in acks) == [a.sequence for a in acks]

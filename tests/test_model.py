@@ -12,7 +12,7 @@ from server.model import ModelNotFoundError, fingerprint_of, load_spec, resolve_
 
 
 def test_default_alias_describes_minilm(spec) -> None:  # type: ignore[no-untyped-def]
-    assert spec.dimensions == 384
+    assert spec.dimension == 384
     assert spec.max_tokens == 256
     assert spec.pooling == "mean"
     assert spec.normalize is True

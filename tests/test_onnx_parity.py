@@ -72,7 +72,7 @@ def test_bundle_tokenizer_truncates_at_max_tokens_without_fixed_padding(
 
 
 def test_onnx_graph_has_dynamic_axes(edge_bundle: EdgeBundle) -> None:
-    session = edge_bundle.encoder(int8=False).session
+    session = edge_bundle.encoder(int8=False).model.session
     (output,) = session.get_outputs()
     assert output.name == "last_hidden_state"
     assert [str(d) for d in output.shape[:2]] == ["batch", "sequence"]

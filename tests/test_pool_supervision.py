@@ -10,7 +10,7 @@ import queue
 import signal
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,10 +146,11 @@ def test_metrics_count_requests_by_code_and_batches(
     server: tuple[ServerProcess, int], stub: pb_grpc.EmbeddingServiceStub
 ) -> None:
     # Its own refused, overloaded and served calls, so the test holds alone or in any order.
-    for call in (
+    calls: tuple[Callable[[], object], ...] = (
         lambda: stub.Embed(pb.EmbedRequest(inputs=["hi"]), timeout=30),
         lambda: stub.Embed(pb.EmbedRequest(inputs=["x"] * (QUEUE_LIMIT + 1)), timeout=30, metadata=AUTH),
-    ):
+    )
+    for call in calls:
         with pytest.raises(grpc.RpcError):
             call()
     stub.Embed(pb.EmbedRequest(inputs=["counted"]), timeout=30, metadata=AUTH)

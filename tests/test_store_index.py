@@ -14,7 +14,7 @@ DIMS = 32
 
 def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
     x = rng.standard_normal((n, DIMS)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return np.asarray(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=np.float32)
 
 
 def _docs(vectors: np.ndarray, start: int = 0) -> list[Upsert]:
@@ -33,7 +33,7 @@ def test_index_follows_upserts_and_deletes_and_reloads(tmp_path: Path) -> None:
     vectors = _unit(rng, 200)
     store = open_store(tmp_path)
     try:
-        store.upsert(_docs(vectors), fingerprint=FP, dimensions=DIMS)
+        store.upsert(_docs(vectors), fingerprint=FP, dimension=DIMS)
         indexes = _indexes(store, tmp_path)
         index = indexes.get("c")
         assert len(index.index) == 200 and index.sequence == 200
@@ -44,7 +44,7 @@ def test_index_follows_upserts_and_deletes_and_reloads(tmp_path: Path) -> None:
         store.upsert(
             [Upsert("c", "d7", content_hash(FP, "", "new"), "new", {}, moved)],
             fingerprint=FP,
-            dimensions=DIMS,
+            dimension=DIMS,
         )
         store.delete("c", ["d8"])
         assert index.catch_up(store) == 2
@@ -53,7 +53,7 @@ def test_index_follows_upserts_and_deletes_and_reloads(tmp_path: Path) -> None:
         assert indexes.save_all() == 1 and indexes.save_all() == 0  # unchanged: not written again
         assert not list((tmp_path / "idx").glob("*.tmp"))
         # more changes after the save: a fresh process loads the file and replays only those
-        store.upsert(_docs(_unit(rng, 5), start=200), fingerprint=FP, dimensions=DIMS)
+        store.upsert(_docs(_unit(rng, 5), start=200), fingerprint=FP, dimension=DIMS)
         reloaded = _indexes(store, tmp_path).get("c")
         assert reloaded.sequence == store.collection("c").sequence  # type: ignore[union-attr]
         assert len(reloaded.index) == 204
@@ -67,7 +67,7 @@ def test_missing_or_foreign_index_file_is_rebuilt(tmp_path: Path) -> None:
     vectors = _unit(rng, 50)
     store = open_store(tmp_path)
     try:
-        store.upsert(_docs(vectors), fingerprint=FP, dimensions=DIMS)
+        store.upsert(_docs(vectors), fingerprint=FP, dimension=DIMS)
         indexes = _indexes(store, tmp_path)
         indexes.get("c")
         indexes.save_all()
@@ -92,7 +92,7 @@ def test_search_returns_k_hits_where_the_graph_walk_comes_back_short(tmp_path: P
     vectors = np.repeat(centres, 200, axis=0)
     store = open_store(tmp_path)
     try:
-        store.upsert(_docs(vectors), fingerprint=FP, dimensions=DIMS)
+        store.upsert(_docs(vectors), fingerprint=FP, dimension=DIMS)
         index = _indexes(store, tmp_path).get("c")
         raw = [len(index.index.search(c, 400).keys) for c in centres]
         assert min(raw) < 400  # the graph walk alone is short here
@@ -111,7 +111,7 @@ def test_many_updates_rebuild_the_graph_from_the_store(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     store = open_store(tmp_path)
     try:
-        store.upsert(_docs(_unit(rng, 600)), fingerprint=FP, dimensions=DIMS)
+        store.upsert(_docs(_unit(rng, 600)), fingerprint=FP, dimension=DIMS)
         index = _indexes(store, tmp_path).get("c")
 
         def update(first: int, count: int) -> np.ndarray:
@@ -120,7 +120,7 @@ def test_many_updates_rebuild_the_graph_from_the_store(tmp_path: Path) -> None:
                 Upsert("c", f"d{first + i}", content_hash(FP, "", f"moved {first + i}"), "moved", {}, v)
                 for i, v in enumerate(moved)
             ]
-            store.upsert(ups, fingerprint=FP, dimensions=DIMS)
+            store.upsert(ups, fingerprint=FP, dimension=DIMS)
             index.catch_up(store)
             return moved
 

@@ -47,7 +47,7 @@ def test_content_hash_separates_every_field() -> None:
 
 def test_upsert_read_back_and_identical_reupsert_keeps_sequence(store: Store) -> None:
     docs = [_up("c", f"d{i}", f"text {i}", meta={"i": i}) for i in range(5)]
-    results = store.upsert(docs, fingerprint=FP, dimensions=DIMS)
+    results = store.upsert(docs, fingerprint=FP, dimension=DIMS)
     assert results == [(i + 1, True) for i in range(5)]
     got = store.documents("c", ["d3", "nope"])
     assert got[1] is None and got[0] is not None
@@ -55,14 +55,14 @@ def test_upsert_read_back_and_identical_reupsert_keeps_sequence(store: Store) ->
     np.testing.assert_array_equal(store.vectors([docs[3].content_hash])[0], docs[3].vector)
     # the same docs again, now as cache hits (no vector passed): nothing logged
     again = [Upsert(d.collection, d.doc_id, d.content_hash, d.text, d.metadata) for d in docs]
-    assert store.upsert(again, fingerprint=FP, dimensions=DIMS) == [(i + 1, False) for i in range(5)]
+    assert store.upsert(again, fingerprint=FP, dimension=DIMS) == [(i + 1, False) for i in range(5)]
     meta = store.collection("c")
     assert meta is not None and meta.sequence == 5 and meta.documents == 5
 
 
 def test_change_log_keeps_one_entry_per_document(store: Store) -> None:
-    store.upsert([_up("c", "a", "one"), _up("c", "b", "two")], fingerprint=FP, dimensions=DIMS)
-    store.upsert([_up("c", "a", "one, changed")], fingerprint=FP, dimensions=DIMS)
+    store.upsert([_up("c", "a", "one"), _up("c", "b", "two")], fingerprint=FP, dimension=DIMS)
+    store.upsert([_up("c", "a", "one, changed")], fingerprint=FP, dimension=DIMS)
     deleted, seq = store.delete("c", ["b", "missing"])
     assert (deleted, seq) == (1, 4)
     changes = store.changes("c", 0, 100, 100)
@@ -75,14 +75,14 @@ def test_change_log_keeps_one_entry_per_document(store: Store) -> None:
     assert store.count_changes("c", 0, 3) == 1
     # re-adding a deleted id reuses its index key, so an index that missed the delete stays right
     key_before = changes[1].key
-    store.upsert([_up("c", "b", "two again")], fingerprint=FP, dimensions=DIMS)
+    store.upsert([_up("c", "b", "two again")], fingerprint=FP, dimension=DIMS)
     doc = store.documents("c", ["b"])[0]
     assert doc is not None and doc.key == key_before
     assert store.ids_for_keys("c", [key_before]) == ["b"]
 
 
 def test_collections_are_separate_and_vectors_shared(store: Store) -> None:
-    store.upsert([_up("x", "1", "shared"), _up("y", "1", "shared")], fingerprint=FP, dimensions=DIMS)
+    store.upsert([_up("x", "1", "shared"), _up("y", "1", "shared")], fingerprint=FP, dimension=DIMS)
     rows = store.collection_rows(FP)
     assert [(r.name, r.documents, r.stale) for r in rows] == [("x", 1, False), ("y", 1, False)]
     assert store.collection_rows("other@1")[0].stale
@@ -93,10 +93,10 @@ def test_collections_are_separate_and_vectors_shared(store: Store) -> None:
 def test_stale_collection_rejects_writes_of_another_model(store: Store) -> None:
     from server.store import StaleCollection
 
-    store.upsert([_up("c", "a", "one")], fingerprint=FP, dimensions=DIMS)
+    store.upsert([_up("c", "a", "one")], fingerprint=FP, dimension=DIMS)
     other = Upsert("c", "b", content_hash("new@2", "", "two"), "two", {}, _vec(2))
     with pytest.raises(StaleCollection, match="reembed"):
-        store.upsert([other], fingerprint="new@2", dimensions=DIMS)
+        store.upsert([other], fingerprint="new@2", dimension=DIMS)
     assert store.documents("c", ["b"]) == [None]
 
 
@@ -107,7 +107,7 @@ def test_missing_vector_aborts_the_whole_batch(store: Store) -> None:
         store.upsert(
             [_up("c", "a", "fine"), _up("c", "b", "never stored", vector=False)],
             fingerprint=FP,
-            dimensions=DIMS,
+            dimension=DIMS,
         )
     assert store.documents("c", ["a", "b"]) == [None, None]
 
@@ -118,7 +118,7 @@ def test_map_grows_when_full_and_nothing_is_lost(tmp_path: Path) -> None:
         start = store.map_size()
         for batch in range(20):
             docs = [_up("c", f"{batch}-{i}", f"doc {batch} {i} " + "x" * 200) for i in range(100)]
-            store.upsert(docs, fingerprint=FP, dimensions=DIMS)
+            store.upsert(docs, fingerprint=FP, dimension=DIMS)
         assert store.map_size() > start
         meta = store.collection("c")
         assert meta is not None and meta.documents == 2000
@@ -144,18 +144,18 @@ def test_float16_storage_halves_bytes(tmp_path: Path) -> None:
     store = Store(tmp_path / "s", float16=True)
     try:
         up = _up("c", "a", "half")
-        store.upsert([up], fingerprint=FP, dimensions=DIMS)
+        store.upsert([up], fingerprint=FP, dimension=DIMS)
         back = store.vectors([up.content_hash])[0]
         assert back.dtype == np.float32
         np.testing.assert_allclose(back, up.vector, atol=2e-3)  # type: ignore[arg-type]
-        assert len(rec.encode_vector(back, True)) == 1 + 2 * DIMS
+        assert len(rec.pack_vector(back, True)) == 1 + 2 * DIMS
     finally:
         store.close()
 
 
 def test_sample_vectors_and_gc(store: Store) -> None:
-    store.upsert([_up("a", str(i), f"a{i}") for i in range(50)], fingerprint=FP, dimensions=DIMS)
-    store.upsert([_up("b", str(i), f"b{i}") for i in range(30)], fingerprint="old@1", dimensions=DIMS)
+    store.upsert([_up("a", str(i), f"a{i}") for i in range(50)], fingerprint=FP, dimension=DIMS)
+    store.upsert([_up("b", str(i), f"b{i}") for i in range(30)], fingerprint="old@1", dimension=DIMS)
     assert store.sample_vectors(1000).shape == (80, DIMS)
     assert store.sample_vectors(1000, fingerprint=FP).shape == (50, DIMS)
     store.serving_fingerprint = FP  # as the server sets it: other models' vectors are left out
@@ -163,7 +163,7 @@ def test_sample_vectors_and_gc(store: Store) -> None:
     assert store.sample_vectors(1000, collection="b").shape == (0, 0)
     sample = store.sample_vectors(10, collection="a", seed=1)
     assert sample.shape == (10, DIMS) and len({row.tobytes() for row in sample}) == 10
-    store.upsert([_up("a", "0", "a0 changed")], fingerprint=FP, dimensions=DIMS)
+    store.upsert([_up("a", "0", "a0 changed")], fingerprint=FP, dimension=DIMS)
     store.delete("a", ["1"])
     assert store.gc() == (2, 79)
     assert store.gc() == (0, 79)
@@ -171,20 +171,20 @@ def test_sample_vectors_and_gc(store: Store) -> None:
 
 def test_sample_documents_pairs_each_sampled_vector_with_its_text(store: Store) -> None:
     ups = [_up("a", str(i), f"text number {i}") for i in range(40)]
-    store.upsert(ups, fingerprint=FP, dimensions=DIMS)
+    store.upsert(ups, fingerprint=FP, dimension=DIMS)
     by_text = {u.text: u.vector for u in ups}
     vectors, texts = store.sample_documents(15, seed=3)
     assert vectors.shape == (15, DIMS) and len(texts) == 15
     for vector, text in zip(vectors, texts, strict=True):
-        np.testing.assert_array_equal(vector, by_text[text])  # type: ignore[arg-type]
+        np.testing.assert_array_equal(vector, by_text[str(text)])
     np.testing.assert_array_equal(vectors, store.sample_vectors(15, seed=3))  # the same sample
     assert store.sample_documents(5, collection="missing")[1] == []
 
 
 def test_long_text_is_compressed_and_read_back_exactly(store: Store) -> None:
     text = "Mitochondria are the powerhouse of the cell; ünïcode ✓. " * 40
-    store.upsert([_up("c", "long", text, meta={"title": "t"})], fingerprint=FP, dimensions=DIMS)
+    store.upsert([_up("c", "long", text, meta={"title": "t"})], fingerprint=FP, dimension=DIMS)
     doc = store.documents("c", ["long"])[0]
     assert doc is not None and doc.text == text and doc.metadata == {"title": "t"}
-    raw = rec.encode_doc(doc)
+    raw = rec.pack_doc(doc)
     assert len(raw) < len(text.encode()) // 4  # repetitive text: zlib pays off

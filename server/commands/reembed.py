@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING
 from server import settings as settings_module
 
 if TYPE_CHECKING:
-    from server.embedder import Embedder
-    from server.model import ModelSpec
+    from server.ingest import Ingestor
     from server.store import Store
 
 log = logging.getLogger(__name__)
@@ -48,55 +47,45 @@ class ReembedReport:
 
 
 async def reembed_collection(
-    store: Store, embedder: Embedder, spec: ModelSpec, collection: str, progress: Callable[[int], None]
+    store: Store, ingestor: Ingestor, collection: str, progress: Callable[[int], None]
 ) -> ReembedReport:
-    """Rewrite every document of ``collection`` with vectors of ``spec``'s model."""
-    from server.embedder import Priority
-    from server.store import Upsert, content_hash
+    """Rewrite every document of ``collection`` through the Ingest path (content-hash hits are
+    not embedded again) while it stays marked with its old model; then switch it."""
+    from server.ingest import IngestItem
 
     meta = store.collection(collection)
     if meta is None:
         raise KeyError(collection)
     old_fp, report = meta.fingerprint, ReembedReport(collection)
-    prompt = spec.document_prompt_name
-    prompt_text = spec.prompt_text(prompt)
     without_text: list[str] = []
     for rows in store.iter_documents(collection, batch=BATCH):
-        todo = [(doc_id, doc) for doc_id, doc in rows if doc.text is not None]
-        without_text += [doc_id for doc_id, doc in rows if doc.text is None]
-        hashes = [content_hash(spec.fingerprint, prompt_text, doc.text or "") for _, doc in todo]
-        missing = store.missing_hashes(hashes)
-        texts = {h: doc.text or "" for h, (_, doc) in zip(hashes, todo, strict=True) if h in missing}
-        vectors = {}
-        if texts:
-            keys = list(texts)
-            result = await embedder.encode(
-                [texts[k] for k in keys], prompt_name=prompt, priority=Priority.BULK
-            )
-            vectors = {k: result.vectors[i] for i, k in enumerate(keys)}
-        upserts = [
-            Upsert(collection, doc_id, h, doc.text, doc.metadata, vectors.get(h))
-            for h, (doc_id, doc) in zip(hashes, todo, strict=True)
+        items = [
+            IngestItem(collection, doc_id, doc.text, doc.metadata)
+            for doc_id, doc in rows
+            if doc.text is not None
         ]
-        store.upsert(
-            upserts, fingerprint=spec.fingerprint, dimensions=spec.dimensions, expect_fingerprint=old_fp
-        )
+        without_text += [doc_id for doc_id, doc in rows if doc.text is None]
+        outcomes = await ingestor.process(items, rewrite_from=old_fp)
+        failed = [o for o in outcomes if o.error is not None]
+        if failed:
+            raise RuntimeError(f"document {failed[0].item.doc_id!r}: {failed[0].error}")
         report.documents += len(rows)
-        report.embedded += len(texts)
-        report.reused += len(todo) - len(texts)
+        report.embedded += sum(not o.cached for o in outcomes)
+        report.reused += sum(o.cached for o in outcomes)
         progress(len(rows))
     if without_text:
         store.delete(collection, without_text)
         report.dropped_without_text = len(without_text)
-    store.set_fingerprint(collection, spec.fingerprint, spec.dimensions)
+    store.set_fingerprint(collection, ingestor.spec.fingerprint, ingestor.spec.dimension)
     return report
 
 
 async def _run(settings: settings_module.Settings, names: list[str] | None) -> int:
     from tqdm import tqdm
 
+    from server.ingest import Ingestor
     from server.model import load_spec
-    from server.pool import PoolEmbedder
+    from server.pool import EncoderPool
     from server.store import StoreError, open_store
 
     spec = load_spec(settings.model)
@@ -117,12 +106,13 @@ async def _run(settings: settings_module.Settings, names: list[str] | None) -> i
         if not targets:
             print(f"nothing to re-embed: every collection is stored under {spec.fingerprint}")
             return 0
-        embedder = PoolEmbedder(settings, spec)
+        embedder = EncoderPool(settings, spec)
         await embedder.start()
+        ingestor = Ingestor(store, None, embedder, spec)
         try:
             for name in targets:
                 with tqdm(total=rows[name].documents, unit="doc", desc=f"reembed {name}") as bar:
-                    report = await reembed_collection(store, embedder, spec, name, bar.update)
+                    report = await reembed_collection(store, ingestor, name, bar.update)
                 print(
                     f"{name!r}: {report.documents} docs, {report.embedded} embedded, {report.reused} reused, "
                     f"{report.dropped_without_text} dropped (stored without text; ingest them again); "

@@ -1,6 +1,5 @@
-"""The encoder pool: worker processes (one per GPU, else --workers CPU processes), their
-backends (torch, onnx) and supervision. :class:`PoolEmbedder` is what the services use."""
+"""The encoder pool: worker processes that run the model, fed by the batching scheduler."""
 
-from server.pool.embedder import PoolEmbedder, worker_devices
+from server.pool.pool import EncoderPool, worker_devices
 
-__all__ = ["PoolEmbedder", "worker_devices"]
+__all__ = ["EncoderPool", "worker_devices"]

@@ -11,13 +11,13 @@ else in the pool depends on how a backend computes.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from server.hardware import cpu_has_native_bf16
 from server.model import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -36,25 +36,13 @@ class BackendConfig:
 class Backend(Protocol):
     device: str
     dtype: str
+    compiled: bool
 
-    def encode(
+    def forward(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
     ) -> np.ndarray:
         """(batch, seq) int64 arrays -> (batch, dims) float32."""
         ...
-
-
-def cpu_has_native_bf16() -> bool:
-    """AMX or AVX512-BF16: bfloat16 matmuls run natively (2.5x fp32 measured, same nDCG)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"amx_bf16", "avx512_bf16"})
-    except OSError:
-        return False
-    return False
 
 
 def resolve_dtype(requested: str, device: str) -> str:
@@ -106,14 +94,14 @@ class TorchBackend:
                 ids = np.full((batch, seq), 100, dtype=np.int64)
                 mask = np.ones_like(ids)
                 mask[1:, seq // 2 :] = 0  # padded rows, as real batches have
-                self.encode(ids, mask, np.zeros_like(ids))
+                self.forward(ids, mask, np.zeros_like(ids))
         except Exception as exc:  # e.g. no C++ compiler on the host
             log.warning("torch.compile failed (%s: %s); running the model eagerly", type(exc).__name__, exc)
             transformer.auto_model = eager
             return False
         return True
 
-    def encode(
+    def forward(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
     ) -> np.ndarray:
         torch = self._torch
@@ -137,8 +125,7 @@ class OnnxBackend:
         import onnxruntime as ort
 
         from embedcore import OnnxModel
-        from server.edge_bundle import ensure_onnx  # the export the edge bundle ships
-        from server.onnx_export import FP32_NAME, INT8_NAME
+        from server.onnx_export import FP32_NAME, INT8_NAME, ensure_onnx  # what the edge bundle ships
 
         # int8 on CPU by default: per-channel dynamic quantization ran ~1.5x ORT fp32 here with
         # SciFact nDCG@10 0.6445 vs 0.6451 (fp32); GPUs run the fp32 graph.
@@ -159,8 +146,9 @@ class OnnxBackend:
         )
         self.device = config.device
         self.dtype = "int8" if int8 else "float32"
+        self.compiled = False
 
-    def encode(
+    def forward(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
     ) -> np.ndarray:
         return self._model.forward(input_ids, attention_mask, token_type_ids)
@@ -170,10 +158,3 @@ def load_backend(spec: ModelSpec, config: BackendConfig) -> Backend:
     if config.kind == "onnx":
         return OnnxBackend(spec, config)
     return TorchBackend(spec, config)
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1

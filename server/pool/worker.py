@@ -2,7 +2,7 @@
 
 Protocol over a duplex Pipe, one batch at a time:
     parent -> child   ("encode", batch_id, input_ids, attention_mask, token_type_ids) | None (stop)
-    child  -> parent  ("ready", device, dtype) | ("fatal", message)
+    child  -> parent  ("ready", device, dtype, compiled) | ("fatal", message)
                       ("result", batch_id, vectors, inference_ns) | ("error", batch_id, message)
 
 Because a worker holds at most one batch, the parent always knows which items a dead or hung
@@ -40,11 +40,11 @@ def worker_main(model: str, config: BackendConfig, conn: Connection) -> None:
         spec = load_spec(model)
         backend = load_backend(spec, config)
         ones = np.ones((1, 4), dtype=np.int64)
-        backend.encode(ones * 100, ones, np.zeros_like(ones))  # warm-up: first call allocates
+        backend.forward(ones * 100, ones, np.zeros_like(ones))  # warm-up: first call allocates
     except Exception as exc:  # report why we cannot serve, then exit
         conn.send(("fatal", f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("ready", backend.device, backend.dtype))
+    conn.send(("ready", backend.device, backend.dtype, backend.compiled))
     while True:
         try:
             message = conn.recv()
@@ -55,7 +55,7 @@ def worker_main(model: str, config: BackendConfig, conn: Connection) -> None:
         _, batch_id, ids, mask, types = message
         t0 = time.perf_counter_ns()
         try:
-            vectors = backend.encode(ids, mask, types)
+            vectors = backend.forward(ids, mask, types)
         except Exception as exc:  # one bad batch must not kill the worker
             conn.send(("error", batch_id, f"{type(exc).__name__}: {exc}"))
             continue
@@ -84,6 +84,7 @@ class WorkerHandle:
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker{index}-io")
         self._next_batch = 0
         self.ready = False  # loaded, warmed up and not known to have failed since
+        self.compiled = False  # the worker runs a torch.compile'd model (not the eager fallback)
 
     @property
     def pid(self) -> int | None:
@@ -113,9 +114,16 @@ class WorkerHandle:
         if message[0] != "ready":
             self.kill()
             raise WorkerFailed(f"encoder worker {self.index} could not load the model: {message[1]}")
-        _, self.device, self.dtype = message
+        _, self.device, self.dtype, self.compiled = message
         self.ready = True
-        log.info("worker %d ready (pid %s, %s, %s)", self.index, self.pid, self.device, self.dtype)
+        log.info(
+            "worker %d ready (pid %s, %s, %s%s)",
+            self.index,
+            self.pid,
+            self.device,
+            self.dtype,
+            ", compiled" if self.compiled else "",
+        )
 
     def run_blocking(
         self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray, timeout: float

@@ -1,11 +1,13 @@
-"""Helpers shared by the compute servicers: registration with a forgiving request parser,
-error-to-status mapping at the edge, and the ordered, bounded stream pipeline.
+"""The one request path of every service: registration, parsing, the start-up gate, errors.
 
-Why register by hand instead of the generated ``add_*_to_server``: a request that is not valid
-protobuf (invalid UTF-8 in a string field, e.g. a lone surrogate from a raw client) makes the
-generated deserializer raise, which gRPC reports as INTERNAL. Here it becomes a
-:class:`BadRequest` value that the servicer answers with INVALID_ARGUMENT (or an in-band
-ItemError on a stream).
+Every service (EmbeddingService, CollectionService, EdgeService and tei.v1's) is registered
+here from its descriptor, never with the generated ``add_*_to_server``:
+- a request that is not valid protobuf (invalid UTF-8 in a string field, e.g. a lone surrogate
+  from a raw client) does not make gRPC answer INTERNAL or UNKNOWN: it becomes an
+  :class:`UnparsedRequest` naming the field (:mod:`server.servicers._wire`), which the servicer
+  answers with INVALID_ARGUMENT, or in-band on a stream that goes on;
+- until the runtime is installed (start-up), every call answers UNAVAILABLE naming the phase;
+- errors end a call with the status of the one table in :mod:`server.servicers._status`.
 """
 
 from __future__ import annotations
@@ -13,16 +15,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import message_factory
-from google.protobuf.descriptor import ServiceDescriptor
-from google.protobuf.message import DecodeError
+from google.protobuf.descriptor import Descriptor, ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
 
-from server.errors import InvalidArgument, ServiceError, status_for
+from server.errors import InvalidArgument, NotReady, ServiceError
+from server.servicers._status import status_for
+from server.servicers._wire import invalid_string_field
 
 log = logging.getLogger(__name__)
 
@@ -31,35 +35,74 @@ R = TypeVar("R")
 
 
 @dataclass(frozen=True)
-class BadRequest:
-    """Stands in for a request message that could not be parsed."""
+class UnparsedRequest:
+    """Stands in for a request message that is not valid protobuf.
 
+    ``partial`` is the message parsed with the offending string fields left out (None when even
+    that fails), so a stream can still name the item (its id) in its in-band error.
+    """
+
+    field: str  # path of the first invalid field ("inputs[2]", "metadata.fields[k]"), or ""
     reason: str
+    partial: Any = None
 
     def error(self) -> InvalidArgument:
+        if self.field:
+            return InvalidArgument(
+                f"{self.field} is not valid UTF-8 (string fields must be UTF-8, with no lone surrogates)",
+                field=self.field,
+            )
         return InvalidArgument(
-            f"request is not a valid protobuf message ({self.reason}); string fields must be valid "
-            "UTF-8 (no lone surrogates)",
-            field="request",
+            f"the request is not a valid protobuf message ({self.reason})", field="request"
         )
 
 
-def _safe_parser(cls: Any) -> Callable[[bytes], Any]:
+def _parser(cls: type[Message], descriptor: Descriptor) -> Callable[[bytes], Any]:
     def parse(data: bytes) -> Any:
         try:
             return cls.FromString(data)
-        except (DecodeError, UnicodeDecodeError, ValueError) as exc:
-            return BadRequest(str(exc)[:200] or type(exc).__name__)
+        except (DecodeError, UnicodeDecodeError, ValueError, RuntimeError) as exc:
+            reason = str(exc)[:200] or type(exc).__name__
+            field, cleaned = invalid_string_field(descriptor, data)
+            partial = None
+            if cleaned is not None:
+                with contextlib.suppress(DecodeError, UnicodeDecodeError, ValueError, RuntimeError):
+                    partial = cls.FromString(cleaned)
+            return UnparsedRequest(field, reason, partial)
 
     return parse
 
 
-def register(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object) -> str:
-    """Add ``servicer``'s methods (named as in the proto) for ``service``; returns its full name."""
+class ServiceTable:
+    """The servicers by full service name; empty (the gate closed) until :meth:`install`."""
+
+    def __init__(self) -> None:
+        self._servicers: Mapping[str, object] = {}
+        self.phase = "starting"
+
+    def install(self, servicers: Mapping[str, object]) -> None:
+        self._servicers = dict(servicers)
+
+    def lookup(self, service: str) -> object:
+        servicer = self._servicers.get(service)
+        if servicer is None:
+            raise NotReady(f"the server is starting ({self.phase}); retry when health reports SERVING")
+        return servicer
+
+
+def register(server: grpc.aio.Server, service: ServiceDescriptor, table: ServiceTable) -> str:
+    """Add handlers for every method of ``service``; each looks its servicer up in ``table``
+    (method named as in the proto) at call time. Returns the service's full name."""
     handlers = {}
+    name = str(service.full_name)
     for method in service.methods:
         request_cls = message_factory.GetMessageClass(method.input_type)
         response_cls = message_factory.GetMessageClass(method.output_type)
+        behavior = (
+            _unary(table, name, method.name)
+            if not method.server_streaming
+            else _streaming(table, name, method.name)
+        )
         kind = {
             (False, False): grpc.unary_unary_rpc_method_handler,
             (False, True): grpc.unary_stream_rpc_method_handler,
@@ -67,16 +110,39 @@ def register(server: grpc.aio.Server, service: ServiceDescriptor, servicer: obje
             (True, True): grpc.stream_stream_rpc_method_handler,
         }[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = kind(
-            getattr(servicer, method.name),
-            request_deserializer=_safe_parser(request_cls),
+            behavior,
+            request_deserializer=_parser(request_cls, method.input_type),
             response_serializer=response_cls.SerializeToString,
         )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-    return str(service.full_name)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    return name
+
+
+def _unary(table: ServiceTable, service: str, method: str) -> Callable[..., Any]:
+    async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            handler = getattr(table.lookup(service), method)
+        except ServiceError as exc:
+            await abort(context, exc)
+        return await handler(request, context)
+
+    return behavior
+
+
+def _streaming(table: ServiceTable, service: str, method: str) -> Callable[..., Any]:
+    async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            handler = getattr(table.lookup(service), method)
+        except ServiceError as exc:
+            await abort(context, exc)
+        async for response in handler(request, context):
+            yield response
+
+    return behavior
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-    """End the call with the status of ``exc`` (the one mapping table in server.errors)."""
+    """End the call with the status of ``exc`` (the one table in server.servicers._status)."""
     code, message = status_for(exc)
     if not isinstance(exc, ServiceError):
         log.exception("internal error serving a call", exc_info=exc)

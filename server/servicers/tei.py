@@ -7,6 +7,7 @@ status ends a stream, and unary responses carry x-* timing headers in millisecon
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,11 +16,11 @@ import grpc
 
 from protos.tei.v1 import tei_pb2 as pb
 from server import __version__
-from server.app import Runtime
 from server.embedder import EncodeResult
-from server.servicers._rpc import BadRequest, abort, check_text, ordered_pipeline, register
-from server.servicers.embedding import EmbeddingServicer, encode
-from server.vectors import VectorOptions, check_dimensions, check_prompt, shape
+from server.runtime import Runtime
+from server.servicers._rpc import UnparsedRequest, abort, check_text, ordered_pipeline
+from server.servicers.embedding import encode
+from server.vectors import VectorOptions, check_prompt, check_truncate_dim, postprocess
 
 
 def _metadata(result: EncodeResult, text: str, started_ns: int) -> pb.Metadata:
@@ -52,35 +53,33 @@ class TeiServicer:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.spec = runtime.spec
-        self._tokenize = EmbeddingServicer(runtime)
 
     def _options(self, request: Any) -> VectorOptions:
         spec = self.spec
         return VectorOptions(
             normalize=request.normalize if request.HasField("normalize") else True,
-            dimensions=check_dimensions(request.dimensions, spec, "dimensions")
+            truncate_dim=check_truncate_dim(request.dimensions, spec, "dimensions")
             if request.HasField("dimensions")
-            else spec.dimensions,
+            else spec.dimension,
             prompt_name=check_prompt(request.prompt_name, spec, "prompt_name"),
             truncate=request.truncate,
         )
 
     async def _embed(self, request: Any) -> pb.EmbedResponse:
         started = time.perf_counter_ns()
-        if isinstance(request, BadRequest):
+        if isinstance(request, UnparsedRequest):
             raise request.error()
         check_text(request.inputs, "inputs")
         options = self._options(request)
         result = await encode(self.runtime, [request.inputs], options)
-        vector = shape(result.vectors, options.normalize, options.dimensions)[0]
+        vector = postprocess(result.vectors, options.normalize, options.truncate_dim)[0]
         return pb.EmbedResponse(
             embeddings=vector.tolist(), metadata=_metadata(result, request.inputs, started)
         )
 
     async def Info(self, request: Any, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
         settings = self.runtime.settings
-        describe = getattr(self.runtime.embedder, "describe", None)
-        dtype = str(describe()["dtype"]) if describe else "float32"
+        dtype = self.runtime.embedder.describe().dtype
         return pb.InfoResponse(
             version=__version__,
             model_id=self.spec.model_id,
@@ -116,12 +115,14 @@ class TeiServicer:
 
     async def Tokenize(self, request: Any, context: grpc.aio.ServicerContext) -> pb.EncodeResponse:
         try:
-            if isinstance(request, BadRequest):
+            if isinstance(request, UnparsedRequest):
                 raise request.error()
             check_text(request.inputs, "inputs")
             prompt = check_prompt(request.prompt_name, self.spec, "prompt_name")
             prefix = self.spec.prompt_text(prompt)
-            (item,) = self._tokenize._tokenize([request.inputs], prefix, request.add_special_tokens)
+            (item,) = await asyncio.to_thread(
+                self.runtime.tokens.tokenize, [request.inputs], prefix, request.add_special_tokens
+            )
             return pb.EncodeResponse(
                 tokens=[
                     pb.SimpleToken(id=t.id, text=t.text, special=t.special, start=t.start, stop=t.stop)
@@ -131,11 +132,3 @@ class TeiServicer:
         except Exception as exc:
             await abort(context, exc)
             raise
-
-
-async def attach(server: grpc.aio.Server, runtime: Runtime) -> list[str]:
-    servicer = TeiServicer(runtime)
-    return [
-        register(server, pb.DESCRIPTOR.services_by_name[name], servicer)
-        for name in ("Info", "Embed", "Tokenize")
-    ]

@@ -196,9 +196,6 @@ class Store:
     def map_size(self) -> int:
         return int(self.env.info()["map_size"])
 
-    def disk_bytes(self) -> int:
-        return sum(f.stat().st_size for f in (self.path / "lmdb").iterdir())
-
     # -- vectors -------------------------------------------------------------------------------
 
     def missing_hashes(self, hashes: Sequence[bytes]) -> set[bytes]:
@@ -215,7 +212,7 @@ class Store:
                 raw = txn.get(h, db=db)
                 if raw is None:
                     raise KeyError(h.hex())
-                rows.append(rec.decode_vector(raw))
+                rows.append(rec.unpack_vector(raw))
             return rows
 
         rows = self._read(read)
@@ -225,12 +222,12 @@ class Store:
 
     def collection(self, name: str) -> CollectionMeta | None:
         raw = self._read(lambda txn: txn.get(name.encode(), db=self._db["collections"]))
-        return None if raw is None else CollectionMeta.decode(raw)
+        return None if raw is None else CollectionMeta.unpack(raw)
 
     def collections(self) -> dict[str, CollectionMeta]:
         def read(txn: Any) -> dict[str, CollectionMeta]:
             cursor = txn.cursor(db=self._db["collections"])
-            return {bytes(k).decode(): CollectionMeta.decode(v) for k, v in cursor}
+            return {bytes(k).decode(): CollectionMeta.unpack(v) for k, v in cursor}
 
         return self._read(read)
 
@@ -241,9 +238,6 @@ class Store:
             for name, m in sorted(self.collections().items())
         ]
 
-    def stale_collections(self, serving_fingerprint: str) -> list[str]:
-        return [r.name for r in self.collection_rows(serving_fingerprint) if r.stale]
-
     # -- writes --------------------------------------------------------------------------------
 
     def upsert(
@@ -251,7 +245,7 @@ class Store:
         docs: Sequence[Upsert],
         *,
         fingerprint: str,
-        dimensions: int,
+        dimension: int,
         expect_fingerprint: str | None = None,
     ) -> list[tuple[int, bool]]:
         """Store ``docs`` in one transaction; per doc (sequence, changed). An identical doc
@@ -273,20 +267,20 @@ class Store:
                 if meta is None:
                     raw = txn.get(doc.collection.encode(), db=dbs["collections"])
                     meta = (
-                        CollectionMeta(fingerprint, dimensions) if raw is None else CollectionMeta.decode(raw)
+                        CollectionMeta(fingerprint, dimension) if raw is None else CollectionMeta.unpack(raw)
                     )
                     if meta.fingerprint != required:
                         raise StaleCollection(doc.collection, meta.fingerprint, fingerprint)
                     metas[doc.collection] = meta
                 if doc.vector is not None:
-                    txn.put(doc.content_hash, rec.encode_vector(doc.vector, self.float16), db=dbs["vectors"])
+                    txn.put(doc.content_hash, rec.pack_vector(doc.vector, self.float16), db=dbs["vectors"])
                 elif txn.get(doc.content_hash, db=dbs["vectors"]) is None:
                     missing.add(doc.content_hash)
                 out.append(self._upsert_one(txn, meta, doc))
             if missing:
                 raise VectorsMissing(missing)  # aborts the transaction: nothing half-written
             for name, meta in metas.items():
-                txn.put(name.encode(), meta.encode(), db=dbs["collections"])
+                txn.put(name.encode(), meta.pack(), db=dbs["collections"])
             return out
 
         return self._write(write)
@@ -295,7 +289,7 @@ class Store:
         dbs = self._db
         dkey = rec.doc_key(doc.collection, doc.doc_id)
         old_raw = txn.get(dkey, db=dbs["docs"])
-        old = None if old_raw is None else rec.decode_doc(old_raw)
+        old = None if old_raw is None else rec.unpack_doc(old_raw)
         if (
             old is not None
             and old.content_hash == doc.content_hash
@@ -305,7 +299,7 @@ class Store:
             return old.sequence, False
         pos_raw = txn.get(dkey, db=dbs["logpos"])
         if pos_raw is not None:
-            old_seq, key = rec.decode_logpos(pos_raw)
+            old_seq, key = rec.unpack_logpos(pos_raw)
             txn.delete(rec.seq_key(doc.collection, old_seq), db=dbs["changes"])
         else:
             key = meta.next_key
@@ -316,11 +310,11 @@ class Store:
             meta.documents += 1
             txn.put(rec.int_key(doc.collection, key), doc.doc_id.encode(), db=dbs["keys"])
         record = DocRecord(doc.content_hash, key, seq, doc.text, doc.metadata)
-        txn.put(dkey, rec.encode_doc(record), db=dbs["docs"])
-        txn.put(dkey, rec.encode_logpos(seq, key), db=dbs["logpos"])
+        txn.put(dkey, rec.pack_doc(record), db=dbs["docs"])
+        txn.put(dkey, rec.pack_logpos(seq, key), db=dbs["logpos"])
         txn.put(
             rec.seq_key(doc.collection, seq),
-            rec.encode_change(rec.OP_UPSERT, key, doc.doc_id),
+            rec.pack_change(rec.OP_UPSERT, key, doc.doc_id),
             db=dbs["changes"],
         )
         return seq, True
@@ -333,39 +327,39 @@ class Store:
             raw = txn.get(collection.encode(), db=dbs["collections"])
             if raw is None:
                 return 0, 0
-            meta = CollectionMeta.decode(raw)
+            meta = CollectionMeta.unpack(raw)
             deleted = 0
             for doc_id in dict.fromkeys(doc_ids):
                 dkey = rec.doc_key(collection, doc_id)
                 old_raw = txn.get(dkey, db=dbs["docs"])
                 if old_raw is None:
                     continue
-                old = rec.decode_doc(old_raw)
-                old_seq, key = rec.decode_logpos(txn.get(dkey, db=dbs["logpos"]))
+                old = rec.unpack_doc(old_raw)
+                old_seq, key = rec.unpack_logpos(txn.get(dkey, db=dbs["logpos"]))
                 txn.delete(rec.seq_key(collection, old_seq), db=dbs["changes"])
                 meta.sequence += 1
                 meta.documents -= 1
                 deleted += 1
                 txn.delete(dkey, db=dbs["docs"])
                 txn.delete(rec.int_key(collection, old.key), db=dbs["keys"])
-                txn.put(dkey, rec.encode_logpos(meta.sequence, key), db=dbs["logpos"])
-                change = rec.encode_change(rec.OP_DELETE, key, doc_id)
+                txn.put(dkey, rec.pack_logpos(meta.sequence, key), db=dbs["logpos"])
+                change = rec.pack_change(rec.OP_DELETE, key, doc_id)
                 txn.put(rec.seq_key(collection, meta.sequence), change, db=dbs["changes"])
-            txn.put(collection.encode(), meta.encode(), db=dbs["collections"])
+            txn.put(collection.encode(), meta.pack(), db=dbs["collections"])
             return deleted, meta.sequence
 
         return self._write(write)
 
-    def set_fingerprint(self, collection: str, fingerprint: str, dimensions: int) -> None:
+    def set_fingerprint(self, collection: str, fingerprint: str, dimension: int) -> None:
         """After ``reembed`` rewrote every document: the collection now belongs to this model."""
 
         def write(txn: Any) -> None:
             raw = txn.get(collection.encode(), db=self._db["collections"])
             if raw is None:
                 raise StoreError(f"no collection {collection!r}")
-            meta = CollectionMeta.decode(raw)
-            meta.fingerprint, meta.dimensions = fingerprint, dimensions
-            txn.put(collection.encode(), meta.encode(), db=self._db["collections"])
+            meta = CollectionMeta.unpack(raw)
+            meta.fingerprint, meta.dimension = fingerprint, dimension
+            txn.put(collection.encode(), meta.pack(), db=self._db["collections"])
 
         self._write(write)
 
@@ -390,7 +384,7 @@ class Store:
 
         def read(txn: Any) -> list[DocRecord | None]:
             raws = [txn.get(rec.doc_key(collection, d), db=db) for d in doc_ids]
-            return [None if r is None else rec.decode_doc(r) for r in raws]
+            return [None if r is None else rec.unpack_doc(r) for r in raws]
 
         return self._read(read)
 
@@ -420,7 +414,7 @@ class Store:
                         break
                     if key == after and after != pfx:
                         continue
-                    out.append((key, rec.decode_doc(v)))
+                    out.append((key, rec.unpack_doc(v)))
                     if len(out) >= batch:
                         break
                 return out
@@ -442,7 +436,7 @@ class Store:
                 ids.append(doc_id)
                 hashes.append(doc.content_hash)
         meta = self.collection(collection)
-        dims = meta.dimensions if meta else 0
+        dims = meta.dimension if meta else 0
         vectors = self.vectors(hashes) if hashes else np.zeros((0, dims), np.float32)
         return np.asarray(keys, dtype=np.int64), ids, vectors
 
@@ -461,11 +455,11 @@ class Store:
                 seq = rec.suffix_u64(key)
                 if not key.startswith(pfx) or len(key) != len(pfx) + 8 or seq > until:
                     break
-                op, ikey, doc_id = rec.decode_change(v)
+                op, ikey, doc_id = rec.unpack_change(v)
                 doc = None
                 if op == rec.OP_UPSERT:
                     raw = txn.get(rec.doc_key(collection, doc_id), db=dbs["docs"])
-                    doc = None if raw is None else rec.decode_doc(raw)
+                    doc = None if raw is None else rec.unpack_doc(raw)
                 out.append(Change(seq, op, ikey, doc_id, doc))
                 if len(out) >= limit:
                     break
@@ -474,13 +468,23 @@ class Store:
         return self._read(read)
 
     def count_changes(self, collection: str, since: int, until: int) -> int:
-        total, cursor_at = 0, since
-        while True:
-            batch = self.changes(collection, cursor_at, until, 4096)
-            total += len(batch)
-            if len(batch) < 4096:
-                return total
-            cursor_at = batch[-1].sequence
+        """How many log entries have since < sequence <= until (reads keys only)."""
+        db = self._db["changes"]
+        pfx = rec.prefix(collection)
+
+        def read(txn: Any) -> int:
+            cursor = txn.cursor(db=db)
+            if not cursor.set_range(rec.seq_key(collection, since + 1)):
+                return 0
+            total = 0
+            for k in cursor.iternext(keys=True, values=False):
+                key = bytes(k)
+                if not key.startswith(pfx) or len(key) != len(pfx) + 8 or rec.suffix_u64(key) > until:
+                    break
+                total += 1
+            return total
+
+        return self._read(read)
 
     def sample_vectors(
         self, n: int, *, collection: str | None = None, fingerprint: str | None = None, seed: int = 0

@@ -74,12 +74,12 @@ def suffix_str(key: bytes) -> str:
     return key[key.index(b"\0") + 1 :].decode("utf-8")
 
 
-def encode_vector(vector: np.ndarray, float16: bool) -> bytes:
+def pack_vector(vector: np.ndarray, float16: bool) -> bytes:
     dtype = _DTYPES[1] if float16 else _DTYPES[0]
     return bytes([_CODES[dtype]]) + np.ascontiguousarray(vector, dtype=dtype).tobytes()
 
 
-def decode_vector(raw: bytes | memoryview) -> np.ndarray:
+def unpack_vector(raw: bytes | memoryview) -> np.ndarray:
     data = bytes(raw)
     return np.frombuffer(data, dtype=_DTYPES[data[0]], offset=1).astype(np.float32)
 
@@ -93,7 +93,7 @@ class DocRecord:
     metadata: dict[str, Any]
 
 
-def encode_doc(doc: DocRecord) -> bytes:
+def pack_doc(doc: DocRecord) -> bytes:
     flags, text = 0, b""
     if doc.text is not None:
         flags, text = _HAS_TEXT, doc.text.encode("utf-8")
@@ -105,7 +105,7 @@ def encode_doc(doc: DocRecord) -> bytes:
     return _DOC_HEADER.pack(doc.content_hash, doc.key, doc.sequence, flags, len(text)) + text + meta
 
 
-def decode_doc(raw: bytes | memoryview) -> DocRecord:
+def unpack_doc(raw: bytes | memoryview) -> DocRecord:
     data = bytes(raw)
     chash, key, sequence, flags, length = _DOC_HEADER.unpack_from(data)
     start = _DOC_HEADER.size
@@ -118,20 +118,20 @@ def decode_doc(raw: bytes | memoryview) -> DocRecord:
     return DocRecord(chash, key, sequence, text, meta)
 
 
-def encode_logpos(sequence: int, key: int) -> bytes:
+def pack_logpos(sequence: int, key: int) -> bytes:
     return _LOGPOS.pack(sequence, key)
 
 
-def decode_logpos(raw: bytes | memoryview) -> tuple[int, int]:
+def unpack_logpos(raw: bytes | memoryview) -> tuple[int, int]:
     sequence, key = _LOGPOS.unpack(bytes(raw))
     return int(sequence), int(key)
 
 
-def encode_change(op: int, key: int, doc_id: str) -> bytes:
+def pack_change(op: int, key: int, doc_id: str) -> bytes:
     return _CHANGE_HEADER.pack(op, key) + doc_id.encode("utf-8")
 
 
-def decode_change(raw: bytes | memoryview) -> tuple[int, int, str]:
+def unpack_change(raw: bytes | memoryview) -> tuple[int, int, str]:
     data = bytes(raw)
     op, key = _CHANGE_HEADER.unpack_from(data)
     return int(op), int(key), data[_CHANGE_HEADER.size :].decode("utf-8")
@@ -142,14 +142,17 @@ class CollectionMeta:
     """Per-collection header: the model its vectors come from and its counters."""
 
     fingerprint: str
-    dimensions: int
+    dimension: int  # width of the stored vectors
     sequence: int = 0  # head of the change log
     documents: int = 0
     next_key: int = 1  # next free index key
 
-    def encode(self) -> bytes:
+    def pack(self) -> bytes:
         return json.dumps(self.__dict__, separators=(",", ":")).encode("utf-8")
 
     @classmethod
-    def decode(cls, raw: bytes | memoryview) -> CollectionMeta:
-        return cls(**json.loads(bytes(raw)))
+    def unpack(cls, raw: bytes | memoryview) -> CollectionMeta:
+        data = json.loads(bytes(raw))
+        if "dimensions" in data:  # the key's name before it was renamed (same meaning)
+            data["dimension"] = data.pop("dimensions")
+        return cls(**data)

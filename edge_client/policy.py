@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_client._index import Hit, LocalIndex
+from edge_client.index import Hit, LocalIndex
 
 DEFAULT_THRESHOLD = 0.35
 CALIBRATION_FACTOR = 0.7
@@ -34,7 +34,7 @@ class Policy:
     max_staleness_s: float = 7 * 24 * 3600.0
 
 
-def calibrate(index: LocalIndex) -> float:
+def fit_threshold(index: LocalIndex) -> float:
     """Compute, store (state 'threshold') and return the index's score threshold."""
     vectors = index.sample_vectors(CALIBRATION_SAMPLE)
     if len(vectors) < 10:

@@ -1,4 +1,4 @@
-"""PoolEmbedder: the production :class:`~server.embedder.Embedder` over worker processes.
+"""EncoderPool: the production :class:`~server.embedder.Embedder` over worker processes.
 
 Tokenizes in this process (the batcher needs real token counts), queues one item per input in
 the :class:`~server.batching.Scheduler`, and runs one dispatcher task per worker that takes a
@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -24,10 +23,12 @@ from tokenizers import Tokenizer
 from embedcore import load_tokenizer, pad_token_id
 from server import metrics
 from server.batching import Item, Scheduler, pad_batch
-from server.embedder import EncodeResult, Priority
+from server.embedder import ComputeInfo, EncodeResult, Priority
 from server.errors import InvalidArgument, NotReady, WorkerFailed
+from server.hardware import usable_cores
 from server.model import ModelSpec
-from server.pool.backends import BackendConfig, usable_cores
+from server.onnx_export import onnx_cache_dir
+from server.pool.backends import BackendConfig
 from server.pool.worker import WorkerHandle
 from server.settings import Settings
 
@@ -66,12 +67,8 @@ def cpu_worker_count(settings: Settings) -> int:
 
 
 def _onnx_cache(settings: Settings) -> Path | None:
-    """The edge service's ONNX cache: both backends run the very same exported graph."""
-    if settings.backend != "onnx":
-        return None
-    from server.servicers.edge import onnx_cache_dir
-
-    return onnx_cache_dir(settings)
+    """The edge bundle's ONNX cache: both backends run the very same exported graph."""
+    return onnx_cache_dir(settings) if settings.backend == "onnx" else None
 
 
 def _compile_enabled(settings: Settings, device: str) -> bool:
@@ -89,7 +86,7 @@ def load_pad_id(spec: ModelSpec, tokenizer: Tokenizer) -> int:
     return pad_token_id(tokenizer, token)
 
 
-class PoolEmbedder:
+class EncoderPool:
     def __init__(self, settings: Settings, spec: ModelSpec) -> None:
         self.spec = spec
         self.settings = settings
@@ -126,6 +123,7 @@ class PoolEmbedder:
         ]
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
+        self._closed = False
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -154,6 +152,10 @@ class PoolEmbedder:
         metrics.WORKERS_READY.set(sum(w.ready for w in self.workers))
 
     async def close(self) -> None:
+        """Stop the dispatchers and the workers (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
         self.scheduler.close()
         for task in self._tasks:
             task.cancel()
@@ -267,7 +269,7 @@ class PoolEmbedder:
                 item.future.cancel()
             raise
         vectors = (
-            np.stack([r[0] for r in results]) if results else np.zeros((0, self.spec.dimensions), np.float32)
+            np.stack([r[0] for r in results]) if results else np.zeros((0, self.spec.dimension), np.float32)
         )
         return EncodeResult(
             vectors=np.asarray(vectors, dtype=np.float32),
@@ -277,10 +279,11 @@ class PoolEmbedder:
             inference_ns=sum({(id(r[0].base), int(r[2])): int(r[2]) for r in results}.values()),
         )
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "backend": self.settings.backend,
-            "device": self.device,
-            "dtype": self.dtype,
-            "workers": len(self.workers),
-        }
+    def describe(self) -> ComputeInfo:
+        return ComputeInfo(
+            backend=self.settings.backend,
+            device=self.device,
+            dtype=self.dtype,
+            workers=len(self.workers),
+            compiled=bool(self.workers) and all(w.compiled for w in self.workers),
+        )

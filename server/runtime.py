@@ -1,0 +1,163 @@
+"""The server's runtime: everything the services of one process share, built in one place.
+
+:func:`build_runtime` opens the store and catches the indexes up, starts and warms the encoder
+workers, loads the int8 calibration and loads or builds the edge bundle, off the event loop;
+:meth:`Runtime.close` undoes it in reverse. :mod:`server.app` calls both; nothing else builds
+a runtime (tools that need part of it, such as ``reembed``, build just that part).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from server.calibration import Calibration, sample_path
+from server.edge_builder import EdgeBundles
+from server.embedder import Embedder, Priority
+from server.ingest import Ingestor
+from server.model import ModelSpec
+from server.search import Searcher
+from server.settings import Settings
+from server.store import Indexes, Store, open_store
+from server.sync import Syncer
+from server.tokenization import TokenInspector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """What the services of one server process share. Built once, after any fork, by
+    :func:`build_runtime`; the servicers receive it whole."""
+
+    settings: Settings
+    spec: ModelSpec
+    embedder: Embedder
+    store: Store
+    indexes: Indexes
+    calibration: Calibration
+    edge: EdgeBundles
+    ingestor: Ingestor
+    searcher: Searcher
+    syncer: Syncer
+    tokens: TokenInspector
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)  # background work, stopped at close
+
+    async def close(self) -> None:
+        """Stop background tasks, save the indexes, close the store, then stop the pool."""
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        try:
+            await asyncio.to_thread(self.indexes.save_all)
+        except OSError:
+            log.exception("saving the vector indexes at shutdown failed; they are rebuilt from the store")
+        await asyncio.to_thread(self.store.close)
+        await self.embedder.close()
+
+
+def create_embedder(settings: Settings, spec: ModelSpec) -> Embedder:
+    """The encoder pool (worker processes), behind the query-embedding LRU. Nothing starts here:
+    the workers start in :func:`build_runtime`."""
+    from server.pool import EncoderPool
+    from server.query_cache import CachedEmbedder
+
+    return CachedEmbedder(EncoderPool(settings, spec), settings.query_cache_size)
+
+
+async def build_runtime(
+    settings: Settings,
+    spec: ModelSpec,
+    embedder: Embedder,
+    phase: Callable[[str], None] = lambda _: None,
+) -> Runtime:
+    """Open the store, warm the encoder, load the calibration and the edge bundle (see the
+    module docstring). ``phase`` is told what is being done, for start-up messages."""
+    phase("opening the store")
+    store = await asyncio.to_thread(
+        open_store,
+        settings.data_dir,
+        map_size=settings.store_map_size_mb << 20,
+        float16=settings.store_float16,
+    )
+    try:
+        store.serving_fingerprint = spec.fingerprint
+        indexes = Indexes(
+            store,
+            settings.data_dir / "indexes",
+            fingerprint=spec.fingerprint,
+            ndim=spec.dimension,
+            metric="ip" if spec.normalize else "cos",
+            dtype=settings.index_dtype,
+        )
+        phase("loading the vector indexes")
+        await asyncio.to_thread(_warm_indexes, store, indexes, spec.fingerprint)
+        phase("starting the encoder workers")
+        await embedder.start()
+
+        async def encode(texts: list[str]) -> np.ndarray:
+            return (await embedder.encode(texts, priority=Priority.BULK)).vectors
+
+        phase("loading the int8 calibration")
+        calibration = await Calibration.load_or_create(
+            sample_path(settings.data_dir, spec.fingerprint), spec.dimension, encode
+        )
+        phase("loading or fitting the edge bundle")
+        edge = EdgeBundles(settings, spec, store, embedder)
+        await edge.load_or_build()
+    except BaseException:
+        await asyncio.to_thread(store.close)
+        raise
+    runtime = Runtime(
+        settings=settings,
+        spec=spec,
+        embedder=embedder,
+        store=store,
+        indexes=indexes,
+        calibration=calibration,
+        edge=edge,
+        ingestor=Ingestor(store, indexes, embedder, spec),
+        searcher=Searcher(store, indexes, embedder, spec, settings.search_max_k),
+        syncer=Syncer(store, spec, edge, max_page_bytes=settings.max_message_bytes // 4),
+        tokens=TokenInspector(spec),
+    )
+    runtime.tasks.append(asyncio.create_task(_save_indexes_periodically(runtime), name="index-saver"))
+    return runtime
+
+
+def _warm_indexes(store: Store, indexes: Indexes, fingerprint: str) -> None:
+    """Load or rebuild the index of every current collection, and say which ones are stale."""
+    for row in store.collection_rows(fingerprint):
+        if row.stale:
+            log.warning(
+                "collection %r holds vectors of model %s, not the serving model %s: it will not be "
+                "searched or synced until you run `embed-server reembed --collection %s`",
+                row.name,
+                row.model_fingerprint,
+                fingerprint,
+                row.name,
+            )
+        else:
+            indexes.get(row.name)
+    indexes.save_all()
+
+
+async def _save_indexes_periodically(runtime: Runtime) -> None:
+    """Indexes are caches of the store (a restart replays the change log), so they are saved
+    on a timer, not after every call. A failed save is logged and retried next time."""
+    while True:
+        await asyncio.sleep(runtime.settings.index_save_interval_s)  # the save timer, not a wait
+        try:
+            saved = await asyncio.to_thread(runtime.indexes.save_all)
+        except Exception:
+            log.exception("saving the vector indexes failed; retrying at the next interval")
+            continue
+        if saved:
+            log.debug("saved %d changed vector indexes", saved)

@@ -1,0 +1,102 @@
+"""Find the string field that made a protobuf message unparseable, from its wire bytes.
+
+protobuf refuses a whole message when one ``string`` field is not valid UTF-8, and says neither
+which field nor where. This walks the wire format (https://protobuf.dev/programming-guides/encoding/)
+with the message's descriptor, recursing into sub-messages (maps are repeated entry messages),
+and returns the path of the first invalid string field together with the message's bytes with
+every invalid string field left out, so the rest can still be parsed.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+_VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
+
+
+class _Malformed(Exception):
+    """The bytes are not protobuf wire format at all."""
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise _Malformed
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _walk(descriptor: Descriptor, data: bytes, prefix: str) -> tuple[str, bytes]:
+    """(first invalid field path or "", the bytes without invalid string fields)."""
+    fields = {f.number: f for f in descriptor.fields}
+    seen: dict[int, int] = {}
+    first = ""
+    out = bytearray()
+    pos = 0
+    while pos < len(data):
+        start = pos
+        tag, pos = _varint(data, pos)
+        tag_end = pos
+        number, wire = tag >> 3, tag & 7
+        if wire == _VARINT:
+            _, pos = _varint(data, pos)
+        elif wire == _FIXED64:
+            pos += 8
+        elif wire == _FIXED32:
+            pos += 4
+        elif wire == _LENGTH:
+            length, body_start = _varint(data, pos)
+            pos = body_start + length
+            if pos > len(data):
+                raise _Malformed
+            field = fields.get(number)
+            if field is not None:
+                index = seen.get(number, 0)
+                seen[number] = index + 1
+                repeated = field.is_repeated
+                path = f"{prefix}{field.name}" + (f"[{index}]" if repeated else "")
+                body = data[body_start:pos]
+                if field.type == FieldDescriptor.TYPE_STRING:
+                    try:
+                        body.decode("utf-8")
+                    except UnicodeDecodeError:
+                        first = first or path
+                        continue  # left out of the cleaned bytes
+                elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
+                    inner_first, cleaned = _walk(field.message_type, body, path + ".")
+                    if inner_first:
+                        first = first or inner_first
+                        out += data[start:tag_end] + _encode_varint(len(cleaned)) + cleaned
+                        continue
+        else:
+            raise _Malformed  # groups (3, 4) and unknown wire types
+        if pos > len(data):
+            raise _Malformed
+        out += data[start:pos]
+    return first, bytes(out)
+
+
+def invalid_string_field(descriptor: Descriptor, data: bytes) -> tuple[str, bytes | None]:
+    """(path of the first string field that is not UTF-8, or "" when none is; the message's
+    bytes without such fields, or None when ``data`` is not protobuf wire format)."""
+    try:
+        return _walk(descriptor, data, "")
+    except _Malformed:
+        return "", None
