@@ -107,7 +107,7 @@ def export_onnx(spec: ModelSpec, out_dir: Path, *, int8: bool = True) -> OnnxExp
         # The tracer warns about Python branches on tensor shapes inside transformers' masking
         # code; the graph is checked against sentence-transformers (tests/test_onnx_parity.py).
         with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
             torch.onnx.export(
                 _Hidden(model),
                 args,
