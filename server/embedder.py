@@ -10,11 +10,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
 from server.model import ModelSpec
+
+TruncationDirection = Literal["right", "left"]  # which end of an over-long input is cut
 
 
 class Priority(enum.IntEnum):
@@ -71,9 +73,11 @@ class Embedder(Protocol):
         *,
         prompt_name: str = "",
         truncate: bool = True,
+        truncation_direction: TruncationDirection = "right",
         priority: Priority = Priority.INTERACTIVE,
     ) -> EncodeResult:
         """Embed ``texts``. Raises InvalidArgument for an over-long input when truncate is
         False (naming its index), or for an unknown prompt_name; Overloaded, NotReady or
-        WorkerFailed for capacity and worker problems."""
+        WorkerFailed for capacity and worker problems. ``truncation_direction``: which end of
+        an over-long input is cut ("left" keeps its end)."""
         ...

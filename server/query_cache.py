@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from server import metrics
-from server.embedder import ComputeInfo, Embedder, EncodeResult, Priority
+from server.embedder import ComputeInfo, Embedder, EncodeResult, Priority, TruncationDirection
 from server.model import ModelSpec
 
 
@@ -32,15 +32,18 @@ class CachedEmbedder:
         self.inner = inner
         self.spec: ModelSpec = inner.spec
         self.capacity = capacity
-        self._entries: OrderedDict[tuple[str, str, bool, str], np.ndarray] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str, bool, str, str], np.ndarray] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
-    def _key(self, text: str, prompt_name: str, truncate: bool) -> tuple[str, str, bool, str]:
+    def _key(
+        self, text: str, prompt_name: str, truncate: bool, direction: TruncationDirection
+    ) -> tuple[str, str, bool, str, str]:
         return (
             self.spec.fingerprint,
             prompt_name,
             truncate,
+            direction,
             canonical_text(text, lower=self.spec.do_lower_case),
         )
 
@@ -50,13 +53,21 @@ class CachedEmbedder:
         *,
         prompt_name: str = "",
         truncate: bool = True,
+        truncation_direction: TruncationDirection = "right",
         priority: Priority = Priority.INTERACTIVE,
     ) -> EncodeResult:
-        if self.capacity <= 0 or priority != Priority.INTERACTIVE or not texts:
+        async def compute(some: Sequence[str]) -> EncodeResult:
             return await self.inner.encode(
-                texts, prompt_name=prompt_name, truncate=truncate, priority=priority
+                some,
+                prompt_name=prompt_name,
+                truncate=truncate,
+                truncation_direction=truncation_direction,
+                priority=priority,
             )
-        keys = [self._key(t, prompt_name, truncate) for t in texts]
+
+        if self.capacity <= 0 or priority != Priority.INTERACTIVE or not texts:
+            return await compute(texts)
+        keys = [self._key(t, prompt_name, truncate, truncation_direction) for t in texts]
         found: dict[int, np.ndarray] = {}
         for i, key in enumerate(keys):
             vector = self._entries.get(key)
@@ -71,9 +82,7 @@ class CachedEmbedder:
         if not missing:
             vectors = np.stack([found[i] for i in range(len(texts))])
             return EncodeResult(vectors=vectors, token_counts=(0,) * len(texts), cache_hits=len(texts))
-        inner = await self.inner.encode(
-            [texts[i] for i in missing], prompt_name=prompt_name, truncate=truncate, priority=priority
-        )
+        inner = await compute([texts[i] for i in missing])
         out = np.empty((len(texts), inner.vectors.shape[1]), dtype=np.float32)
         counts = [0] * len(texts)
         for i, vector in found.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
 import pytest
 
 from embedcore import EdgeBundle, fit_pca_rotation
@@ -60,3 +61,26 @@ def test_export_edge_fits_the_store_and_refuses_an_unknown_projection(
     assert refused.value.code == 2
     assert "--edge-projection: invalid choice: 'pca'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_export_edge_makes_the_running_servers_bundle_from_the_same_store(tmp_path: Path) -> None:
+    from protos.embedding.v1 import embedding_pb2 as pb
+    from protos.embedding.v1.embedding_pb2_grpc import EdgeServiceStub, EmbeddingServiceStub
+    from tests._collections import ingest
+    from tests.server_harness import running_server
+
+    settings = ("--edge-fit-min-vectors", "200", "--edge-dims", "64", "--workers", "1")
+    with running_server(tmp_path / "data", *settings) as server:
+        acks = ingest(server.address, "export", scifact_docs(240))
+        assert len(acks) == 240 and not any(a.HasField("error") for a in acks)
+        with grpc.insecure_channel(server.address) as channel:
+            # A client fetching the bundle makes the server fit it on the 240 stored documents.
+            fetch = EdgeServiceStub(channel).GetEdgeBundle(pb.GetEdgeBundleRequest(files=["tokenizer.json"]))
+            assert next(iter(fetch)).manifest.fingerprint
+            served = EmbeddingServiceStub(channel).Info(pb.InfoRequest(), timeout=30).edge_bundle_fingerprint
+        assert server.stop() == 0
+    assert _export("--out", str(tmp_path / "exported"), "--data-dir", str(tmp_path / "data"), *settings) == 0
+    exported = EdgeBundle.load(tmp_path / "exported", verify=True)
+    on_disk = EdgeBundle.load(tmp_path / "data" / "edge_bundle", verify=True)
+    assert exported.manifest.projection_kind == "rotation" and exported.manifest.extra["fit_vectors"] == 240
+    assert exported.fingerprint == on_disk.fingerprint == served

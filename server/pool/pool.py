@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 from embedcore import load_tokenizer, pad_token_id
 from server import metrics
 from server.batching import Item, Scheduler, pad_batch
-from server.embedder import ComputeInfo, EncodeResult, Priority
+from server.embedder import ComputeInfo, EncodeResult, Priority, TruncationDirection
 from server.errors import InvalidArgument, NotReady, WorkerFailed
 from server.hardware import usable_cores
 from server.model import ModelSpec
@@ -235,10 +235,15 @@ class EncoderPool:
         *,
         prompt_name: str = "",
         truncate: bool = True,
+        truncation_direction: TruncationDirection = "right",
         priority: Priority = Priority.INTERACTIVE,
     ) -> EncodeResult:
         if not self._started:
             raise NotReady("the encoder pool is still starting")
+        if truncation_direction != "right":
+            raise InvalidArgument(
+                "truncation_direction LEFT is not supported yet", field="options.truncation_direction"
+            )
         try:
             prefix = self.spec.prompt_text(prompt_name)
         except KeyError as exc:

@@ -15,11 +15,18 @@ class Precision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PRECISION_FLOAT16: _ClassVar[Precision]
     PRECISION_INT8: _ClassVar[Precision]
     PRECISION_UBINARY: _ClassVar[Precision]
+
+class TruncationDirection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRUNCATION_DIRECTION_RIGHT: _ClassVar[TruncationDirection]
+    TRUNCATION_DIRECTION_LEFT: _ClassVar[TruncationDirection]
 PRECISION_UNSPECIFIED: Precision
 PRECISION_FLOAT32: Precision
 PRECISION_FLOAT16: Precision
 PRECISION_INT8: Precision
 PRECISION_UBINARY: Precision
+TRUNCATION_DIRECTION_RIGHT: TruncationDirection
+TRUNCATION_DIRECTION_LEFT: TruncationDirection
 
 class Vector(_message.Message):
     __slots__ = ("data", "dims", "precision")
@@ -32,18 +39,20 @@ class Vector(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., dims: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ...) -> None: ...
 
 class EmbedOptions(_message.Message):
-    __slots__ = ("normalize", "dimensions", "precision", "prompt_name", "truncate")
+    __slots__ = ("normalize", "dimensions", "precision", "prompt_name", "truncate", "truncation_direction")
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     PROMPT_NAME_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATION_DIRECTION_FIELD_NUMBER: _ClassVar[int]
     normalize: bool
     dimensions: int
     precision: Precision
     prompt_name: str
     truncate: bool
-    def __init__(self, normalize: _Optional[bool] = ..., dimensions: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., prompt_name: _Optional[str] = ..., truncate: _Optional[bool] = ...) -> None: ...
+    truncation_direction: TruncationDirection
+    def __init__(self, normalize: _Optional[bool] = ..., dimensions: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., prompt_name: _Optional[str] = ..., truncate: _Optional[bool] = ..., truncation_direction: _Optional[_Union[TruncationDirection, str]] = ...) -> None: ...
 
 class Timing(_message.Message):
     __slots__ = ("queue_ns", "tokenization_ns", "inference_ns", "total_ns", "tokens", "characters", "cache_hits")
@@ -78,18 +87,20 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("name", "documents", "sequence", "model_fingerprint", "stale")
+    __slots__ = ("name", "documents", "sequence", "model_fingerprint", "stale", "incarnation")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     STALE_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     documents: int
     sequence: int
     model_fingerprint: str
     stale: bool
-    def __init__(self, name: _Optional[str] = ..., documents: _Optional[int] = ..., sequence: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., stale: _Optional[bool] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, name: _Optional[str] = ..., documents: _Optional[int] = ..., sequence: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., stale: _Optional[bool] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class Int8Calibration(_message.Message):
     __slots__ = ("min", "max")
@@ -100,7 +111,7 @@ class Int8Calibration(_message.Message):
     def __init__(self, min: _Optional[_Iterable[float]] = ..., max: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("version", "model_id", "model_fingerprint", "dimensions", "max_input_tokens", "pooling", "normalizes", "prompts", "query_prompt_name", "document_prompt_name", "matryoshka_dims", "backend", "device", "dtype", "workers", "max_batch_tokens", "max_client_batch_size", "int8_calibration", "collections", "edge_bundle_fingerprint")
+    __slots__ = ("version", "model_id", "model_fingerprint", "dimensions", "max_input_tokens", "pooling", "normalizes", "prompts", "query_prompt_name", "document_prompt_name", "matryoshka_dims", "backend", "device", "dtype", "workers", "max_batch_tokens", "max_client_batch_size", "int8_calibration", "collections", "edge_bundle_fingerprint", "compiled")
     class PromptsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +139,7 @@ class InfoResponse(_message.Message):
     INT8_CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
     EDGE_BUNDLE_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    COMPILED_FIELD_NUMBER: _ClassVar[int]
     version: str
     model_id: str
     model_fingerprint: str
@@ -148,7 +160,8 @@ class InfoResponse(_message.Message):
     int8_calibration: Int8Calibration
     collections: _containers.RepeatedCompositeFieldContainer[CollectionInfo]
     edge_bundle_fingerprint: str
-    def __init__(self, version: _Optional[str] = ..., model_id: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., dimensions: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., pooling: _Optional[str] = ..., normalizes: _Optional[bool] = ..., prompts: _Optional[_Mapping[str, str]] = ..., query_prompt_name: _Optional[str] = ..., document_prompt_name: _Optional[str] = ..., matryoshka_dims: _Optional[_Iterable[int]] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., workers: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_client_batch_size: _Optional[int] = ..., int8_calibration: _Optional[_Union[Int8Calibration, _Mapping]] = ..., collections: _Optional[_Iterable[_Union[CollectionInfo, _Mapping]]] = ..., edge_bundle_fingerprint: _Optional[str] = ...) -> None: ...
+    compiled: bool
+    def __init__(self, version: _Optional[str] = ..., model_id: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., dimensions: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., pooling: _Optional[str] = ..., normalizes: _Optional[bool] = ..., prompts: _Optional[_Mapping[str, str]] = ..., query_prompt_name: _Optional[str] = ..., document_prompt_name: _Optional[str] = ..., matryoshka_dims: _Optional[_Iterable[int]] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., workers: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_client_batch_size: _Optional[int] = ..., int8_calibration: _Optional[_Union[Int8Calibration, _Mapping]] = ..., collections: _Optional[_Iterable[_Union[CollectionInfo, _Mapping]]] = ..., edge_bundle_fingerprint: _Optional[str] = ..., compiled: _Optional[bool] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("inputs", "options")
@@ -281,16 +294,18 @@ class SearchRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., k: _Optional[int] = ..., exact: _Optional[bool] = ..., dimensions: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., rescore_multiplier: _Optional[int] = ..., prompt_name: _Optional[str] = ..., include_text: _Optional[bool] = ...) -> None: ...
 
 class SearchHit(_message.Message):
-    __slots__ = ("id", "score", "text", "metadata")
+    __slots__ = ("id", "score", "text", "metadata", "text_truncated")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    TEXT_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     text: str
     metadata: _struct_pb2.Struct
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    text_truncated: bool
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., text_truncated: _Optional[bool] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "timing", "sequence", "model_fingerprint")
@@ -321,21 +336,23 @@ class DeleteResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class SyncVectorsRequest(_message.Message):
-    __slots__ = ("collection", "since_sequence", "bundle_fingerprint", "dimensions", "include_text")
+    __slots__ = ("collection", "since_sequence", "bundle_fingerprint", "dimensions", "include_text", "incarnation")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     SINCE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_TEXT_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     collection: str
     since_sequence: int
     bundle_fingerprint: str
     dimensions: int
     include_text: bool
-    def __init__(self, collection: _Optional[str] = ..., since_sequence: _Optional[int] = ..., bundle_fingerprint: _Optional[str] = ..., dimensions: _Optional[int] = ..., include_text: _Optional[bool] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, collection: _Optional[str] = ..., since_sequence: _Optional[int] = ..., bundle_fingerprint: _Optional[str] = ..., dimensions: _Optional[int] = ..., include_text: _Optional[bool] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class VectorChange(_message.Message):
-    __slots__ = ("sequence", "op", "id", "vector", "text", "metadata")
+    __slots__ = ("sequence", "op", "id", "vector", "text", "metadata", "text_truncated")
     class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OP_UNSPECIFIED: _ClassVar[VectorChange.Op]
@@ -350,23 +367,29 @@ class VectorChange(_message.Message):
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    TEXT_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     op: VectorChange.Op
     id: str
     vector: Vector
     text: str
     metadata: _struct_pb2.Struct
-    def __init__(self, sequence: _Optional[int] = ..., op: _Optional[_Union[VectorChange.Op, str]] = ..., id: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    text_truncated: bool
+    def __init__(self, sequence: _Optional[int] = ..., op: _Optional[_Union[VectorChange.Op, str]] = ..., id: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., text_truncated: _Optional[bool] = ...) -> None: ...
 
 class SyncVectorsResponse(_message.Message):
-    __slots__ = ("changes", "head_sequence", "remaining")
+    __slots__ = ("changes", "head_sequence", "remaining", "incarnation", "reset")
     CHANGES_FIELD_NUMBER: _ClassVar[int]
     HEAD_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     REMAINING_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
     changes: _containers.RepeatedCompositeFieldContainer[VectorChange]
     head_sequence: int
     remaining: int
-    def __init__(self, changes: _Optional[_Iterable[_Union[VectorChange, _Mapping]]] = ..., head_sequence: _Optional[int] = ..., remaining: _Optional[int] = ...) -> None: ...
+    incarnation: str
+    reset: bool
+    def __init__(self, changes: _Optional[_Iterable[_Union[VectorChange, _Mapping]]] = ..., head_sequence: _Optional[int] = ..., remaining: _Optional[int] = ..., incarnation: _Optional[str] = ..., reset: _Optional[bool] = ...) -> None: ...
 
 class GetEdgeBundleRequest(_message.Message):
     __slots__ = ("files",)
