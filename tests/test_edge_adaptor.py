@@ -17,7 +17,7 @@ from server.edge_adaptor import MIN_FIT_DOCS, fit_adaptor, pseudo_query_sentence
 from server.edge_bundle import build_bundle
 from server.edge_projection import BundleProjection, fit_projection
 from server.model import ModelSpec
-from tests.conftest import SHARED_DATA
+from tests._collections import SCIFACT
 
 
 def _matrix(out_dims: int = 256, seed: int = 0) -> np.ndarray:
@@ -84,7 +84,7 @@ def test_pseudo_query_sentences_are_long_seeded_and_two_per_document() -> None:
 
 
 def _scifact_texts(n: int) -> list[str]:
-    with gzip.open(SHARED_DATA / "scifact" / "corpus.jsonl.gz", "rt") as handle:
+    with gzip.open(SCIFACT / "corpus.jsonl.gz", "rt") as handle:
         rows = [json.loads(next(handle)) for _ in range(n)]
     # Shortened to keep the test fast; still real abstracts' opening sentences.
     return [f"{r.get('title') or ''} {r.get('text') or ''}".strip()[:500] for r in rows]
