@@ -14,7 +14,8 @@ from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1.embedding_pb2_grpc import CollectionServiceStub
 from server.commands.ingest import read_corpus
 
-SCIFACT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "scifact"
+# A small subset of BEIR SciFact kept in the repository (tests/fixtures/scifact/SOURCE.md).
+SCIFACT = Path(__file__).resolve().parent / "fixtures" / "scifact"
 
 
 def scifact_docs(n: int, skip: int = 0) -> list[tuple[str, str, dict[str, Any]]]:

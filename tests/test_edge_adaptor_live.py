@@ -36,7 +36,7 @@ def _synced_vectors(address: str, fingerprint: str, dims: int) -> dict[str, np.n
 
 def test_server_fits_the_adaptor_at_restart_and_the_edge_agrees(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    docs = scifact_docs(100, skip=3000)  # real multi-sentence abstracts
+    docs = scifact_docs(100, skip=300)  # real multi-sentence abstracts
     with running_server(data, *FIT_ARGS) as server:  # empty store: an identity bundle
         ingest(server.address, COLLECTION, docs)
         assert server.stop() == 0

@@ -30,7 +30,7 @@ def _results(address: str) -> list[tuple[list[str], list[str]]]:
 @pytest.mark.slow  # several server starts
 def test_restart_then_model_change_then_reembed(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    docs = scifact_docs(100, skip=2000)
+    docs = scifact_docs(100, skip=200)
     with running_server(data) as server:
         ingest(server.address, COLLECTION, docs)
         before = _results(server.address)

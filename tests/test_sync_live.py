@@ -30,7 +30,7 @@ def _sync(address: str, since: int, **options) -> list[pb.SyncVectorsResponse]: 
 
 def test_sync_streams_changes_in_batches_and_resumes(live_server) -> None:  # type: ignore[no-untyped-def]
     fingerprint = _bundle_fingerprint(live_server.address)
-    docs = scifact_docs(300, skip=1000)
+    docs = scifact_docs(300, skip=100)
     ingest(live_server.address, COLLECTION, docs)
     messages = _sync(live_server.address, 0, bundle_fingerprint=fingerprint, dimensions=64)
     changes = [c for m in messages for c in m.changes]
@@ -71,7 +71,7 @@ def test_sync_streams_changes_in_batches_and_resumes(live_server) -> None:  # ty
 
 
 def test_sync_with_another_bundle_is_refused(live_server) -> None:  # type: ignore[no-untyped-def]
-    ingest(live_server.address, COLLECTION, scifact_docs(1, skip=1000))
+    ingest(live_server.address, COLLECTION, scifact_docs(1, skip=100))
     with pytest.raises(grpc.RpcError) as info:
         _sync(live_server.address, 0, bundle_fingerprint="edge-not-this-one")
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -79,7 +79,7 @@ def test_sync_with_another_bundle_is_refused(live_server) -> None:  # type: igno
 
 
 def test_sync_with_more_dimensions_than_the_projection_has_is_refused(live_server) -> None:  # type: ignore[no-untyped-def]
-    ingest(live_server.address, COLLECTION, scifact_docs(1, skip=1000))
+    ingest(live_server.address, COLLECTION, scifact_docs(1, skip=100))
     fingerprint = _bundle_fingerprint(live_server.address)
     served = EdgeBundle.load(live_server.data_dir / "edge_bundle")
     assert served.fingerprint == fingerprint
