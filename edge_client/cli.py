@@ -76,14 +76,18 @@ class _InitProgress:
     def __init__(self, server: str, enabled: bool) -> None:
         self.server, self.enabled = server, enabled
         self._bar: Any = None
+        self._waited = False
 
     def waiting(self, seconds: float) -> None:
-        print(
-            f"waiting for the server at {self.server} to prepare the edge bundle ({seconds:.0f} s; "
-            "the first time after documents arrive it fits the projection on its store)",
-            file=sys.stderr,
-            flush=True,
-        )
+        if not self._waited:
+            message = (
+                f"waiting for the server at {self.server} to prepare the edge bundle (once enough "
+                "documents arrived it first fits the projection on its store: up to a minute or two)"
+            )
+        else:
+            message = f"still waiting for the edge bundle ({seconds:.0f} s)"
+        self._waited = True
+        print(message, file=sys.stderr, flush=True)
 
     def bytes(self, done: int, total: int) -> None:
         if not self.enabled:
