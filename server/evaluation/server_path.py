@@ -84,10 +84,13 @@ class ServerClient:
         try:
             grpc.channel_ready_future(self._channel).result(timeout=seconds)
         except grpc.FutureTimeoutError as exc:
-            tls = "over TLS " if self.credentials.use_tls else ""
+            hint = (
+                "over TLS: check --tls-ca and, for mutual TLS, the client certificate"
+                if self.credentials.use_tls
+                else "if it speaks TLS, pass --tls-ca"
+            )
             raise ConnectionError(
-                f"no server answers {tls}at {self.address} (waited {seconds:.0f} s; a TLS server needs "
-                "--tls-ca, a plaintext one none)"
+                f"no server answers at {self.address} (waited {seconds:.0f} s; {hint})"
             ) from exc
         # Raw bytes keep grpcio-health-checking out of the client's dependencies: the request
         # (service "") encodes as b"", a SERVING reply (status = 1) as b"\x08\x01".
