@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -16,14 +17,15 @@ import grpc
 import numpy as np
 from google.protobuf.json_format import MessageToDict
 
-from edge_client._download import Progress, install_bundle
+from edge_client._download import Progress, Waiting, install_bundle
 from edge_client._sync import SyncReport, sync_collection
-from edge_client._transport import call_metadata, open_channel
+from edge_client._transport import open_channel
 from edge_client.errors import BundleError, NotInitialized, ServerError, ServerUnavailable
 from edge_client.index import Hit, LocalIndex
 from edge_client.policy import Policy, fit_threshold, weak_evidence
 from embedcore import BundleError as BundleFormatError
 from embedcore import EdgeBundle
+from embedcore.transport import ClientCredentials, explain
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1 import embedding_pb2_grpc as rpc
 
@@ -42,6 +44,7 @@ class SearchResult:
     degraded: bool = False
     reason: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    detail: str | None = None  # degraded: what gRPC reported when asking the server failed
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,9 +74,11 @@ class EdgeClient:
     """Local semantic search with the server's model in ONNX; the server as fallback.
 
     ``home`` holds the installed bundle (``bundle/``), one index per collection
-    (``collections/<name>/``) and ``config.json`` (server address, dims, dtype). ``channel``
-    may be injected (interceptors, TLS); otherwise one is opened to ``server`` with retries and
-    keepalive configured (see edge_client._transport).
+    (``collections/<name>/``) and ``config.json`` (server address, dims, dtype, and how to
+    connect: TLS files and the token *file*, never a token). ``credentials`` (TLS, bearer token;
+    ``token`` is a shorthand) override what ``config.json`` remembers for the same server.
+    ``channel`` may be injected (interceptors); otherwise one is opened to ``server`` with
+    retries and keepalive configured (see edge_client._transport).
     """
 
     def __init__(
@@ -87,6 +92,7 @@ class EdgeClient:
         int8: bool = True,
         threads: int = 0,
         timeout: float = 5.0,
+        credentials: ClientCredentials | None = None,
         token: str = "",
         cache_size: int = 1024,
         policy: Policy | None = None,
@@ -95,11 +101,18 @@ class EdgeClient:
         self.home.mkdir(parents=True, exist_ok=True)
         config = self._read_config()
         self.server = server or config.get("server", "")
+        # What init remembered applies to the server it was given, not to another one.
+        saved = config.get("connection") if self.server == config.get("server") else None
+        given = credentials or ClientCredentials()
+        if token:
+            given = dataclasses.replace(given, token=token, token_file=None)
+        remembered = ClientCredentials.from_config(saved) if saved else ClientCredentials()
+        self.credentials = remembered.overridden_by(given)
         self.dims = dims or int(config.get("dims", 0))
         self.dtype = dtype or str(config.get("dtype", "f16"))
         self.int8, self.threads, self.timeout = int8, threads, timeout
         self.policy = policy or Policy()
-        self._metadata = call_metadata(token)
+        self._metadata = self.credentials.metadata()
         self._channel = channel
         self._owns_channel = channel is None
         self._bundle: EdgeBundle | None = None
@@ -113,7 +126,12 @@ class EdgeClient:
         return dict(json.loads(path.read_text())) if path.is_file() else {}
 
     def _write_config(self) -> None:
-        data = {"server": self.server, "dims": self.dims, "dtype": self.dtype}
+        data = {
+            "server": self.server,
+            "dims": self.dims,
+            "dtype": self.dtype,
+            "connection": self.credentials.to_config(),
+        }
         (self.home / "config.json").write_text(json.dumps(data, indent=2) + "\n")
 
     @property
@@ -121,7 +139,7 @@ class EdgeClient:
         if self._channel is None:
             if not self.server:
                 raise NotInitialized("no server address: pass server=HOST:PORT or run init first")
-            self._channel = open_channel(self.server)
+            self._channel = open_channel(self.server, self.credentials)
         return self._channel
 
     @property
@@ -158,11 +176,22 @@ class EdgeClient:
         self.close()
 
     # --- bundle and sync ---------------------------------------------------------------------
-    def init(self, *, attempts: int = 3, progress: Progress | None = None) -> EdgeBundle:
-        """Download, verify and install the server's edge bundle; remember the server."""
+    def init(
+        self, *, attempts: int = 3, progress: Progress | None = None, waiting: Waiting | None = None
+    ) -> EdgeBundle:
+        """Download, verify and install the server's edge bundle; remember the server and how
+        to connect to it. ``progress(bytes, total)`` follows the download; ``waiting(seconds)``
+        is called while the server prepares the bundle (it may be fitting the projection)."""
         stub = rpc.EdgeServiceStub(self.channel)
         bundle = install_bundle(
-            stub, self.home / "bundle", attempts=attempts, metadata=self._metadata, progress=progress
+            stub,
+            self.home / "bundle",
+            attempts=attempts,
+            metadata=self._metadata,
+            progress=progress,
+            waiting=waiting,
+            server=self.server,
+            credentials=self.credentials,
         )
         self._bundle = bundle
         self._cache.clear()
@@ -244,11 +273,11 @@ class EdgeClient:
                 metadata=self._metadata,
             )
         except grpc.RpcError as exc:
-            code = exc.code()
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                message = f"server {code.name.lower()}: {exc.details()}"
-                raise ServerUnavailable(message, code=code.name) from exc
-            raise ServerError(f"server search failed: {code.name}: {exc.details()}", code=code.name) from exc
+            failure = explain(exc, self.server, timeout=timeout or self.timeout, credentials=self.credentials)
+            if failure.unreachable:
+                raise ServerUnavailable(failure.summary, code=failure.code, detail=failure.detail) from exc
+            message = f"server search failed: {failure.summary}"
+            raise ServerError(message, code=failure.code, detail=failure.detail) from exc
         return [Hit(h.id, float(h.score), h.text, MessageToDict(h.metadata)) for h in reply.hits]
 
     def search(
@@ -285,7 +314,9 @@ class EdgeClient:
             server_hits = self.search_server(text, collection=collection, k=k, timeout=timeout)
         except ServerError as exc:
             # Fallback failed: the local answer stands, flagged, with both reasons.
-            return SearchResult(hits, "local", degraded=True, reason=f"{reason}; server failed: {exc}")
+            reason = f"{reason}; server failed: {exc}"
+            detail = f"{exc.code}: {exc.detail}" if exc.detail else None
+            return SearchResult(hits, "local", degraded=True, reason=reason, detail=detail)
         return SearchResult(server_hits, "server", reason=reason, timings_ms={"local": local_ms})
 
     def stats(self, collection: str) -> dict[str, Any]:

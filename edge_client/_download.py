@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +30,47 @@ from embedcore import (
     swap_in_directory,
     verify_file,
 )
+from embedcore.transport import ClientCredentials, explain
 from protos.embedding.v1 import embedding_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (bytes so far, total bytes)
+Waiting = Callable[[float], None]  # seconds waited so far for the server's first message
+
+# The server answers GetEdgeBundle only once the bundle is ready, which can mean fitting the
+# projection on its store first (a minute on a large store): say so instead of hanging silently.
+FIRST_NOTICE_S = 2.0
+NOTICE_EVERY_S = 10.0
 
 
-def _receive(stream: Any, stage: Path, progress: Progress | None) -> Manifest:
-    first = next(iter(stream), None)
+@contextmanager
+def _notify_while_waiting(waiting: Waiting | None) -> Iterator[None]:
+    """Call ``waiting(seconds)`` after FIRST_NOTICE_S, then every NOTICE_EVERY_S, until the block ends."""
+    if waiting is None:
+        yield
+        return
+    done = threading.Event()
+    started = time.monotonic()
+
+    def notify() -> None:
+        pause = FIRST_NOTICE_S
+        while not done.wait(pause):  # a timer between notices, not a wait for readiness
+            waiting(time.monotonic() - started)
+            pause = NOTICE_EVERY_S
+
+    thread = threading.Thread(target=notify, name="bundle-wait-notice", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def _receive(stream: Any, stage: Path, progress: Progress | None, waiting: Waiting | None) -> Manifest:
+    with _notify_while_waiting(waiting):
+        first = next(iter(stream), None)
     if first is None or first.WhichOneof("part") != "manifest":
         raise BundleIntegrityError("the bundle stream did not start with its manifest")
     manifest = Manifest.from_json(first.manifest.manifest_json)
@@ -86,29 +121,38 @@ def install_bundle(
     timeout: float = 300.0,
     metadata: tuple[tuple[str, str], ...] = (),
     progress: Progress | None = None,
+    waiting: Waiting | None = None,
+    server: str = "",
+    credentials: ClientCredentials | None = None,
 ) -> EdgeBundle:
-    """Download into a staging directory beside ``target``, verify, then swap it in."""
+    """Download into a staging directory beside ``target``, verify, then swap it in.
+    ``progress(bytes, total)`` follows the download; ``waiting(seconds)`` is called while the
+    server is still preparing the bundle. ServerUnavailable (one line: ``server at HOST:PORT
+    unreachable``) when it cannot be reached after ``attempts`` tries."""
     target.parent.mkdir(parents=True, exist_ok=True)
     last: Exception | None = None
     for attempt in range(1, attempts + 1):
         stage = Path(tempfile.mkdtemp(prefix=".bundle-download.", dir=target.parent))
         try:
             stream = stub.GetEdgeBundle(pb.GetEdgeBundleRequest(), timeout=timeout, metadata=metadata)
-            _receive(stream, stage, progress)
+            _receive(stream, stage, progress, waiting)
             swap_in_directory(stage, target)
             return EdgeBundle.load(target)
         except BundleError as exc:
             last = exc
             log.warning("bundle download %d/%d rejected: %s", attempt, attempts, exc)
         except grpc.RpcError as exc:
-            code = exc.code()
             last = exc
-            if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                message = f"GetEdgeBundle failed: {code.name}: {exc.details()}"
-                raise errors.ServerError(message, code=code.name) from exc
-            log.warning("bundle download %d/%d interrupted: %s", attempt, attempts, code.name)
+            failure = explain(exc, server or "the server", timeout=timeout, credentials=credentials)
+            if not failure.unreachable:
+                message = f"GetEdgeBundle failed: {failure.summary}"
+                raise errors.ServerError(message, code=failure.code, detail=failure.detail) from exc
+            # INFO: the final error says it all when every attempt fails (--verbose shows these).
+            log.info("bundle download %d/%d interrupted: %s", attempt, attempts, failure.summary)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
     if isinstance(last, grpc.RpcError):
-        raise errors.ServerUnavailable(f"could not download the edge bundle: {last.code().name}") from last
+        failure = explain(last, server or "the server", timeout=timeout, credentials=credentials)
+        message = f"could not download the edge bundle: {failure.summary}"
+        raise errors.ServerUnavailable(message, code=failure.code, detail=failure.detail) from last
     raise errors.BundleIntegrityError(f"edge bundle rejected after {attempts} attempts: {last}") from last

@@ -1,7 +1,8 @@
 """The gRPC channel the edge client talks through: retries and keepalive as channel config.
 
 Retries are declared in the service config (gRPC retries UNAVAILABLE with backoff by itself),
-not written as loops. Callers may inject their own channel (tests, TLS, interceptors).
+not written as loops. TLS and the bearer token are embedcore.transport's (the options every
+bundled client takes). Callers may inject their own channel (tests, interceptors).
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 import json
 
 import grpc
+
+from embedcore.transport import ClientCredentials
+from embedcore.transport import open_channel as _open
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -44,12 +48,6 @@ CHANNEL_OPTIONS: list[tuple[str, str | int]] = [
 ]
 
 
-def open_channel(address: str, *, tls: bool = False) -> grpc.Channel:
-    """A channel to ``HOST:PORT`` with the options above (TLS with the system roots if asked)."""
-    if tls:
-        return grpc.secure_channel(address, grpc.ssl_channel_credentials(), options=CHANNEL_OPTIONS)
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-
-
-def call_metadata(token: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),) if token else ()
+def open_channel(address: str, credentials: ClientCredentials | None = None) -> grpc.Channel:
+    """A channel to ``HOST:PORT`` with the options above; TLS when the credentials ask for it."""
+    return _open(address, credentials or ClientCredentials(), CHANNEL_OPTIONS)

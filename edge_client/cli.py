@@ -1,13 +1,22 @@
-"""``edge-client``: the edge client's command line."""
+"""``edge-client``: the edge client's command line.
+
+``init`` remembers the server and how to reach it (TLS files, the token *file*; never a token
+given with ``--token``) in the home's config.json, so ``sync`` and ``search`` need neither again.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from embedcore import transport
+
+_SERVER_COMMANDS = ("init", "sync", "search")  # the ones that talk to a server
 
 
 def _default_home() -> Path:
@@ -31,13 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="local state directory (default: a per-user data directory)",
         )
-        p.add_argument("--token", default="", help="bearer token, if the server requires one")
+        if name in _SERVER_COMMANDS:
+            transport.add_arguments(p)  # TLS, bearer token, --verbose
+        else:
+            p.add_argument("--verbose", action="store_true", help="log what the client does")
         return p
 
     p = command("init", "download and verify the edge bundle from a server")
     p.add_argument("--server", required=True, help="HOST:PORT")
     p.add_argument("--dims", type=int, default=None, help="edge dimensions (default: the bundle's)")
     p.add_argument("--dtype", choices=("f16", "i8", "b1"), default=None, help="local index dtype (f16)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = command("sync", "pull a collection's truncated vectors from the server")
     p.add_argument("--collection", required=True)
     p.add_argument("--server", default=None, help="HOST:PORT (default: the one given to init)")
@@ -57,17 +70,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
+class _InitProgress:
+    """What ``init`` shows: a line while the server prepares the bundle, then a byte bar."""
+
+    def __init__(self, server: str, enabled: bool) -> None:
+        self.server, self.enabled = server, enabled
+        self._bar: Any = None
+        self._waited = False
+
+    def waiting(self, seconds: float) -> None:
+        if not self._waited:
+            message = (
+                f"waiting for the server at {self.server} to prepare the edge bundle (once enough "
+                "documents arrived it first fits the projection on its store: up to a minute or two)"
+            )
+        else:
+            message = f"still waiting for the edge bundle ({seconds:.0f} s)"
+        self._waited = True
+        print(message, file=sys.stderr, flush=True)
+
+    def bytes(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="edge bundle")
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _run(args: argparse.Namespace, credentials: transport.ClientCredentials | None) -> int:
     from edge_client import EdgeClient
 
-    options: dict[str, Any] = {"server": getattr(args, "server", None), "token": args.token}
+    options: dict[str, Any] = {"server": getattr(args, "server", None), "credentials": credentials}
     if args.command == "init":
         options.update(dims=args.dims, dtype=args.dtype)
     if args.command == "search":
         options["timeout"] = args.timeout
     with EdgeClient(args.home, **options) as client:
         if args.command == "init":
-            bundle = client.init()
+            shown = _InitProgress(client.server, enabled=not args.no_progress)
+            try:
+                bundle = client.init(progress=shown.bytes, waiting=shown.waiting)
+            finally:
+                shown.close()
             m = bundle.manifest
             print(
                 f"installed edge bundle {bundle.fingerprint} ({m.model_id}, {m.projection_kind} projection, "
@@ -91,6 +141,8 @@ def _run(args: argparse.Namespace) -> int:
                 mode=args.mode,
                 comprehensive=args.comprehensive,
             )
+            if args.verbose and result.detail:
+                print(f"  gRPC: {result.detail}", file=sys.stderr)
             if args.json:
                 print(json.dumps(result.to_dict(), ensure_ascii=False))
             else:
@@ -102,17 +154,31 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # gRPC's own INFO lines (a failed TLS handshake, ...) would land on the terminal beside the
+    # one-line message this CLI prints; --verbose shows that detail. Set before grpc loads.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     args = build_parser().parse_args(argv)
     if args.home is None:
         args.home = _default_home()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from edge_client.errors import EdgeError
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from edge_client.errors import EdgeError, ServerError
 
     try:
-        return _run(args)
+        credentials = transport.from_args(args) if args.command in _SERVER_COMMANDS else None
+    except transport.CredentialsError as exc:
+        print(f"edge-client {args.command}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _run(args, None if credentials is None or credentials.is_empty else credentials)
     except EdgeError as exc:
-        print(f"edge-client {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"edge-client {args.command}: {exc}", file=sys.stderr)
+        if args.verbose and isinstance(exc, ServerError) and exc.detail:
+            print(f"  gRPC: {exc.code}: {exc.detail}", file=sys.stderr)
         return 1
+    except transport.CredentialsError as exc:  # a remembered token file that is gone
+        print(f"edge-client {args.command}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

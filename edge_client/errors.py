@@ -38,11 +38,14 @@ class FingerprintMismatch(EdgeError):
 
 
 class ServerError(EdgeError):
-    """The server answered with an error."""
+    """The server answered with an error, or could not be reached. The message is one line for
+    a person (``server at HOST:PORT unreachable (connection refused)``); ``code`` is the gRPC
+    status name and ``detail`` what gRPC itself reported (``edge-client --verbose`` prints it)."""
 
-    def __init__(self, message: str, *, code: str = "") -> None:
+    def __init__(self, message: str, *, code: str = "", detail: str = "") -> None:
         super().__init__(message)
         self.code = code
+        self.detail = detail
 
 
 class ServerUnavailable(ServerError):

@@ -19,7 +19,6 @@ import contextlib
 import logging
 import signal
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 
@@ -31,6 +30,7 @@ from grpc_reflection.v1alpha import reflection
 
 from server.embedder import Embedder
 from server.model import load_spec
+from server.preflight import StartupError, check_ports, check_store, check_tls, read_file
 from server.runtime import Runtime, build_runtime, create_embedder
 from server.servicers import SERVICES, ServiceTable, register, servicers_for
 from server.settings import Settings
@@ -81,17 +81,32 @@ def _interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
 
 
 def _bind(server: grpc.aio.Server, settings: Settings) -> int:
+    """Add the listening port (TLS with --tls-cert; client certificates required with
+    --tls-client-ca). StartupError when it cannot be bound."""
     address = f"{settings.host}:{settings.port}"
-    if settings.tls_cert:
-        key = Path(settings.tls_key).read_bytes()
-        cert = Path(settings.tls_cert).read_bytes()
-        return int(server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)])))
-    return int(server.add_insecure_port(address))
+    try:
+        if settings.tls_cert:
+            key = read_file("--tls-key", settings.tls_key)
+            cert = read_file("--tls-cert", settings.tls_cert)
+            client_ca = (
+                read_file("--tls-client-ca", settings.tls_client_ca) if settings.tls_client_ca else None
+            )
+            credentials = grpc.ssl_server_credentials(
+                [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+            )
+            port = int(server.add_secure_port(address, credentials))
+        else:
+            port = int(server.add_insecure_port(address))
+    except RuntimeError as exc:  # gRPC: "Failed to bind to address ..."
+        raise StartupError(f"cannot listen on {address}: {exc}") from None
+    if port == 0:
+        raise StartupError(f"cannot listen on {address}")
+    return port
 
 
 async def start_grpc(settings: Settings) -> GrpcServer:
     """Register every service (gated until :meth:`GrpcServer.install`), health NOT_SERVING and
-    reflection; bind ``settings.host:port`` and start. OSError if the port cannot be bound."""
+    reflection; bind ``settings.host:port`` and start. StartupError if it cannot be bound."""
     server = grpc.aio.server(options=_server_options(settings), interceptors=_interceptors(settings))
     services = ServiceTable()
     names = [register(server, descriptor, services) for descriptor in SERVICES]
@@ -99,8 +114,6 @@ async def start_grpc(settings: Settings) -> GrpcServer:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = _bind(server, settings)
-    if port == 0:
-        raise OSError(f"could not bind {settings.host}:{settings.port}")
     grpc_server = GrpcServer(server, port, health_servicer, services, names)
     await grpc_server.set_serving(False)
     await server.start()
@@ -108,8 +121,12 @@ async def start_grpc(settings: Settings) -> GrpcServer:
 
 
 async def serve(settings: Settings, *, embedder: Embedder | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then drain and return (see the module docstring)."""
+    """Run until SIGTERM/SIGINT, then drain and return (see the module docstring).
+    StartupError (one line) for a configuration that cannot start: checked before binding."""
     spec = load_spec(settings.model)
+    check_tls(settings)
+    await asyncio.to_thread(check_store, settings)
+    check_ports(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,7 +1,8 @@
 """Optional bearer-token authentication for every service except health and reflection.
 
-With ``--auth-token`` set, a call must carry ``authorization: Bearer <token>`` metadata or it
-ends with UNAUTHENTICATED before reaching a servicer. Load balancers and grpcurl keep working:
+With ``--auth-token-file`` (or ``EMBED_AUTH_TOKEN``, or ``--auth-token``) set, a call must
+carry ``authorization: Bearer <token>`` metadata or it ends with UNAUTHENTICATED before reaching
+a servicer (one log line, rate-limited: server.call_log). Load balancers and grpcurl keep working:
 grpc.health.v1 and server reflection stay open.
 """
 
@@ -13,17 +14,24 @@ from typing import Any
 
 import grpc
 
+from server.call_log import FAILURES
+
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 
-def _deny(message: str) -> Callable[..., Any]:
+def _deny(method: str, message: str) -> Callable[..., Any]:
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        FAILURES.record(method, "UNAUTHENTICATED", message)  # one line, rate-limited
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     return behavior
 
 
 class BearerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Ends every call without the right ``authorization: Bearer <token>`` metadata (health and
+    reflection excepted) with UNAUTHENTICATED. The token comes from ``--auth-token-file`` or
+    ``EMBED_AUTH_TOKEN`` (private) or ``--auth-token`` (visible in ``ps``)."""
+
     def __init__(self, token: str) -> None:
         self._expected = f"Bearer {token}".encode()
 
@@ -44,7 +52,9 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None or self._allowed(details):
             return handler
-        deny = _deny("missing or wrong bearer token: send metadata 'authorization: Bearer <token>'")
+        deny = _deny(
+            details.method, "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'"
+        )
         kwargs = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,

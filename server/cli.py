@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import warnings
 
 # name -> (module, one-line help). Modules import nothing heavy at import time.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -34,10 +36,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _LibraryChatter(logging.Filter):
+    """Drops what onnxruntime's quantizer logs on the root logger while the edge bundle's int8
+    graph is made (~35 lines of "Quantization parameters for tensor ... not specified", "Ignore
+    MatMul ...", "Please consider to run pre-processing"): notes on its own heuristics, not news
+    about this server. Its errors still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        quantizer = (
+            record.name == "root" and "onnxruntime" in record.pathname and "quantization" in record.pathname
+        )
+        return not quantizer or record.levelno >= logging.ERROR
+
+
+def _quiet_libraries() -> None:
+    """Before anything heavy loads (the pool's workers inherit the environment)."""
+    # gRPC C-core's INFO lines (every failed TLS handshake of a stray plaintext client) are noise
+    # in the log and on a client's terminal; its errors still show. A user's setting wins.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    # transformers' "Loading weights" bar, drawn by every worker at every start.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # torch's ONNX exporter warns that aten::index with negative indices would export wrongly;
+    # the model has none, and tests/test_onnx_parity.py checks the exported graph against torch.
+    warnings.filterwarnings("ignore", message="Exporting aten::index operator", category=UserWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
     args = build_parser().parse_args(argv)
     level = getattr(args, "log_level", None) or "INFO"
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_LibraryChatter())
     try:
         return int(args._run(args))
     except KeyboardInterrupt:

@@ -10,7 +10,12 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from embedcore.transport import ClientCredentials
 
 
 def free_port() -> int:
@@ -26,13 +31,35 @@ def serve_command(port: int, data_dir: Path, *extra: str, host: str = "127.0.0.1
             "--data-dir", str(data_dir), *extra]  # fmt: skip
 
 
-def wait_serving(address: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    """Block until the server at ``address`` reports SERVING; RuntimeError if it exits first."""
+def wait_serving(
+    address: str,
+    process: subprocess.Popen[bytes],
+    timeout: float,
+    credentials: ClientCredentials | None = None,
+) -> None:
+    """Block until the server at ``address`` reports SERVING; RuntimeError if it exits first.
+    ``credentials``: TLS for a server started with ``--tls-cert`` (health needs no token)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(address) as channel:
-        grpc.channel_ready_future(channel).result(timeout=timeout)
+    from embedcore.transport import ClientCredentials, open_channel
+
+    with open_channel(address, credentials or ClientCredentials()) as channel:
+        # Wait for the port in short steps, so a server that exits at start-up (a start-up
+        # error: port in use, store locked) is noticed at once instead of after ``timeout``.
+        ready = grpc.channel_ready_future(channel)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                ready.result(timeout=1.0)
+                break
+            except grpc.FutureTimeoutError:
+                if process.poll() is not None:
+                    raise RuntimeError(
+                        f"the server at {address} exited (code {process.returncode}) before serving"
+                    ) from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no server answered at {address} within {timeout:.0f} s") from None
         request = health_pb2.HealthCheckRequest(service="")
         for reply in health_pb2_grpc.HealthStub(channel).Watch(request, timeout=timeout):
             if reply.status == health_pb2.HealthCheckResponse.SERVING:

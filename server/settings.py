@@ -29,9 +29,24 @@ class Settings:
     port: int = _opt(50051, "gRPC port (0 picks a free port)")
     metrics_port: int = _opt(0, "Prometheus /metrics HTTP port (0 = off)")
     max_message_bytes: int = _opt(16 * 1024 * 1024, "largest gRPC message accepted or sent")
-    auth_token: str = _opt("", "if set, clients must send 'authorization: Bearer <token>'")
-    tls_cert: str = _opt("", "PEM certificate file; with --tls-key enables TLS")
+    # A token given as a flag is visible to every local user in `ps`; the file (or the
+    # environment, which only the same user can read) keeps it private.
+    auth_token: str = field(
+        default="",
+        repr=False,
+        metadata={
+            "help": "if set, clients must send 'authorization: Bearer <token>' (a flag is visible to "
+            "every local user in `ps`: prefer --auth-token-file or the environment variable)",
+            "choices": None,
+        },
+    )
+    auth_token_file: str = _opt("", "file holding the bearer token (instead of --auth-token)")
+    tls_cert: str = _opt("", "PEM certificate file (chain); with --tls-key enables TLS")
     tls_key: str = _opt("", "PEM private key file for --tls-cert")
+    tls_client_ca: str = _opt(
+        "",
+        "PEM CA certificate(s): require a client certificate signed by them (mutual TLS; needs --tls-cert)",
+    )
     grace_seconds: float = _opt(20.0, "SIGTERM drain time before in-flight calls are cancelled")
     # --- storage ---
     data_dir: Path = _opt(Path("./data"), "directory for the LMDB store and vector indexes")
@@ -111,6 +126,15 @@ class Settings:
             if raw is not None:
                 values[f.name] = _convert(hints[f.name], raw, env_var(f.name))
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if values.get("auth_token") and values.get("auth_token_file"):
+            raise ValueError("give --auth-token or --auth-token-file, not both")
+        if values.get("auth_token_file"):
+            from embedcore.transport import CredentialsError, read_token_file
+
+            try:
+                values["auth_token"] = read_token_file(values["auth_token_file"])
+            except CredentialsError as exc:
+                raise ValueError(str(exc)) from None
         settings = cls(**values)
         settings.validate()
         return settings
@@ -146,6 +170,8 @@ class Settings:
                 raise ValueError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key must be given together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("--tls-client-ca needs TLS: give --tls-cert and --tls-key too")
 
 
 def env_var(name: str) -> str:

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from embedcore.transport import ClientCredentials
 from server.launch import free_port, serve_command, wait_serving
 
 __all__ = ["ServerProcess", "free_port", "running_server", "wait_serving"]
@@ -33,9 +34,13 @@ class ServerProcess:
 
 @contextmanager
 def running_server(
-    data_dir: Path, *extra_args: str, env: dict[str, str] | None = None
+    data_dir: Path,
+    *extra_args: str,
+    env: dict[str, str] | None = None,
+    credentials: ClientCredentials | None = None,
 ) -> Iterator[ServerProcess]:
-    """``embed-server serve`` on a free port with its store in ``data_dir``."""
+    """``embed-server serve`` on a free port with its store in ``data_dir``; ``credentials``
+    to reach a server started with TLS."""
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"server-{port}.log"
@@ -50,7 +55,7 @@ def running_server(
     server = ServerProcess(process, f"127.0.0.1:{port}", data_dir, log_path)
     try:
         try:
-            wait_serving(server.address, process, timeout=300)
+            wait_serving(server.address, process, timeout=300, credentials=credentials)
         except Exception as exc:
             process.kill()
             process.wait()

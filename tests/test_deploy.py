@@ -26,8 +26,10 @@ import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from edge_client.cli import build_parser as edge_parser
+from embedcore import transport
 from server.cli import build_parser as server_parser
 from server.settings import Settings, env_var
+from tests._certs import self_signed
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -194,7 +196,9 @@ def test_every_embed_env_var_is_a_real_setting_and_validates() -> None:
         seen |= {k for k in env if k.startswith("EMBED_")}
         settings_for(env)  # raises ValueError naming the option for a value the server rejects
     assert {"EMBED_PORT", "EMBED_DATA_DIR", "EMBED_GRACE_SECONDS"} <= seen
-    # Anything spelled EMBED_* anywhere under deploy/ (README included) must exist too.
+    # Anything spelled EMBED_* anywhere under deploy/ (README included) must exist too: a server
+    # setting, or one of the connection variables every bundled client reads (embedcore.transport).
+    known |= set(transport.ENV.values())
     for path in DEPLOY.rglob("*"):
         if path.is_file() and path.suffix != ".pyc":
             named = set(re.findall(r"\bEMBED_[A-Z][A-Z0-9_]*\b", path.read_text()))
@@ -388,3 +392,25 @@ def test_health_check_script_follows_serving_status(monkeypatch: pytest.MonkeyPa
     finally:
         server.stop(None).wait()
     assert script.main([f"127.0.0.1:{port}", "--timeout", "2"]) == 1  # nothing listening
+
+
+def test_health_check_script_speaks_tls_with_the_clients_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = _health_check_module()
+    cert, key = self_signed(tmp_path)
+    servicer = health.HealthServicer()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    try:
+        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        target = f"127.0.0.1:{port}"
+        assert script.main([target, "--timeout", "5"]) == 1  # plaintext to a TLS port
+        assert script.main([target, "--timeout", "5", "--tls-ca", str(cert)]) == 0
+        monkeypatch.setenv("EMBED_TLS_CA", str(cert))  # as an image would set it
+        assert script.main([target, "--timeout", "5"]) == 0
+    finally:
+        server.stop(None).wait()

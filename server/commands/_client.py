@@ -1,32 +1,51 @@
-"""What the client-side subcommands (ingest, search) share: the channel and its credentials."""
+"""What the client-side subcommands (ingest, search, eval) share: the server address, TLS and
+the bearer token (embedcore.transport, the same options the edge client takes), the channel,
+and failed calls said in one line."""
 
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 
 import grpc
+
+from embedcore import transport
+from embedcore.transport import ClientCredentials, CredentialsError
+
+MESSAGE_BYTES = 64 << 20
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of a running server")
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("EMBED_AUTH_TOKEN", ""),
-        help="bearer token, if the server requires one [env EMBED_AUTH_TOKEN]",
-    )
+    transport.add_arguments(parser)
 
 
-def channel(args: argparse.Namespace) -> grpc.Channel:
-    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-    return grpc.insecure_channel(args.server, options=options)
+def credentials(args: argparse.Namespace, command: str) -> ClientCredentials | None:
+    """The credentials the options give, or None after printing why they cannot be used."""
+    try:
+        return transport.from_args(args)
+    except CredentialsError as exc:
+        print(f"embed-server {command}: {exc}", file=sys.stderr)
+        return None
 
 
-def call_metadata(args: argparse.Namespace) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {args.token}")] if args.token else []
+def channel(args: argparse.Namespace, creds: ClientCredentials) -> grpc.Channel:
+    options = [
+        ("grpc.max_receive_message_length", MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MESSAGE_BYTES),
+    ]
+    return transport.open_channel(args.server, creds, options)
 
 
-def describe_error(exc: grpc.RpcError) -> str:
-    code = exc.code() if hasattr(exc, "code") else None
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    return f"{code.name if code else 'ERROR'}: {details}"
+def report_error(
+    args: argparse.Namespace,
+    command: str,
+    exc: grpc.RpcError,
+    creds: ClientCredentials,
+    timeout: float | None = None,
+) -> None:
+    """One line on stderr for a failed call; gRPC's own text too with ``--verbose``."""
+    failure = transport.explain(exc, args.server, timeout=timeout, credentials=creds)
+    print(f"embed-server {command}: {failure.summary}", file=sys.stderr)
+    if args.verbose and failure.detail != failure.summary:
+        print(f"  gRPC: {failure.code}: {failure.detail}", file=sys.stderr)

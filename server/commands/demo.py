@@ -1,99 +1,178 @@
-"""``embed-server demo``: the whole system end to end on the sample corpus, in about a minute.
+"""``embed-server demo``: a tour of the whole system that a person can repeat command by command.
 
-Starts a real server (default model) on a free port with a temporary data directory, ingests
-server/samples/sample_corpus.jsonl through the Ingest RPC (``embed-server ingest``), fetches
-the edge bundle (``edge-client init``), syncs the collection (``edge-client sync``), searches
-locally and through the server, stops the server, and searches once more: the edge answers
-on its own, flagged degraded.
+Every step prints the real command it runs (``embed-server ...``, ``edge-client ...``, with the
+paths and the port it uses), then its output. Everything lives in one directory that stays
+after the demo (``./embed-demo`` unless ``--dir``): the server's store, the edge client's home
+and the server's log. The tour: start a server, ingest the sample corpus (every document
+embedded), ingest it again (every document a content-hash hit), fetch the edge bundle (the
+server fits the edge projection on the stored vectors first), sync, search on the device and on
+the server, watch ``auto`` answer on the device for a clear match and ask the server for a
+query nothing local matches, then stop the server and see ``auto`` answer alone, flagged
+degraded.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from server.launch import free_port, serve_command, wait_serving
+from server.launch import free_port, wait_serving
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "sample_corpus.jsonl"
 COLLECTION = "demo"
-QUERIES = (
-    "how do astronomers find planets around other stars",
-    "my home wifi is slow",
-    "keeping fresh basil from wilting",
-)
+MARKER = ".embed-demo"  # marks a directory this command made (and may therefore empty)
+DEFAULT_PORT = 50051
+# The sample corpus has 56 documents; the server fits the edge projection once it stores
+# --edge-fit-min-vectors (default 256), so the demo lowers that to show a fitted projection.
+FIT_MIN_VECTORS = 50
+LOCAL_QUERY = "how do astronomers find planets around other stars"
+CLEAR_QUERY = "keeping fresh basil from wilting"  # one sample document says just that
+# Nothing in the sample corpus is about this: the best local score stays under the threshold
+# auto search calibrates on the index, so auto asks the server.
+OFF_TOPIC_QUERY = "child custody after a divorce"
+PROGRAMS = {"embed-server": "server", "edge-client": "edge_client"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", default=None, help="store directory (default: a temp dir)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp directory afterwards")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("embed-demo"),
+        help="where the demo keeps the server's data, the edge client's home and the server log "
+        "(default: ./embed-demo; a previous demo there is replaced)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=0, help=f"server port (default: {DEFAULT_PORT} if free, else a free one)"
+    )
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the server")
 
 
-def _step(title: str) -> None:
-    print(f"\n=== {title}", flush=True)
+def _program(name: str) -> list[str]:
+    """How to type this program here: its console script when it is on PATH, else
+    ``python -m MODULE`` with this interpreter."""
+    return [name] if shutil.which(name) else [sys.executable, "-m", PROGRAMS[name]]
 
 
-def _run(*args: str) -> None:
-    print("$ " + " ".join(a if " " not in a else repr(a) for a in args[2:]), flush=True)
-    subprocess.run([sys.executable, *args], check=True)
+class _Tour:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.step = 0
+
+    def say(self, title: str) -> None:
+        self.step += 1
+        print(f"\n=== {self.step}. {title}", flush=True)
+
+    def show(self, program: str, *args: str) -> list[str]:
+        """Print the command as a person would type it; return the argv that runs it here (this
+        interpreter, so the same installation runs whether or not the script is on PATH)."""
+        print("$ " + shlex.join([*_program(program), *args]), flush=True)
+        return [sys.executable, "-m", PROGRAMS[program], *args]
+
+    def run(self, program: str, *args: str) -> None:
+        subprocess.run(self.show(program, *args), check=True, env=self.env)
+
+
+def _prepare(root: Path) -> str | None:
+    """Make ``root`` ready for a fresh tour; the reason when it cannot be used."""
+    if root.exists() and not root.is_dir():
+        return f"{root} is a file"
+    if root.is_dir() and any(root.iterdir()):
+        if not (root / MARKER).is_file():
+            return f"{root} exists and was not made by the demo; pick another --dir"
+        shutil.rmtree(root)
+        print(f"(replacing the previous demo in {root})")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("made by `embed-server demo`; it may remove this directory\n")
+    return None
+
+
+def _port(requested: int) -> int:
+    if requested:
+        return requested
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", DEFAULT_PORT))
+            return DEFAULT_PORT
+        except OSError:
+            return free_port()
 
 
 def run(args: argparse.Namespace) -> int:
-    root = Path(tempfile.mkdtemp(prefix="embed-demo-"))
-    data_dir = Path(args.data_dir) if args.data_dir else root / "data"
-    home = root / "edge"
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    log_path = root / "server.log"
+    root = args.dir.resolve()
+    problem = _prepare(root)
+    if problem:
+        print(f"embed-server demo: {problem}", file=sys.stderr)
+        return 2
+    data_dir, home, log_path = root / "data", root / "edge", root / "server.log"
+    port = _port(args.port)
+    server_address = f"127.0.0.1:{port}"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    _step(f"starting the server on {address} (data in {data_dir}; log {log_path})")
-    print("first run exports the model to ONNX for the edge bundle (tens of seconds)", flush=True)
+    tour = _Tour(env)
+    edge = ("--home", str(home))
+    search = ("search", "--collection", COLLECTION, *edge, "--k", "3")
+    print(
+        "A tour of embedstream. Each step prints the command it runs; paste them in the same order "
+        "to do it yourself\n(the server in one terminal, the rest in another). Everything stays in "
+        f"{root}:\ndata/ (the server's store), edge/ (the edge client's home), server.log."
+    )
+    tour.say(
+        f"start the server. --edge-fit-min-vectors {FIT_MIN_VECTORS} (default 256) so that the 56 "
+        "sample documents are enough to fit the edge projection; one worker without torch.compile "
+        "starts fastest for a corpus this small"
+    )
+    argv = tour.show(
+        "embed-server", "serve", "--port", str(port), "--data-dir", str(data_dir),
+        "--edge-fit-min-vectors", str(FIT_MIN_VECTORS), "--workers", "1", "--compile", "off",
+    )  # fmt: skip
+    print(f"(its log goes to {log_path}; the first start also exports the model to ONNX for the edge)")
     started = time.monotonic()
     with log_path.open("wb") as log:
-        server = subprocess.Popen(
-            serve_command(port, data_dir),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+        server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         try:
-            wait_serving(address, server, args.timeout)
+            wait_serving(server_address, server, args.timeout)
         except Exception as exc:
-            print(f"server failed to start ({exc}); last log lines:", file=sys.stderr)
+            print(f"embed-server demo: the server did not start ({exc}); from {log_path}:", file=sys.stderr)
             print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
             return 1
-        print(f"serving after {time.monotonic() - started:.0f}s", flush=True)
-        _step("ingesting the sample corpus through the Ingest RPC")
-        _run("-m", "server", "ingest", str(SAMPLE), "--collection", COLLECTION, "--server", address)
-        _step("edge: fetch and verify the bundle, then sync the collection")
-        _run("-m", "edge_client", "init", "--server", address, "--home", str(home))
-        _run("-m", "edge_client", "sync", "--collection", COLLECTION, "--home", str(home))
-        for query in QUERIES:
-            for mode in ("local", "server"):
-                _step(f"{mode} search: {query!r}")
-                _run(
-                    "-m", "edge_client", "search", query, "--collection", COLLECTION, "--home", str(home),
-                    "--mode", mode, "--k", "3",
-                )  # fmt: skip
+        print(f"serving after {time.monotonic() - started:.0f} s", flush=True)
+        ingest = ("ingest", str(SAMPLE), "--collection", COLLECTION, "--server", server_address)
+        tour.say("ingest the sample corpus through the Ingest RPC: every document is embedded")
+        tour.run("embed-server", *ingest)
+        tour.say("ingest it again: every document is a content-hash hit, nothing is embedded twice")
+        tour.run("embed-server", *ingest)
+        tour.say(
+            "edge: fetch, verify and install the bundle. The store now holds enough vectors, so the "
+            "server first fits the edge projection on them (a PCA rotation; the adaptor needs "
+            "--edge-adaptor-min-docs, 2,000)"
+        )
+        tour.run("edge-client", "init", "--server", server_address, *edge, "--no-progress")
+        tour.say("edge: pull the collection's projected 128-dim vectors into the local index")
+        tour.run("edge-client", "sync", "--collection", COLLECTION, *edge, "--no-progress")
+        tour.say("search on the device (local index), then on the server (full 384 dims)")
+        tour.run("edge-client", *search, "--mode", "local", LOCAL_QUERY)
+        tour.run("edge-client", *search, "--mode", "server", LOCAL_QUERY)
+        tour.say("auto mode decides by itself: a clear local match is answered on the device")
+        tour.run("edge-client", *search, "--mode", "auto", CLEAR_QUERY)
+        tour.say("auto mode: nothing local is close to this query, so it asks the server (and says why)")
+        tour.run("edge-client", *search, "--mode", "auto", OFF_TOPIC_QUERY)
     finally:
         if server.poll() is None:
             server.send_signal(signal.SIGTERM)
             server.wait(60)
-    _step("server stopped: the edge still answers (auto mode asks the server, falls back, flags it)")
-    _run(
-        "-m", "edge_client", "search", QUERIES[0], "--collection", COLLECTION, "--home", str(home),
-        "--mode", "auto", "--comprehensive", "--timeout", "2", "--k", "3",
-    )  # fmt: skip
-    if args.keep or args.data_dir:
-        print(f"\nkept {root}")
-    else:
-        shutil.rmtree(root, ignore_errors=True)
+    tour.say("the server is stopped (SIGTERM). auto mode still answers, from the device, flagged degraded")
+    tour.run("edge-client", *search, "--mode", "auto", "--comprehensive", "--timeout", "2", LOCAL_QUERY)
+    print(
+        f"\nDone. Everything is kept in {root} (server log: {log_path}).\n"
+        "Start the server again with the command of step 1 and repeat any step; "
+        f"remove it all with: rm -rf {shlex.quote(str(root))}"
+    )
     return 0

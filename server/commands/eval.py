@@ -8,15 +8,15 @@ exists). One row per configuration; ``--configs`` picks some by glob.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
+
+from server.commands._client import add_server_arguments, credentials
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", type=Path, default=None, help="BEIR-format folder")
     parser.add_argument("--split", default="test", help="qrels/<split>.tsv to evaluate (default test)")
-    parser.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT")
     parser.add_argument("--json", dest="json_file", type=Path, default=None, help="write results to FILE")
     parser.add_argument("--sts", type=Path, default=None, help="STS Benchmark CSV: cosine Spearman")
     parser.add_argument(
@@ -27,11 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--collection", default=None, help="collection name (default: from the dataset)")
     parser.add_argument("--concurrency", type=int, default=4, help="queries in flight")
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("EMBED_AUTH_TOKEN", ""),
-        help="bearer token, if the server requires one [env EMBED_AUTH_TOKEN]",
-    )
+    add_server_arguments(parser)
     parser.add_argument("--list-configs", action="store_true", help="print the configuration labels")
 
 
@@ -50,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
     if args.concurrency < 1:
         print("embed-server eval: --concurrency must be >= 1", file=sys.stderr)
         return 2
+    creds = credentials(args, "eval")
+    if creds is None:
+        return 2
     options = EvalOptions(
         server=args.server,
         dataset=args.dataset,
@@ -58,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         configs=args.configs,
         collection=args.collection,
         concurrency=args.concurrency,
-        token=args.token,
+        credentials=creds,
     )
     try:
         outcome = run_evaluation(options)

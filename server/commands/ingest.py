@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from server.commands._client import add_server_arguments, call_metadata, channel, describe_error
+from server.commands._client import add_server_arguments, channel, credentials, report_error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"embed-server ingest: no such file {path}", file=sys.stderr)
         return 2
+    creds = credentials(args, "ingest")
+    if creds is None:
+        return 2
     total = sum(1 for _ in read_corpus(path, args.limit))
 
     def requests() -> Iterator[pb.IngestRequest]:
@@ -76,10 +79,10 @@ def run(args: argparse.Namespace) -> int:
 
     embedded = cached = failed = 0
     started = time.perf_counter()
-    with channel(args) as ch, tqdm(total=total, unit="doc", desc=f"ingest {args.collection}") as bar:
+    with channel(args, creds) as ch, tqdm(total=total, unit="doc", desc=f"ingest {args.collection}") as bar:
         stub = CollectionServiceStub(ch)
         try:
-            for ack in stub.Ingest(requests(), metadata=call_metadata(args)):
+            for ack in stub.Ingest(requests(), metadata=creds.metadata()):
                 if ack.HasField("error"):
                     failed += 1
                     tqdm.write(f"{ack.id}: {ack.error.message}", file=sys.stderr)
@@ -89,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
                     embedded += 1
                 bar.update(1)
         except grpc.RpcError as exc:
-            print(f"embed-server ingest: {describe_error(exc)}", file=sys.stderr)
+            bar.close()
+            report_error(args, "ingest", exc, creds)
             return 1
     elapsed = time.perf_counter() - started
     docs = embedded + cached + failed

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-from server.commands._client import add_server_arguments, call_metadata, channel, describe_error
+from server.commands._client import add_server_arguments, channel, credentials, report_error
 
 _PRECISIONS = ("float32", "int8", "ubinary")
 
@@ -23,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision", choices=_PRECISIONS, default="float32", help="first pass precision (then rescoring)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,6 +32,9 @@ def run(args: argparse.Namespace) -> int:
     from protos.embedding.v1 import embedding_pb2 as pb
     from protos.embedding.v1.embedding_pb2_grpc import CollectionServiceStub
 
+    creds = credentials(args, "search")
+    if creds is None:
+        return 2
     precision = {"float32": pb.PRECISION_FLOAT32, "int8": pb.PRECISION_INT8, "ubinary": pb.PRECISION_UBINARY}
     request = pb.SearchRequest(
         collection=args.collection,
@@ -42,11 +45,13 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.dimensions is not None:
         request.dimensions = args.dimensions
-    with channel(args) as ch:
+    with channel(args, creds) as ch:
         try:
-            response = CollectionServiceStub(ch).Search(request, metadata=call_metadata(args), timeout=60)
+            response = CollectionServiceStub(ch).Search(
+                request, metadata=creds.metadata(), timeout=args.timeout
+            )
         except grpc.RpcError as exc:
-            print(f"embed-server search: {describe_error(exc)}", file=sys.stderr)
+            report_error(args, "search", exc, creds, timeout=args.timeout)
             return 1
     results: list[dict[str, Any]] = [
         {"id": h.id, "score": h.score, "text": h.text, "metadata": json_format.MessageToDict(h.metadata)}

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from embedcore.transport import ClientCredentials
 from server.evaluation.configs import EvalConfig
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,11 @@ def _edge_module() -> Any:
 class EdgeSession:
     """Edge clients of one evaluation run, one per dimension, created (init + sync) on demand."""
 
-    def __init__(self, *, address: str, collection: str, workdir: Path, token: str = "") -> None:
+    def __init__(
+        self, *, address: str, collection: str, workdir: Path, credentials: ClientCredentials | None = None
+    ) -> None:
         self.address = address
-        self.token = token
+        self.credentials = credentials
         self.collection = collection
         self.workdir = workdir
         self._clients: dict[int | None, tuple[Any, str]] = {}  # dims -> (client, projection kind)
@@ -57,7 +60,7 @@ class EdgeSession:
         if dims not in self._clients:
             edge = _edge_module()
             home = self.workdir / f"edge-{dims or 'default'}"
-            client = edge.EdgeClient(home, server=self.address, dims=dims, token=self.token)
+            client = edge.EdgeClient(home, server=self.address, dims=dims, credentials=self.credentials)
             try:
                 bundle = client.init()
                 report = client.sync(self.collection)

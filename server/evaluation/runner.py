@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from embedcore.transport import ClientCredentials
 from server.evaluation.configs import ConfigResult, EvalConfig, default_configs, select
 from server.evaluation.datasets import BeirDataset, load_beir, load_sts
 from server.evaluation.edge_path import EdgeSession, EdgeUnavailable, run_edge
@@ -31,7 +32,7 @@ class EvalOptions:
     configs: Sequence[str] = ()
     collection: str | None = None
     concurrency: int = 4
-    token: str = ""  # bearer token, when the server requires one
+    credentials: ClientCredentials = field(default_factory=ClientCredentials)  # TLS, bearer token
     workdir: Path | None = None  # edge client state; a temporary folder when None
 
 
@@ -53,7 +54,7 @@ def run_evaluation(options: EvalOptions, say: Callable[[str], None] = print) -> 
     if options.dataset is None and options.sts is None:
         raise ValueError("give --dataset DIR, --sts FILE.csv, or both")
     configs = select(default_configs(), options.configs)
-    client = ServerClient(options.server, token=options.token)
+    client = ServerClient(options.server, credentials=options.credentials)
     outcome = EvalOutcome()
     try:
         client.wait_ready()
@@ -107,7 +108,10 @@ def _retrieval(
         say(f"ingest failed: {ingest_error}")
     with tempfile.TemporaryDirectory(prefix="embed-eval-") as tmp:
         edge = EdgeSession(
-            address=options.server, collection=collection, workdir=options.workdir or Path(tmp)
+            address=options.server,
+            collection=collection,
+            workdir=options.workdir or Path(tmp),
+            credentials=options.credentials,  # the edge path needs the same TLS and token
         )
         try:
             for config in configs:

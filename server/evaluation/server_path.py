@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from embedcore.transport import ClientCredentials, explain, open_channel
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1 import embedding_pb2_grpc as pb_grpc
 from server.evaluation.configs import EvalConfig
@@ -59,15 +60,18 @@ class IngestSummary:
 
 
 class ServerClient:
-    def __init__(self, address: str, *, token: str = "", timeout: float = 120.0) -> None:
+    def __init__(
+        self, address: str, *, credentials: ClientCredentials | None = None, timeout: float = 120.0
+    ) -> None:
         self.address = address
         self.timeout = timeout
-        self._metadata = [("authorization", f"Bearer {token}")] if token else []
+        self.credentials = credentials or ClientCredentials()
+        self._metadata = list(self.credentials.metadata())
         options = [
             ("grpc.max_send_message_length", _MESSAGE_BYTES),
             ("grpc.max_receive_message_length", _MESSAGE_BYTES),
         ]
-        self._channel = grpc.insecure_channel(address, options=options)
+        self._channel = open_channel(address, self.credentials, options)
         self._embedding = pb_grpc.EmbeddingServiceStub(self._channel)
         self._collections = pb_grpc.CollectionServiceStub(self._channel)
 
@@ -80,7 +84,14 @@ class ServerClient:
         try:
             grpc.channel_ready_future(self._channel).result(timeout=seconds)
         except grpc.FutureTimeoutError as exc:
-            raise ConnectionError(f"no server answers at {self.address} (waited {seconds:.0f} s)") from exc
+            hint = (
+                "over TLS: check --tls-ca and, for mutual TLS, the client certificate"
+                if self.credentials.use_tls
+                else "if it speaks TLS, pass --tls-ca"
+            )
+            raise ConnectionError(
+                f"no server answers at {self.address} (waited {seconds:.0f} s; {hint})"
+            ) from exc
         # Raw bytes keep grpcio-health-checking out of the client's dependencies: the request
         # (service "") encodes as b"", a SERVING reply (status = 1) as b"\x08\x01".
         watch = self._channel.unary_stream(
@@ -95,7 +106,8 @@ class ServerClient:
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 return  # a server without the health service: nothing to wait for
-            raise ConnectionError(f"{self.address} never became SERVING: {describe(exc, 'Health')}") from exc
+            failure = explain(exc, self.address, credentials=self.credentials)
+            raise ConnectionError(f"{self.address} never became SERVING: {failure}") from exc
         raise ConnectionError(f"{self.address} ended the health watch before SERVING")
 
     def info(self) -> pb.InfoResponse | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from server.call_log import FAILURES
 from server.errors import InvalidArgument, NotReady, ServiceError
 from server.servicers._status import status_for
 from server.servicers._wire import invalid_string_field
@@ -32,6 +34,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+# The method being served, for the log line of a failed call (set per call: each call runs in
+# its own task, and tasks a call starts copy it).
+_method: contextvars.ContextVar[str] = contextvars.ContextVar("method", default="?")
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,7 @@ def register(server: grpc.aio.Server, service: ServiceDescriptor, table: Service
 
 def _unary(table: ServiceTable, service: str, method: str) -> Callable[..., Any]:
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        _method.set(f"/{service}/{method}")
         try:
             handler = getattr(table.lookup(service), method)
         except ServiceError as exc:
@@ -131,6 +138,7 @@ def _unary(table: ServiceTable, service: str, method: str) -> Callable[..., Any]
 
 def _streaming(table: ServiceTable, service: str, method: str) -> Callable[..., Any]:
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        _method.set(f"/{service}/{method}")
         try:
             handler = getattr(table.lookup(service), method)
         except ServiceError as exc:
@@ -142,10 +150,12 @@ def _streaming(table: ServiceTable, service: str, method: str) -> Callable[..., 
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-    """End the call with the status of ``exc`` (the one table in server.servicers._status)."""
+    """End the call with the status of ``exc`` (the one table in server.servicers._status).
+    Logged in one line, rate-limited per method and status (server.call_log); our own faults
+    (not a ServiceError: INTERNAL) with their traceback."""
     code, message = status_for(exc)
-    if not isinstance(exc, ServiceError):
-        log.exception("internal error serving a call", exc_info=exc)
+    fault = None if isinstance(exc, ServiceError) else exc
+    FAILURES.record(_method.get(), code.name, message if fault is None else repr(exc), fault)
     await context.abort(code, message)
 
 

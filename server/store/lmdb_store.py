@@ -127,6 +127,25 @@ class _RWLock:
                 self._cond.notify_all()
 
 
+def _describe_process(pid: str) -> str:
+    """``process 1234 (embed-server serve)`` where /proc tells, else less. Options are left out:
+    they may hold a token."""
+    if not pid.isdigit():
+        return "another process"
+    try:
+        argv = [
+            a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a
+        ]
+    except OSError:
+        return f"process {pid}"
+    words = [Path(argv[0]).name] if argv else []
+    for arg in argv[1:]:
+        if arg.startswith("-") and arg != "-m":
+            break
+        words.append(arg)
+    return f"process {pid} ({' '.join(words)})" if words else f"process {pid}"
+
+
 class Store:
     """Thread-safe; every method runs one short LMDB transaction (call from a worker thread)."""
 
@@ -141,10 +160,16 @@ class Store:
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            self._lock_file.seek(0)
+            holder = self._lock_file.read().strip()  # the holder's pid, written below
             self._lock_file.close()
             raise StoreError(
-                f"the store in {self.path} is in use by another process (a running server?); stop it first"
+                f"the store in {self.path} is in use by {_describe_process(holder)}; stop it first "
+                "(one process per data directory: a server, gc or reembed)"
             ) from None
+        self._lock_file.truncate(0)
+        self._lock_file.write(f"{os.getpid()}\n")
+        self._lock_file.flush()
         self._rw = _RWLock()
         self.env = lmdb.open(
             str(self.path / "lmdb"), map_size=map_size, max_dbs=len(_DBS), subdir=True, readahead=False
