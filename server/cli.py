@@ -7,7 +7,6 @@ import importlib
 import logging
 import os
 import sys
-import warnings
 
 # name -> (module, one-line help). Modules import nothing heavy at import time.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -56,9 +55,6 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     # transformers' "Loading weights" bar, drawn by every worker at every start.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    # torch's ONNX exporter warns that aten::index with negative indices would export wrongly;
-    # the model has none, and tests/test_onnx_parity.py checks the exported graph against torch.
-    warnings.filterwarnings("ignore", message="Exporting aten::index operator", category=UserWarning)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,10 +104,17 @@ def export_onnx(spec: ModelSpec, out_dir: Path, *, int8: bool = True) -> OnnxExp
     fp32 = out_dir / FP32_NAME
     tmp = _temp_path(out_dir, FP32_NAME)
     try:
-        # The tracer warns about Python branches on tensor shapes inside transformers' masking
-        # code; the graph is checked against sentence-transformers (tests/test_onnx_parity.py).
+        # What the exporter says here is known and checked: the tracer warns about Python
+        # branches on tensor shapes inside transformers' masking code, aten::index about
+        # negative indices (the model has none), and torch that this TorchScript exporter is the
+        # legacy one (used deliberately: dynamo=False). The graph is checked against
+        # sentence-transformers in tests/test_onnx_parity.py.
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
+            warnings.filterwarnings("ignore", message="Exporting aten::index operator", category=UserWarning)
+            warnings.filterwarnings(
+                "ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning
+            )
             torch.onnx.export(
                 _Hidden(model),
                 args,
