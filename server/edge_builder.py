@@ -105,6 +105,7 @@ class EdgeBundles:
         self.target = target or bundle_dir(settings)
         self._bundle: EdgeBundle | None = None
         self._refit_lock = asyncio.Lock()
+        self._unfit_state: str | None = None  # store state last found too small to fit on
 
     @property
     def bundle(self) -> EdgeBundle:
@@ -148,9 +149,14 @@ class EdgeBundles:
         ):
             return
         async with self._refit_lock:
+            state = await asyncio.to_thread(self._store_state)
+            if state == self._unfit_state:
+                return  # the store has not changed since it was found too small: no walk again
             fresh = await self.load_or_build()
             if fresh.fingerprint != bundle.fingerprint:
                 log.info("edge bundle refitted: %s -> %s", bundle.fingerprint, fresh.fingerprint)
+            elif int(fresh.manifest.extra.get("fit_vectors", 0)) < self.settings.edge_fit_min_vectors:
+                self._unfit_state = state
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -222,7 +228,13 @@ class EdgeBundles:
             and bool(existing.manifest.onnx_int8) == settings.edge_int8
             and ((fitted_on >= min_vectors and not other_kind) or not can_refit)
         ):
-            log.info("edge bundle %s loaded from %s", existing.fingerprint, self.target)
+            quiet = self._bundle is not None and self._bundle.fingerprint == existing.fingerprint
+            log.log(
+                logging.DEBUG if quiet else logging.INFO,
+                "edge bundle %s loaded from %s",
+                existing.fingerprint,
+                self.target,
+            )
             return _Plan(existing)
         return _Plan(None, vectors, texts)
 
