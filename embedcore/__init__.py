@@ -9,11 +9,13 @@ Runtime encoder built from it. Dependencies: numpy, tokenizers, onnxruntime.
 from __future__ import annotations
 
 from embedcore.bundle import (
+    FORMAT,
     MANIFEST,
     EdgeBundle,
     FileEntry,
     Manifest,
     bundle_fingerprint,
+    format_for,
     sha256_file,
     swap_in_directory,
     verify_file,
@@ -25,6 +27,7 @@ from embedcore.projection import Projection, fit_pca_rotation, pca_directions
 from embedcore.tokenization import TokenBatch, load_tokenizer, pad_token_id, tokenize_batch
 
 __all__ = [
+    "FORMAT",
     "MANIFEST",
     "BundleError",
     "BundleIntegrityError",
@@ -38,6 +41,7 @@ __all__ = [
     "TokenBatch",
     "bundle_fingerprint",
     "fit_pca_rotation",
+    "format_for",
     "l2_normalize",
     "load_tokenizer",
     "pad_token_id",

@@ -2,8 +2,15 @@
 
 A bundle directory holds ``manifest.json`` plus the files it lists (ONNX graphs, tokenizer,
 projection), each with its size and sha256. The bundle fingerprint covers everything that
-decides what an edge vector means (model fingerprint, tokenizer, pooling, projection) but not
-the ONNX bytes, so re-exporting the same model does not force every edge to resync.
+decides what an edge vector means (model fingerprint, which covers the weights and configs of
+every module including a Dense head, tokenizer, pooling, normalization, projection) but not the
+ONNX bytes, so re-exporting the same model does not force every edge to resync.
+
+Formats: 1 = the graph's ``last_hidden_state`` pooled in numpy (Transformer + Pooling in one of
+embedcore.pooling.NUMPY_MODES [+ Normalize]); 2 = the model's head (pooling, Dense, ...) is in the
+graph's ``sentence_embedding`` output. A model whose head a format-1 reader would get wrong is
+written as format 2, so an older client refuses it with a clear message instead of computing
+wrong vectors; every other bundle stays format 1, readable by every client.
 """
 
 from __future__ import annotations
@@ -21,11 +28,19 @@ import numpy as np
 
 from embedcore.errors import BundleError, BundleIntegrityError
 from embedcore.onnx_encoder import OnnxEncoder
-from embedcore.pooling import PoolingMode
+from embedcore.pooling import NUMPY_MODES, PoolingMode
 from embedcore.projection import Projection
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # the newest format this code reads and writes
+FORMATS = (1, 2)  # formats this code reads
+
+
+def format_for(head: Sequence[str], pooling: str) -> int:
+    """The oldest format whose readers compute this model's vectors right (module docstring):
+    1 for Transformer + one numpy pooling mode [+ Normalize], else 2."""
+    core = tuple(head[:-1]) if tuple(head[-1:]) == ("Normalize",) else tuple(head)
+    return 1 if core == ("Pooling",) and pooling in NUMPY_MODES else 2
 
 
 def sha256_file(path: Path) -> str:
@@ -77,10 +92,12 @@ class Manifest:
     projection_kind: str
     files: Mapping[str, FileEntry]
     extra: Mapping[str, Any] = field(default_factory=dict)  # informational (fit details)
+    head: tuple[str, ...] = ("Pooling",)  # the model's modules after the transformer
+    format: int = 1
 
     def to_json(self) -> str:
         data = {
-            "format": FORMAT,
+            "format": self.format,
             "fingerprint": self.fingerprint,
             "model_id": self.model_id,
             "model_fingerprint": self.model_fingerprint,
@@ -93,7 +110,12 @@ class Manifest:
             "prompts": dict(self.prompts),
             "query_prompt_name": self.query_prompt_name,
             "document_prompt_name": self.document_prompt_name,
-            "onnx": {"fp32": self.onnx_fp32, "int8": self.onnx_int8, "output": "last_hidden_state"},
+            "head": list(self.head),
+            "onnx": {
+                "fp32": self.onnx_fp32,
+                "int8": self.onnx_int8,
+                "output": "sentence_embedding" if self.format >= 2 else "last_hidden_state",
+            },
             "tokenizer": self.tokenizer,
             "projection": {"file": self.projection, "kind": self.projection_kind},
             "files": {p: {"size": e.size, "sha256": e.sha256} for p, e in sorted(self.files.items())},
@@ -105,9 +127,12 @@ class Manifest:
     def from_json(cls, text: str) -> Manifest:
         try:
             d = json.loads(text)
-            if d.get("format") != FORMAT:
+            if d.get("format") not in FORMATS:
                 got = d.get("format")
-                raise BundleError(f"unsupported bundle format {got!r} (this client reads {FORMAT})")
+                raise BundleError(
+                    f"unsupported bundle format {got!r} (this client reads formats "
+                    f"{', '.join(map(str, FORMATS))}); upgrade the edge client"
+                )
             files = {str(p): FileEntry(int(e["size"]), str(e["sha256"])) for p, e in d["files"].items()}
             manifest = cls(
                 fingerprint=str(d["fingerprint"]),
@@ -129,6 +154,8 @@ class Manifest:
                 projection_kind=str(d["projection"]["kind"]),
                 files=files,
                 extra=dict(d.get("extra", {})),
+                head=tuple(str(m) for m in d.get("head", ("Pooling",))),
+                format=int(d["format"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"bad bundle manifest: {type(exc).__name__}: {exc}") from exc

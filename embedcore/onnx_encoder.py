@@ -1,7 +1,13 @@
-"""The edge's ONNX encoder: tokenizer + ONNX Runtime + numpy pooling (no torch).
+"""The edge's ONNX encoder: tokenizer + ONNX Runtime (+ numpy normalization), no torch.
 
 Produces the same full-dimension vectors as the server's model (fp32 graph: max abs diff
 ~1e-7), or close ones with the int8 graph (mean cosine ~0.99, 2-3x faster on CPU).
+
+Graphs (server.onnx_export) map (input_ids, attention_mask[, token_type_ids]) to
+``last_hidden_state`` (batch, seq, hidden) and ``sentence_embedding`` (batch, dims): the model's
+whole module pipeline after the transformer (pooling, any Dense head, ...) except a final
+Normalize, which is applied here, so the raw pipeline output stays available. Graphs of older
+exporters have only ``last_hidden_state`` (Transformer + Pooling models): pooled in numpy.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from embedcore.tokenization import load_tokenizer, pad_token_id, tokenize_batch
 
 log = logging.getLogger(__name__)
 
+HIDDEN_OUTPUT = "last_hidden_state"
+SENTENCE_OUTPUT = "sentence_embedding"
+
 
 def _providers(requested: Sequence[str] | None) -> list[str]:
     """Requested providers that this onnxruntime build has (CPU always last, as a fallback)."""
@@ -34,11 +43,9 @@ def _providers(requested: Sequence[str] | None) -> list[str]:
 
 
 class OnnxModel:
-    """An exported transformer graph plus numpy pooling: token ids in, pooled vectors out.
+    """An exported graph: token ids in, the model's vectors out (see the module docstring).
 
-    The graph maps (input_ids, attention_mask[, token_type_ids]) -> last_hidden_state; pooling
-    and normalization follow the model's configuration. The server's ``--backend onnx`` workers
-    and the edge encoder both run this.
+    The server's ``--backend onnx`` workers and the edge encoder both run this.
     """
 
     def __init__(
@@ -62,22 +69,43 @@ class OnnxModel:
         if providers and providers[0] not in used:
             log.warning("ONNX Runtime fell back from %s to %s", providers[0], used)
         self.input_names = {i.name for i in self.session.get_inputs()}
+        self.head_in_graph = SENTENCE_OUTPUT in {o.name for o in self.session.get_outputs()}
         self.pooling = pooling
         self.normalize = normalize
+
+    def _feeds(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
+    ) -> dict[str, Any]:
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return {k: v for k, v in feeds.items() if k in self.input_names}
+
+    def raw(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
+    ) -> np.ndarray:
+        """(batch, seq) int64 arrays -> (batch, dimension) float32: the model's pipeline
+        output before its final Normalize (equal to :meth:`forward` for models without one)."""
+        feeds = self._feeds(input_ids, attention_mask, token_type_ids)
+        if self.head_in_graph:
+            (out,) = self.session.run([SENTENCE_OUTPUT], feeds)
+            return np.asarray(out, dtype=np.float32)
+        (hidden,) = self.session.run([HIDDEN_OUTPUT], feeds)
+        return pool(np.asarray(hidden, dtype=np.float32), attention_mask, self.pooling)
 
     def forward(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
     ) -> np.ndarray:
-        """(batch, seq) int64 arrays -> (batch, dimension) float32 pooled vectors."""
-        feeds: dict[str, Any] = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "token_type_ids": token_type_ids,
-        }
-        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
-        (hidden,) = self.session.run(["last_hidden_state"], feeds)
-        pooled = pool(np.asarray(hidden, dtype=np.float32), attention_mask, self.pooling)
+        """(batch, seq) int64 arrays -> (batch, dimension) float32, the model's vectors (unit
+        length when it ends in Normalize)."""
+        pooled = self.raw(input_ids, attention_mask, token_type_ids)
         return l2_normalize(pooled) if self.normalize else pooled
+
+    def token_embeddings(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
+    ) -> np.ndarray:
+        """(batch, seq) int64 arrays -> (batch, seq, hidden) float32: the transformer's last
+        hidden state for every position (padded positions included; mask them out)."""
+        (hidden,) = self.session.run([HIDDEN_OUTPUT], self._feeds(input_ids, attention_mask, token_type_ids))
+        return np.asarray(hidden, dtype=np.float32)
 
 
 class OnnxEncoder:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 
-PoolingMode = Literal["cls", "mean", "max", "lasttoken"]
+# The modes pool() computes; a bundle's pooling may also name other sentence-transformers modes
+# or a "+"-joined combination, which only graphs with the head inside them (format 2) carry.
+PoolingMode = str
+NUMPY_MODES = ("cls", "mean", "max", "lasttoken")
 
 
 def pool(hidden: np.ndarray, attention_mask: np.ndarray, mode: PoolingMode) -> np.ndarray:

@@ -22,6 +22,7 @@ from embedcore import (
     Manifest,
     Projection,
     bundle_fingerprint,
+    format_for,
     load_tokenizer,
     sha256_file,
     swap_in_directory,
@@ -111,6 +112,8 @@ def build_bundle(
             projection_kind=projection.kind,
             files=files,
             extra=extra or {},
+            head=spec.head,
+            format=format_for(spec.head, spec.pooling),
         )
         (stage / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
         swap_in_directory(stage, out_dir)

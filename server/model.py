@@ -20,11 +20,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 log = logging.getLogger(__name__)
 
-Pooling = Literal["cls", "mean", "max", "lasttoken"]
+# sentence-transformers' pooling modes; a model may concatenate several (spec.pooling joins them
+# with "+", e.g. "cls+mean", in its Pooling config's order).
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+_LEGACY_POOLING_KEYS = {  # pre-v5 configs: one flag per mode, concatenated in this order
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -52,6 +62,8 @@ _FINGERPRINT_GLOBS = (
     "*_Dense/config.json",
     "*_Dense/*.safetensors",
 )
+# Plus every file in the folder of each module after the transformer (modules.json): a Dense
+# head's weights may be model.safetensors or pytorch_model.bin, a LayerNorm has its own.
 
 
 class ModelNotFoundError(Exception):
@@ -65,15 +77,17 @@ class ModelSpec:
     model_id: str  # as the user gave it (path, alias or hub id)
     path: Path
     fingerprint: str  # "<name>@<sha256 prefix of weights+configs>"
-    dimension: int  # width of the model's output vectors
+    dimension: int  # width of the model's output vectors (after pooling and any Dense head)
     max_tokens: int
-    pooling: Pooling
+    pooling: str  # pooling mode(s) of POOLING_MODES, "+"-joined when concatenated ("cls+mean")
     normalize: bool  # the model's pipeline ends in a Normalize module
     do_lower_case: bool  # the tokenizer lowercases: "A" and "a" embed the same
     prompts: Mapping[str, str] = field(default_factory=dict)
     query_prompt_name: str = ""  # "" = no prompt
     document_prompt_name: str = ""
     matryoshka_dims: tuple[int, ...] = ()  # dims the model was trained to truncate to (MRL)
+    # The modules after the transformer, in order, by class name ("Pooling", "Dense", ...).
+    head: tuple[str, ...] = ("Pooling",)
 
     def prompt_text(self, prompt_name: str | None) -> str:
         """The prefix for ``prompt_name``; KeyError names the prompts that exist."""
@@ -131,26 +145,60 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _pooling_of(model_dir: Path, modules: list[dict[str, Any]]) -> Pooling:
-    pooling_dirs = [m.get("path", "") for m in modules if str(m.get("type", "")).endswith("Pooling")]
-    cfg = _read_json(model_dir / pooling_dirs[0] / "config.json") if pooling_dirs else {}
-    if cfg.get("pooling_mode") in ("cls", "mean", "max", "lasttoken"):
-        return cfg["pooling_mode"]  # type: ignore[no-any-return]
-    for key, name in (
-        ("pooling_mode_cls_token", "cls"),
-        ("pooling_mode_max_tokens", "max"),
-        ("pooling_mode_lasttoken", "lasttoken"),
-        ("pooling_mode_mean_tokens", "mean"),
-    ):
-        if cfg.get(key):
-            return name  # type: ignore[return-value]
-    return "mean"
+def _module_name(module: dict[str, Any]) -> str:
+    """The class name of a modules.json entry ("sentence_transformers.models.Dense" -> "Dense")."""
+    return str(module.get("type", "")).rsplit(".", 1)[-1]
+
+
+def _pooling_modes(config: dict[str, Any]) -> tuple[str, ...]:
+    """The modes of a Pooling config, as sentence-transformers reads them: ``pooling_mode`` (a
+    mode or a list, v5+), else the legacy flags in their fixed order, else mean."""
+    mode = config.get("pooling_mode")
+    if isinstance(mode, str):
+        modes: tuple[str, ...] = (mode,)
+    elif isinstance(mode, list) and mode:
+        modes = tuple(str(m) for m in mode)
+    else:
+        modes = tuple(name for key, name in _LEGACY_POOLING_KEYS.items() if config.get(key)) or ("mean",)
+    unknown = [m for m in modes if m not in POOLING_MODES]
+    if unknown:
+        raise ValueError(f"unknown pooling mode(s) {unknown} (known: {', '.join(POOLING_MODES)})")
+    return modes
+
+
+def _head_of(model_dir: Path, modules: list[dict[str, Any]], hidden: int) -> tuple[tuple[str, ...], str, int]:
+    """The modules after the transformer (class names), the pooling ("+"-joined modes) and the
+    output width: pooling multiplies the token width by its number of modes, Dense sets it."""
+    head = tuple(_module_name(m) for m in modules[1:]) if modules else ("Pooling",)
+    pooling, dimension = "mean", hidden
+    for module in modules[1:]:
+        config = _read_json(model_dir / module.get("path", "") / "config.json")
+        name = _module_name(module)
+        if name == "Pooling":
+            modes = _pooling_modes(config)
+            pooling = "+".join(modes)
+            width = config.get("embedding_dimension") or config.get("word_embedding_dimension") or hidden
+            dimension = len(modes) * int(width)
+        elif name == "Dense":
+            dimension = int(config.get("out_features", dimension))
+    return head, pooling, dimension
+
+
+def _module_files(model_dir: Path, modules: list[dict[str, Any]]) -> set[Path]:
+    """Every file in the folders of the modules after the transformer."""
+    files: set[Path] = set()
+    for module in modules[1:]:
+        folder = str(module.get("path", ""))
+        if folder and (model_dir / folder).is_dir():
+            files.update(p for p in (model_dir / folder).rglob("*") if p.is_file())
+    return files
 
 
 def fingerprint_of(model_dir: Path, name: str) -> str:
     """``name@sha`` over the bytes of the weights and configs (sorted, path-tagged)."""
     digest = hashlib.sha256()
-    files = sorted({p for pattern in _FINGERPRINT_GLOBS for p in model_dir.glob(pattern) if p.is_file()})
+    found = {p for pattern in _FINGERPRINT_GLOBS for p in model_dir.glob(pattern) if p.is_file()}
+    files = sorted(found | _module_files(model_dir, _read_json_list(model_dir / "modules.json")))
     for file in files:
         digest.update(file.relative_to(model_dir).as_posix().encode())
         with file.open("rb") as handle:
@@ -169,11 +217,8 @@ def load_spec(model: str = DEFAULT_MODEL) -> ModelSpec:
     st_extra = _read_json(path / "config_sentence_transformers.json")
     tok_config = _read_json(path / "tokenizer_config.json")
 
-    dimension = int(hf_config.get("hidden_size") or hf_config.get("d_model") or 0)
-    for module in modules:  # a Dense head changes the output size
-        if str(module.get("type", "")).endswith("Dense"):
-            dense = _read_json(path / module.get("path", "") / "config.json")
-            dimension = int(dense.get("out_features", dimension))
+    hidden = int(hf_config.get("hidden_size") or hf_config.get("d_model") or 0)
+    head, pooling, dimension = _head_of(path, modules, hidden)
     max_tokens = int(
         st_config.get("max_seq_length")
         or min(
@@ -191,13 +236,14 @@ def load_spec(model: str = DEFAULT_MODEL) -> ModelSpec:
         fingerprint=fingerprint_of(path, str(name).split("/")[-1]),
         dimension=dimension,
         max_tokens=max_tokens,
-        pooling=_pooling_of(path, modules),
-        normalize=any(str(m.get("type", "")).endswith("Normalize") for m in modules),
+        pooling=pooling,
+        normalize=head[-1:] == ("Normalize",),  # a Normalize before a Dense head does not count
         do_lower_case=bool(st_config.get("do_lower_case") or tok_config.get("do_lower_case")),
         prompts=prompts,
         query_prompt_name=_prompt_name_for(prompts, "query"),
         document_prompt_name=_prompt_name_for(prompts, "document", "passage"),
         matryoshka_dims=tuple(int(d) for d in st_extra.get("matryoshka_dims", ()) or ()),
+        head=head,
     )
 
 

@@ -36,7 +36,9 @@ def test_fingerprint_changes_with_config(spec, tmp_path: Path) -> None:  # type:
     text = pooling.read_text()
     pooling.write_text(text.replace('"pooling_mode_cls_token": false', '"pooling_mode_cls_token": true'))
     assert fingerprint_of(copy, "m") != before
-    assert load_spec(str(copy)).pooling == "cls"
+    # sentence-transformers concatenates every mode set (cls, then mean): twice the width.
+    changed = load_spec(str(copy))
+    assert (changed.pooling, changed.dimension) == ("cls+mean", 768)
 
 
 def test_hub_id_offline_fails_fast_with_advice() -> None:

@@ -73,7 +73,8 @@ def test_bundle_tokenizer_truncates_at_max_tokens_without_fixed_padding(
 
 def test_onnx_graph_has_dynamic_axes(edge_bundle: EdgeBundle) -> None:
     session = edge_bundle.encoder(int8=False).model.session
-    (output,) = session.get_outputs()
-    assert output.name == "last_hidden_state"
-    assert [str(d) for d in output.shape[:2]] == ["batch", "sequence"]
+    hidden, pooled = session.get_outputs()
+    assert (hidden.name, pooled.name) == ("last_hidden_state", "sentence_embedding")
+    assert [str(d) for d in hidden.shape] == ["batch", "sequence", "384"]
+    assert [str(d) for d in pooled.shape] == ["batch", "384"]
     assert {i.name for i in session.get_inputs()} == {"input_ids", "attention_mask", "token_type_ids"}
