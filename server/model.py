@@ -70,6 +70,18 @@ class ModelNotFoundError(Exception):
     """The model could not be resolved to a local directory."""
 
 
+class ModelNotSupportedError(ModelNotFoundError):
+    """The model resolves, but this server cannot run it: a module after the transformer that
+    the ONNX export (which every server needs, for its edge bundle) cannot reproduce. A
+    ModelNotFoundError, so every command refuses it like any unusable ``--model``."""
+
+
+# Modules after the transformer that the ONNX export reproduces exactly (server.onnx_export;
+# Dropout is the identity at inference). Others (CNN, LSTM, WordWeights, WeightedLayerPooling,
+# Router, ...) are refused by name when the model is loaded.
+SUPPORTED_HEAD = ("Pooling", "Dense", "LayerNorm", "Dropout", "Normalize")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything about a model that decides how its vectors are made, read from its folder."""
@@ -184,6 +196,22 @@ def _head_of(model_dir: Path, modules: list[dict[str, Any]], hidden: int) -> tup
     return head, pooling, dimension
 
 
+def _check_supported(model: str, modules: list[dict[str, Any]], head: tuple[str, ...]) -> None:
+    first = _module_name(modules[0]) if modules else "Transformer"
+    if first != "Transformer":
+        raise ModelNotSupportedError(
+            f"model {model!r} is not supported: its first module is a {first}, not a Transformer"
+        )
+    for index, name in enumerate(head, start=1):
+        if name not in SUPPORTED_HEAD:
+            folder = modules[index].get("path") or name
+            raise ModelNotSupportedError(
+                f"model {model!r} is not supported: its module {index} ({folder}) "
+                f"is a {name}, which the ONNX export (--backend onnx and the edge bundle) cannot "
+                f"reproduce; supported after the Transformer: {', '.join(SUPPORTED_HEAD)}"
+            )
+
+
 def _module_files(model_dir: Path, modules: list[dict[str, Any]]) -> set[Path]:
     """Every file in the folders of the modules after the transformer."""
     files: set[Path] = set()
@@ -209,7 +237,8 @@ def fingerprint_of(model_dir: Path, name: str) -> str:
 
 @lru_cache(maxsize=8)
 def load_spec(model: str = DEFAULT_MODEL) -> ModelSpec:
-    """Resolve ``model`` and read its description (no torch import)."""
+    """Resolve ``model`` and read its description (no torch import). ModelNotFoundError when it
+    cannot be resolved, ModelNotSupportedError (naming the module) when it cannot be served."""
     path = resolve_model_path(model)
     modules = _read_json_list(path / "modules.json")
     st_config = _read_json(path / "sentence_bert_config.json")
@@ -219,6 +248,7 @@ def load_spec(model: str = DEFAULT_MODEL) -> ModelSpec:
 
     hidden = int(hf_config.get("hidden_size") or hf_config.get("d_model") or 0)
     head, pooling, dimension = _head_of(path, modules, hidden)
+    _check_supported(model, modules, head)
     max_tokens = int(
         st_config.get("max_seq_length")
         or min(

@@ -6,8 +6,8 @@ The graph maps (input_ids, attention_mask[, token_type_ids]) to two outputs:
 runs it (Pooling in any of its modes, Dense heads, LayerNorm, ...) except a final Normalize,
 which embedcore applies in numpy so the raw vector stays available. Tokenization stays outside
 (embedcore.tokenization), so the same graph serves the server's ``--backend onnx`` and the edge.
-A module that cannot be exported faithfully is refused by name (:class:`UnsupportedModelError`),
-and every export is checked against the torch pipeline on sample texts before it is used.
+Models with other modules are refused by name when loaded (server.model.SUPPORTED_HEAD), and
+every export is checked against the torch pipeline on sample texts before it is used.
 
 Measured with all-MiniLM-L6-v2: fp32 90 MB, max abs diff 2.2e-7 to sentence-transformers;
 int8 per-channel 23 MB, mean cosine 0.992 to fp32 (per-tensor 0.954, reduce_range 0.853).
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from embedcore.onnx_encoder import HIDDEN_OUTPUT, SENTENCE_OUTPUT
-from server.model import ModelSpec
+from server.model import ModelNotSupportedError, ModelSpec
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,6 @@ OPSET = 17
 FP32_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-# Modules after the transformer that trace to ONNX exactly (Dropout is the identity at inference).
-# Others (CNN, LSTM, WordWeights, WeightedLayerPooling, Router, ...) are refused by name.
-SUPPORTED_HEAD = ("Pooling", "Dense", "LayerNorm", "Dropout", "Normalize")
 # Largest |onnx - torch| accepted on the sample texts (fp32; measured 2.2e-7 on MiniLM).
 PARITY_TOLERANCE = 1e-4
 _PARITY_TEXTS = (
@@ -53,10 +50,6 @@ _PARITY_TEXTS = (
     "short",
     "Photosynthesis turns sunlight, water and carbon dioxide into sugar. " * 3,
 )
-
-
-class UnsupportedModelError(ValueError):
-    """The model's pipeline has a module the ONNX export cannot reproduce (the message names it)."""
 
 
 def onnx_cache_dir(settings: Settings) -> Path:
@@ -74,21 +67,8 @@ def exporter_version() -> str:
     return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
 
 
-def check_exportable(spec: ModelSpec) -> None:
-    """Raise :class:`UnsupportedModelError` naming the first module after the transformer that
-    the export does not support (cheap: reads only the model's JSON description)."""
-    for index, name in enumerate(spec.head, start=1):
-        if name not in SUPPORTED_HEAD:
-            raise UnsupportedModelError(
-                f"model {spec.model_id!r} cannot run on ONNX (--backend onnx, edge bundle): its module "
-                f"{index} is a {name}, which the export does not support (supported after the "
-                f"Transformer: {', '.join(SUPPORTED_HEAD)}); serve it with --backend torch"
-            )
-
-
 def ensure_onnx(spec: ModelSpec, cache_dir: Path, *, int8: bool = True) -> Path:
     """``cache_dir/<model fingerprint>-<exporter version>/`` with model.onnx (+ int8), made once."""
-    check_exportable(spec)
     key = f"{spec.fingerprint}-{exporter_version()}".replace("/", "_").replace("@", "-")
     target = cache_dir / key
     if (target / FP32_NAME).is_file() and (not int8 or (target / INT8_NAME).is_file()):
@@ -113,23 +93,17 @@ def export_onnx(spec: ModelSpec, out_dir: Path, *, int8: bool = True) -> OnnxExp
 
     Each file is written to a temporary name and renamed, so a crash never leaves a partial
     model under the final name. Needs torch and sentence-transformers (server side only).
-    Raises :class:`UnsupportedModelError` for a module the export cannot reproduce, or when the
-    graph's vectors differ from torch's by more than PARITY_TOLERANCE.
+    Raises ModelNotSupportedError when the graph's vectors differ from torch's by more than
+    PARITY_TOLERANCE (the spec's modules were checked when it was loaded).
     """
     import torch
     from sentence_transformers import SentenceTransformer
 
-    check_exportable(spec)
     out_dir.mkdir(parents=True, exist_ok=True)
     model: Any = SentenceTransformer(str(spec.path), device="cpu")
     model.max_seq_length = spec.max_tokens
     model.eval()
     modules = list(model)
-    if type(modules[0]).__name__ != "Transformer":
-        raise UnsupportedModelError(
-            f"model {spec.model_id!r} cannot run on ONNX: its first module is a "
-            f"{type(modules[0]).__name__}, not a Transformer; serve it with --backend torch"
-        )
     head = modules[1:]
     if head and type(head[-1]).__name__ == "Normalize":
         head = head[:-1]  # applied in numpy (embedcore), so the raw vector stays available
@@ -187,9 +161,10 @@ def export_onnx(spec: ModelSpec, out_dir: Path, *, int8: bool = True) -> OnnxExp
             )
         diff = _parity(pipeline, model.tokenizer, names, tmp, spec.max_tokens)
         if not diff <= PARITY_TOLERANCE:
-            raise UnsupportedModelError(
-                f"model {spec.model_id!r}: the exported ONNX graph differs from the torch pipeline by "
-                f"{diff:.2e} (limit {PARITY_TOLERANCE:g}) on sample texts; serve it with --backend torch"
+            raise ModelNotSupportedError(
+                f"model {spec.model_id!r} is not supported: its ONNX export (--backend onnx and the "
+                f"edge bundle) differs from the torch pipeline by {diff:.2e} on sample texts "
+                f"(limit {PARITY_TOLERANCE:g})"
             )
         os.replace(tmp, fp32)
     finally:

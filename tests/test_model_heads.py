@@ -19,8 +19,8 @@ import pytest
 from embedcore import BundleError, EdgeBundle, Manifest, OnnxModel, load_tokenizer, tokenize_batch
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1 import embedding_pb2_grpc as pb_grpc
-from server.model import ModelSpec, fingerprint_of, load_spec
-from server.onnx_export import UnsupportedModelError, ensure_onnx, export_onnx
+from server.model import ModelNotSupportedError, ModelSpec, fingerprint_of, load_spec
+from server.onnx_export import export_onnx
 from server.pool.backends import BackendConfig, load_backend
 from tests.server_harness import running_server
 from tests.test_onnx_parity import TEXTS  # with a text longer than 256 tokens
@@ -142,11 +142,11 @@ def test_pooling_modes_without_normalize_and_without_token_type_ids(built: Built
     assert not np.allclose(np.linalg.norm(onnx, axis=1), 1.0)  # no Normalize module: raw vectors
 
 
-def test_an_unsupported_module_is_refused_by_name(built: Built, tmp_path: Path) -> None:
-    spec = load_spec(str(built.cnn))
-    with pytest.raises(UnsupportedModelError, match=r"module 1 is a CNN.*--backend torch"):
-        ensure_onnx(spec, tmp_path)
-    assert not any(tmp_path.iterdir())  # refused before exporting anything
+def test_an_unsupported_module_is_refused_by_name(built: Built) -> None:
+    """Every server needs the ONNX export (its edge bundle): such a model is refused at load,
+    before any worker starts, the way ``embed-server`` refuses any unusable --model."""
+    with pytest.raises(ModelNotSupportedError, match=r"module 1 \(1_CNN\) is a CNN, which the ONNX"):
+        load_spec(str(built.cnn))
 
 
 def test_fingerprint_covers_dense_weights_in_any_file_format(built: Built) -> None:
