@@ -32,7 +32,7 @@ from server.embedder import Embedder
 from server.model import load_spec
 from server.preflight import StartupError, check_ports, check_store, check_tls, read_file
 from server.runtime import Runtime, build_runtime, create_embedder
-from server.servicers import SERVICES, ServiceTable, register, servicers_for
+from server.servicers import NEVER_SERVING, SERVICES, ServiceTable, register, servicers_for
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ class GrpcServer:
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         for name in ("", *self.service_names):
-            await self.health.set(name, status)
+            serving = status if name not in NEVER_SERVING else health_pb2.HealthCheckResponse.NOT_SERVING
+            await self.health.set(name, serving)
 
     def install(self, runtime: Runtime) -> None:
         self.services.install(servicers_for(runtime))

@@ -32,7 +32,10 @@ class EncodeResult:
 
     ``vectors`` is float32 (n, spec.dimension), L2-normalized exactly when the model's own
     pipeline normalizes (spec.normalize); per-request options (truncate_dim, precision, the
-    caller's normalize flag) are applied afterwards by :mod:`server.vectors`.
+    caller's normalize flag) are applied afterwards by :mod:`server.vectors`. ``raw_norms``
+    (n,) float32, for models that end in Normalize: each row's length before it, so
+    ``vectors * raw_norms[:, None]`` is the pipeline's output without its Normalize (what
+    tei.v1 returns for normalize=false, as TEI never applies that module); None otherwise.
     """
 
     vectors: np.ndarray
@@ -41,6 +44,7 @@ class EncodeResult:
     tokenization_ns: int = 0
     inference_ns: int = 0
     cache_hits: int = 0  # inputs answered from the query cache (their token_counts are 0)
+    raw_norms: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ class CachedEmbedder:
         self.inner = inner
         self.spec: ModelSpec = inner.spec
         self.capacity = capacity
-        self._entries: OrderedDict[tuple[str, str, bool, str, str], np.ndarray] = OrderedDict()
+        # key -> (the model's vector, its length before a final Normalize or NaN)
+        self._entries: OrderedDict[tuple[str, str, bool, str, str], tuple[np.ndarray, float]] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -68,29 +69,37 @@ class CachedEmbedder:
         if self.capacity <= 0 or priority != Priority.INTERACTIVE or not texts:
             return await compute(texts)
         keys = [self._key(t, prompt_name, truncate, truncation_direction) for t in texts]
-        found: dict[int, np.ndarray] = {}
+        found: dict[int, tuple[np.ndarray, float]] = {}
         for i, key in enumerate(keys):
-            vector = self._entries.get(key)
-            if vector is not None:
+            entry = self._entries.get(key)
+            if entry is not None:
                 self._entries.move_to_end(key)
-                found[i] = vector
+                found[i] = entry
         missing = [i for i in range(len(texts)) if i not in found]
         self.hits += len(found)
         self.misses += len(missing)
         metrics.CACHE_HITS.inc(len(found))
         metrics.CACHE_MISSES.inc(len(missing))
         if not missing:
-            vectors = np.stack([found[i] for i in range(len(texts))])
-            return EncodeResult(vectors=vectors, token_counts=(0,) * len(texts), cache_hits=len(texts))
+            vectors = np.stack([found[i][0] for i in range(len(texts))])
+            norms = np.asarray([found[i][1] for i in range(len(texts))], dtype=np.float32)
+            return EncodeResult(
+                vectors=vectors,
+                token_counts=(0,) * len(texts),
+                cache_hits=len(texts),
+                raw_norms=None if np.isnan(norms).any() else norms,
+            )
         inner = await compute([texts[i] for i in missing])
         out = np.empty((len(texts), inner.vectors.shape[1]), dtype=np.float32)
+        out_norms = np.full(len(texts), np.nan, dtype=np.float32)
         counts = [0] * len(texts)
-        for i, vector in found.items():
-            out[i] = vector
+        for i, (vector, norm) in found.items():
+            out[i], out_norms[i] = vector, norm
         for row, i in enumerate(missing):
             out[i] = inner.vectors[row]
+            out_norms[i] = np.nan if inner.raw_norms is None else inner.raw_norms[row]
             counts[i] = inner.token_counts[row]
-            self._entries[keys[i]] = inner.vectors[row].copy()
+            self._entries[keys[i]] = (inner.vectors[row].copy(), float(out_norms[i]))
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
         return EncodeResult(
@@ -100,6 +109,7 @@ class CachedEmbedder:
             tokenization_ns=inner.tokenization_ns,
             inference_ns=inner.inference_ns,
             cache_hits=len(found),
+            raw_norms=None if np.isnan(out_norms).any() else out_norms,
         )
 
     async def start(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -39,6 +40,7 @@ class VectorOptions:
     precision: Precision = Precision.FLOAT32
     prompt_name: str = ""
     truncate: bool = True  # cut over-long inputs (False: reject them)
+    truncation_direction: Literal["right", "left"] = "right"  # which end is cut ("left" keeps the end)
 
 
 def check_truncate_dim(value: int, spec: ModelSpec, field: str) -> int:

@@ -32,7 +32,13 @@ GOOD_ITEMS: dict[str, Message] = {
     ),
     "embedding.v1.EmbedStreamRequest": pb.EmbedStreamRequest(id="good", input="a valid sentence"),
     "tei.v1.EmbedRequest": tei_pb2.EmbedRequest(inputs="a valid sentence"),
+    "tei.v1.EmbedAllRequest": tei_pb2.EmbedAllRequest(inputs="a valid sentence"),
+    "tei.v1.EncodeRequest": tei_pb2.EncodeRequest(inputs="a valid sentence"),
 }
+# Streams of RPCs an embedding model cannot serve have no valid item (each is FAILED_PRECONDITION):
+# the bad item goes alone. TEI's RerankStream refuses before it reads the stream at all.
+REFUSED_STREAMS = {"tei.v1.EmbedSparseRequest", "tei.v1.PredictRequest", "tei.v1.PredictPairRequest"}
+REFUSED_UNREAD = {"tei.v1.RerankStreamRequest"}
 
 
 def _string_fields(
@@ -82,10 +88,11 @@ CASES = list(_cases())
 def test_every_service_and_string_field_is_covered() -> None:
     services = {case[0].split("/")[0] for case in CASES}
     assert services == {"embedding.v1.EmbeddingService", "embedding.v1.CollectionService",
-                        "embedding.v1.EdgeService", "tei.v1.Embed", "tei.v1.Tokenize"}  # fmt: skip
+                        "embedding.v1.EdgeService", "tei.v1.Embed", "tei.v1.Predict", "tei.v1.Rerank",
+                        "tei.v1.Tokenize"}  # fmt: skip
     assert len(CASES) >= 20
     streaming_inputs = {m.input_type.full_name for _, m, _, _ in CASES if m.client_streaming}
-    assert streaming_inputs <= set(GOOD_ITEMS)
+    assert streaming_inputs <= set(GOOD_ITEMS) | REFUSED_STREAMS | REFUSED_UNREAD
 
 
 @pytest.fixture(scope="module")
@@ -119,14 +126,24 @@ def test_invalid_utf8_is_invalid_argument_naming_the_field(
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
         assert wire_path in (err.value.details() or "")
         return
-    good = GOOD_ITEMS[method.input_type.full_name].SerializeToString()
+    kind = method.input_type.full_name
+    if kind in REFUSED_UNREAD:
+        refused = channel.stream_unary(
+            name, request_serializer=identity, response_deserializer=_parse(method)
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            refused(iter([bad]), timeout=60)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        return
     stream = channel.stream_stream(name, request_serializer=identity, response_deserializer=_parse(method))
     if method.containing_service.full_name.startswith("tei."):  # TEI: an error status ends the stream
+        items = [bad] if kind in REFUSED_STREAMS else [GOOD_ITEMS[kind].SerializeToString(), bad]
         with pytest.raises(grpc.RpcError) as err:
-            list(stream(iter([good, bad, good]), timeout=120))
+            list(stream(iter([*items, *items]), timeout=120))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert wire_path in (err.value.details() or "")
         return
+    good = GOOD_ITEMS[kind].SerializeToString()
     replies = list(stream(iter([good, bad, good]), timeout=120))
     assert len(replies) == 3  # the stream went on after the bad item
     assert not replies[0].HasField("error") and not replies[2].HasField("error")

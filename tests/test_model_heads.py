@@ -2,7 +2,8 @@
 the edge bundle run the whole pipeline (Dense head, pooling modes, Normalize or not) and agree.
 
 The models are built here from the bundled all-MiniLM-L6-v2 plus seeded sentence-transformers
-modules, saved to a temporary directory (no hub, nothing faked).
+modules, saved to a temporary directory (no hub, nothing faked). The Dense model also has
+prompts, so its server checks tei.v1's prompt_name too (the shared live server's model has none).
 """
 
 from __future__ import annotations
@@ -16,19 +17,31 @@ import grpc
 import numpy as np
 import pytest
 
-from embedcore import BundleError, EdgeBundle, Manifest, OnnxModel, load_tokenizer, tokenize_batch
+from embedcore import (
+    BundleError,
+    EdgeBundle,
+    Manifest,
+    OnnxModel,
+    l2_normalize,
+    load_tokenizer,
+    tokenize_batch,
+)
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1 import embedding_pb2_grpc as pb_grpc
+from protos.tei.v1 import tei_pb2 as tei
+from protos.tei.v1 import tei_pb2_grpc as tei_grpc
 from server.model import ModelNotSupportedError, ModelSpec, fingerprint_of, load_spec
 from server.onnx_export import export_onnx
 from server.pool.backends import BackendConfig, load_backend
 from tests.server_harness import running_server
 from tests.test_onnx_parity import TEXTS  # with a text longer than 256 tokens
 
+PROMPTS = {"query": "query: ", "passage": "passage: "}
+
 
 @dataclass(frozen=True)
 class Built:
-    dense: Path  # Transformer, Pooling(mean), Dense 384->256 (tanh), Normalize
+    dense: Path  # Transformer, Pooling(mean), Dense 384->256 (tanh), Normalize; PROMPTS
     pooled: Path  # Transformer, Pooling(cls+max+mean+lasttoken), no Normalize, no token_type_ids
     cnn: Path  # Transformer, CNN, Pooling: a module the ONNX export does not support
     dense_bin: tuple[Path, Path]  # Dense weights as pytorch_model.bin, two seeds
@@ -48,6 +61,10 @@ def built(spec: ModelSpec, tmp_path_factory: pytest.TempPathFactory) -> Built:
     SentenceTransformer(modules=[transformer, Pooling(384), dense, Normalize()], device="cpu").save(
         str(root / "dense")
     )
+    st_config_path = root / "dense" / "config_sentence_transformers.json"
+    st_config = json.loads(st_config_path.read_text())
+    st_config["prompts"] = PROMPTS
+    st_config_path.write_text(json.dumps(st_config))
     modes = ("cls", "max", "mean", "lasttoken")
     SentenceTransformer(modules=[transformer, Pooling(384, pooling_mode=modes)], device="cpu").save(
         str(root / "pooled")
@@ -70,10 +87,12 @@ def built(spec: ModelSpec, tmp_path_factory: pytest.TempPathFactory) -> Built:
 
 
 def _torch_vectors(spec: ModelSpec, texts: list[str]) -> np.ndarray:
-    """The server's torch backend at float32 on the server's tokenization."""
+    """The server's torch backend at float32 on the server's tokenization, normalized as the
+    pool does when the model ends in Normalize (backends return the vector before it)."""
     backend = load_backend(spec, BackendConfig(kind="torch", device="cpu", dtype="float32", threads=1))
     batch = tokenize_batch(load_tokenizer(spec.path / "tokenizer.json", max_tokens=spec.max_tokens), texts)
-    return backend.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+    raw = backend.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+    return l2_normalize(raw) if spec.normalize else raw
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -126,6 +145,42 @@ def test_dense_head_same_vectors_on_torch_onnx_server_and_edge_bundle(
     newer["format"] = 3
     with pytest.raises(BundleError, match=r"unsupported bundle format 3 .*upgrade the edge client"):
         Manifest.from_json(json.dumps(newer))
+
+
+def test_tei_prompt_name_is_put_before_the_input(built: Built, dense_server: tuple[str, Path]) -> None:
+    """TEI prepends the prompt's text to the input: the vector is that of the joined text, the
+    characters counted are the input's, Tokenize's offsets are into the joined text."""
+    text = "Hello world"
+    with grpc.insecure_channel(dense_server[0]) as channel:
+        embed, tokenize = tei_grpc.EmbedStub(channel), tei_grpc.TokenizeStub(channel)
+        prompted = embed.Embed(tei.EmbedRequest(inputs=text, prompt_name="query"), timeout=60)
+        joined = pb_grpc.EmbeddingServiceStub(channel).Embed(
+            pb.EmbedRequest(inputs=["query: " + text]), timeout=60
+        )
+        tokens = tokenize.Tokenize(
+            tei.EncodeRequest(inputs=text, add_special_tokens=True, prompt_name="query"), timeout=30
+        ).tokens
+        errors = []
+        for name in ("nope", ""):  # TEI: a prompt_name the model lacks, even "", is refused
+            with pytest.raises(grpc.RpcError) as info:
+                embed.Embed(tei.EmbedRequest(inputs=text, prompt_name=name), timeout=30)
+            errors.append(info.value)
+    np.testing.assert_allclose(
+        prompted.embeddings, np.frombuffer(joined.embeddings[0].data, "<f4"), atol=1e-5
+    )
+    assert prompted.metadata.compute_chars == len(text)
+    assert prompted.metadata.compute_tokens == 6  # [CLS] query : hello world [SEP]: the prompt counts
+    assert [(t.text, t.special, t.start, t.stop) for t in tokens] == [
+        ("[CLS]", True, 0, 0),
+        ("query", False, 0, 5),
+        (":", False, 5, 6),
+        ("Hello", False, 7, 12),
+        ("world", False, 13, 18),
+        ("[SEP]", True, 0, 0),
+    ]
+    for error in errors:
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "prompt_name" in error.details() and "passage, query" in error.details()
 
 
 def test_pooling_modes_without_normalize_and_without_token_type_ids(built: Built, tmp_path: Path) -> None:

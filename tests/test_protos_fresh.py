@@ -31,7 +31,37 @@ def test_tei_contract_names_and_numbers() -> None:
     file = tei_pb2.DESCRIPTOR
     assert file.package == "tei.v1"
     methods = {s.name: [m.name for m in s.methods] for s in file.services_by_name.values()}
-    assert methods == {"Info": ["Info"], "Embed": ["Embed", "EmbedStream"], "Tokenize": ["Tokenize"]}
+    assert methods == {
+        "Info": ["Info"],
+        "Embed": ["Embed", "EmbedStream", "EmbedSparse", "EmbedSparseStream", "EmbedAll", "EmbedAllStream"],
+        "Predict": ["Predict", "PredictPair", "PredictStream", "PredictPairStream"],
+        "Rerank": ["Rerank", "RerankStream"],
+        "Tokenize": ["Tokenize", "TokenizeStream", "Decode", "DecodeStream"],
+    }
+    numbers = {
+        name: {f.name: f.number for f in file.message_types_by_name[name].fields}
+        for name in (
+            "EmbedAllRequest",
+            "EmbedSparseRequest",
+            "PredictPairRequest",
+            "RerankRequest",
+            "DecodeRequest",
+        )
+    }
+    assert numbers == {
+        "EmbedAllRequest": {"inputs": 1, "truncate": 2, "truncation_direction": 3, "prompt_name": 4},
+        "EmbedSparseRequest": {"inputs": 1, "truncate": 2, "truncation_direction": 3, "prompt_name": 4},
+        "PredictPairRequest": {"inputs": 1, "truncate": 2, "raw_scores": 3, "truncation_direction": 4},
+        "RerankRequest": {
+            "query": 1,
+            "texts": 2,
+            "truncate": 3,
+            "raw_scores": 4,
+            "return_text": 5,
+            "truncation_direction": 6,
+        },
+        "DecodeRequest": {"ids": 1, "skip_special_tokens": 2},
+    }
     embed = file.message_types_by_name["EmbedRequest"]
     assert {f.name: f.number for f in embed.fields} == {
         "inputs": 1,

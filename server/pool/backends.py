@@ -1,8 +1,9 @@
 """Model backends that run inside a worker process: token ids in, pooled vectors out.
 
 A backend receives padded token ids (the parent tokenizes, so the batcher knows real token
-counts) and returns float32 (batch, dims) vectors exactly as the model's own pipeline makes
-them: pooling per its configuration, any Dense head, L2-normalized when it ends in Normalize.
+counts) and returns float32 (batch, dims) vectors as the model's own pipeline makes them
+(pooling per its configuration, any Dense head) except a final Normalize: the pool normalizes
+and keeps the lengths (EncodeResult.raw_norms; tei.v1's normalize=false returns raw vectors).
 
 Knobs another engineer may tune later live in :class:`BackendConfig` (dtype, threads); nothing
 else in the pool depends on how a backend computes.
@@ -41,7 +42,7 @@ class Backend(Protocol):
     def forward(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
     ) -> np.ndarray:
-        """(batch, seq) int64 arrays -> (batch, dims) float32."""
+        """(batch, seq) int64 arrays -> (batch, dims) float32, before a final Normalize."""
         ...
 
 
@@ -69,10 +70,13 @@ class TorchBackend:
         model.max_seq_length = spec.max_tokens
         model.eval()
         # Only the transformer runs in the compute dtype; pooling, any Dense head and the
-        # normalization run in float32, so vectors come out unit-length to float32 precision.
+        # normalization (in the pool) run in float32, so vectors are unit-length to float32 precision.
         model[0].to(getattr(torch, self.dtype))
         self._model = model
-        self._modules = list(model)
+        modules = list(model)
+        if type(modules[-1]).__name__ == "Normalize":  # the pool normalizes (module docstring)
+            modules = modules[:-1]
+        self._modules = modules
         self.compiled = config.compile and self._compile()
 
     def _compile(self) -> bool:
@@ -151,7 +155,7 @@ class OnnxBackend:
     def forward(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
     ) -> np.ndarray:
-        return self._model.forward(input_ids, attention_mask, token_type_ids)
+        return self._model.raw(input_ids, attention_mask, token_type_ids)
 
 
 def load_backend(spec: ModelSpec, config: BackendConfig) -> Backend:

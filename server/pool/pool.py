@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from embedcore import load_tokenizer, pad_token_id
+from embedcore import l2_normalize, load_tokenizer, pad_token_id
 from server import metrics
 from server.batching import Item, Scheduler, pad_batch
 from server.embedder import ComputeInfo, EncodeResult, Priority, TruncationDirection
@@ -273,11 +273,14 @@ class EncoderPool:
             for item in items:  # the call is over (error, deadline, cancel): drop its queued work
                 item.future.cancel()
             raise
-        vectors = (
-            np.stack([r[0] for r in results]) if results else np.zeros((0, self.spec.dimension), np.float32)
+        raw = np.asarray(
+            np.stack([r[0] for r in results]) if results else np.zeros((0, self.spec.dimension)), np.float32
         )
+        # Backends return the pipeline before its final Normalize; normalized here, lengths kept.
+        norms = np.linalg.norm(raw, axis=1).astype(np.float32) if self.spec.normalize else None
         return EncodeResult(
-            vectors=np.asarray(vectors, dtype=np.float32),
+            vectors=l2_normalize(raw) if self.spec.normalize else raw,
+            raw_norms=norms,
             token_counts=tuple(len(r) for r in ids),
             queue_ns=max((int(r[1]) for r in results), default=0),
             tokenization_ns=t1 - t0,

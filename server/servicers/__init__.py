@@ -15,7 +15,7 @@ from server.servicers.edge import EdgeServicer
 from server.servicers.embedding import EmbeddingServicer
 from server.servicers.tei import TeiServicer
 
-__all__ = ["SERVICES", "ServiceTable", "register", "servicers_for"]
+__all__ = ["NEVER_SERVING", "SERVICES", "ServiceTable", "register", "servicers_for"]
 
 SERVICES: tuple[ServiceDescriptor, ...] = (
     embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"],
@@ -23,8 +23,13 @@ SERVICES: tuple[ServiceDescriptor, ...] = (
     embedding_pb2.DESCRIPTOR.services_by_name["EdgeService"],
     tei_pb2.DESCRIPTOR.services_by_name["Info"],
     tei_pb2.DESCRIPTOR.services_by_name["Embed"],
+    tei_pb2.DESCRIPTOR.services_by_name["Predict"],
+    tei_pb2.DESCRIPTOR.services_by_name["Rerank"],
     tei_pb2.DESCRIPTOR.services_by_name["Tokenize"],
 )
+# Registered so their calls get TEI's FAILED_PRECONDITION, but health reports them NOT_SERVING
+# while the rest serves, as TEI does for an embedding model (router/src/grpc/server.rs).
+NEVER_SERVING = frozenset({"tei.v1.Predict", "tei.v1.Rerank"})
 
 
 def servicers_for(runtime: Runtime) -> dict[str, object]:
@@ -36,5 +41,7 @@ def servicers_for(runtime: Runtime) -> dict[str, object]:
         "embedding.v1.EdgeService": EdgeServicer(runtime),
         "tei.v1.Info": tei,
         "tei.v1.Embed": tei,
+        "tei.v1.Predict": tei,
+        "tei.v1.Rerank": tei,
         "tei.v1.Tokenize": tei,
     }

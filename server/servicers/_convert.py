@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from google.protobuf import struct_pb2
@@ -54,7 +54,17 @@ def vector_options(options: pb.EmbedOptions, spec: ModelSpec) -> VectorOptions:
         precision=precision_of(options.precision, "options.precision"),
         prompt_name=check_prompt(options.prompt_name, spec, "options.prompt_name"),
         truncate=options.truncate if options.HasField("truncate") else True,
+        truncation_direction=direction_of(options.truncation_direction, "options.truncation_direction"),
     )
+
+
+def direction_of(value: int, field: str) -> Literal["right", "left"]:
+    """The TruncationDirection enum value; an unknown number is refused, never taken as RIGHT."""
+    if value == pb.TRUNCATION_DIRECTION_RIGHT:
+        return "right"
+    if value == pb.TRUNCATION_DIRECTION_LEFT:
+        return "left"
+    raise InvalidArgument(f"{field} {value} is unknown; use RIGHT (0) or LEFT (1)", field=field)
 
 
 def int8_ranges(calibration: Calibration, options: VectorOptions) -> tuple[np.ndarray, np.ndarray] | None:

@@ -32,7 +32,11 @@ log = logging.getLogger(__name__)
 async def encode(runtime: Runtime, texts: list[str], options: VectorOptions) -> EncodeResult:
     """Interactive embedding of ``texts`` with the request's prompt and truncation."""
     return await runtime.embedder.encode(
-        texts, prompt_name=options.prompt_name, truncate=options.truncate, priority=Priority.INTERACTIVE
+        texts,
+        prompt_name=options.prompt_name,
+        truncate=options.truncate,
+        truncation_direction=options.truncation_direction,
+        priority=Priority.INTERACTIVE,
     )
 
 

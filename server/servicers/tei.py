@@ -1,45 +1,54 @@
-"""tei.v1 Info, Embed (+EmbedStream), Tokenize: wire-compatible with text-embeddings-inference.
+"""tei.v1 (Info, Embed, Predict, Rerank, Tokenize): wire- and behaviour-compatible with
+text-embeddings-inference 1.9 serving an embedding model.
 
-Differences from embedding.v1 that TEI clients rely on: one input per EmbedRequest, vectors as
-``repeated float``, ``truncate`` is a plain bool (false = reject over-long input), an error
-status ends a stream, and unary responses carry x-* timing headers in milliseconds.
+Differences from embedding.v1 that TEI clients rely on: one input per request, vectors as
+``repeated float``, ``truncate`` a plain bool (false = reject over-long input), ``normalize``
+unset = true, TEI's validation order and messages (server.tei), an error status ends a stream,
+and unary embedding responses carry x-* headers (milliseconds). What an embedding model cannot
+serve answers as TEI does: EmbedSparse (SPLADE only), Predict and Rerank (classifiers and
+rerankers) are FAILED_PRECONDITION with TEI's messages, after TEI's own input checks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 
 from protos.tei.v1 import tei_pb2 as pb
 from server import __version__
-from server.embedder import EncodeResult
+from server.embedder import Priority
+from server.errors import InvalidArgument, PreconditionFailed
 from server.runtime import Runtime
 from server.servicers._rpc import UnparsedRequest, abort, check_text, ordered_pipeline
-from server.servicers.embedding import encode
-from server.vectors import VectorOptions, check_prompt, check_truncate_dim, postprocess
+from server.tei import Direction, TeiTokenizer, TokenVectors, empty_input
+from server.vectors import check_truncate_dim, postprocess
+
+R = TypeVar("R")
+
+DIRECTIONS: dict[int, Direction] = {
+    pb.TRUNCATION_DIRECTION_RIGHT: "right",
+    pb.TRUNCATION_DIRECTION_LEFT: "left",
+}
+# TEI's answers for what only other model types serve (core/src/infer.rs, router/src/grpc/server.rs).
+NOT_SPLADE = "Model is not an embedding model with SPLADE pooling"
+NOT_CLASSIFIER = "Model is not a classifier model"
+NOT_RERANKER = "model is not a classifier model"  # TEI's gRPC Rerank says this for embedding models
 
 
-def _metadata(result: EncodeResult, text: str, started_ns: int) -> pb.Metadata:
-    return pb.Metadata(
-        compute_chars=len(text),
-        compute_tokens=sum(result.token_counts),
-        total_time_ns=time.perf_counter_ns() - started_ns,
-        tokenization_time_ns=result.tokenization_ns,
-        queue_time_ns=result.queue_ns,
-        inference_time_ns=result.inference_ns,
-    )
+def _headers(meta: pb.Metadata, compute_type: str) -> tuple[tuple[str, str], ...]:
+    """TEI's response headers: times in whole milliseconds; x-compute-time is the total time."""
 
-
-def _headers(meta: pb.Metadata) -> tuple[tuple[str, str], ...]:
     def ms(ns: int) -> str:
         return str(ns // 1_000_000)
 
     return (
-        ("x-compute-time", ms(meta.tokenization_time_ns + meta.queue_time_ns + meta.inference_time_ns)),
+        ("x-compute-type", compute_type),
+        ("x-compute-time", ms(meta.total_time_ns)),
         ("x-compute-characters", str(meta.compute_chars)),
         ("x-compute-tokens", str(meta.compute_tokens)),
         ("x-total-time", ms(meta.total_time_ns)),
@@ -49,42 +58,238 @@ def _headers(meta: pb.Metadata) -> tuple[tuple[str, str], ...]:
     )
 
 
+def _parsed(request: Any) -> Any:
+    if isinstance(request, UnparsedRequest):
+        raise request.error()
+    return request
+
+
 class TeiServicer:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.spec = runtime.spec
+        self.tokenizer = TeiTokenizer(runtime.spec)
+        self.token_vectors = TokenVectors()
+        self.compute_type = "gpu" if runtime.embedder.describe().device.startswith("cuda") else "cpu"
 
-    def _options(self, request: Any) -> VectorOptions:
-        spec = self.spec
-        return VectorOptions(
-            normalize=request.normalize if request.HasField("normalize") else True,
-            truncate_dim=check_truncate_dim(request.dimensions, spec, "dimensions")
-            if request.HasField("dimensions")
-            else spec.dimension,
-            prompt_name=check_prompt(request.prompt_name, spec, "prompt_name"),
-            truncate=request.truncate,
+    # --- validation shared by the embedding RPCs -----------------------------------------------
+
+    def _direction(self, value: int) -> Direction:
+        try:
+            return DIRECTIONS[value]
+        except KeyError:
+            raise InvalidArgument(
+                f"truncation_direction {value} is unknown; use TRUNCATION_DIRECTION_RIGHT (0) or "
+                "TRUNCATION_DIRECTION_LEFT (1)",
+                field="truncation_direction",
+            ) from None
+
+    def _prompt(self, request: Any) -> str:
+        """The prompt name when set (TEI: set to a name the model lacks, even "", is an error)."""
+        if not request.HasField("prompt_name"):
+            return ""
+        name = str(request.prompt_name)
+        if name not in self.spec.prompts:
+            known = ", ".join(sorted(self.spec.prompts)) or "it has none"
+            raise InvalidArgument(
+                f"prompt_name {name!r} is not one of this model's prompts ({known})", field="prompt_name"
+            )
+        return name
+
+    async def _prepared(self, request: Any) -> tuple[str, str, Direction]:
+        """(input after TEI's character limit, prompt name, direction); TEI's checks in TEI's
+        order, the token limit included when ``truncate`` is false."""
+        if not request.inputs:
+            raise empty_input()
+        check_text(request.inputs, "inputs")  # NUL characters (this server's input rule)
+        direction = self._direction(request.truncation_direction)
+        prompt = self._prompt(request)
+        text = self.tokenizer.limit_chars(request.inputs, request.truncate)
+        if not request.truncate:
+            await asyncio.to_thread(self.tokenizer.check_length, self.spec.prompt_text(prompt) + text)
+        return text, prompt, direction
+
+    def _metadata(
+        self, text: str, tokens: int, started: int, tokenization: int, queue: int, inference: int
+    ) -> pb.Metadata:
+        return pb.Metadata(
+            compute_chars=len(text),
+            compute_tokens=tokens,
+            total_time_ns=time.perf_counter_ns() - started,
+            tokenization_time_ns=tokenization,
+            queue_time_ns=queue,
+            inference_time_ns=inference,
         )
+
+    # --- Embed -----------------------------------------------------------------------------------
 
     async def _embed(self, request: Any) -> pb.EmbedResponse:
         started = time.perf_counter_ns()
-        if isinstance(request, UnparsedRequest):
-            raise request.error()
-        check_text(request.inputs, "inputs")
-        options = self._options(request)
-        result = await encode(self.runtime, [request.inputs], options)
-        vector = postprocess(result.vectors, options.normalize, options.truncate_dim)[0]
-        return pb.EmbedResponse(
-            embeddings=vector.tolist(), metadata=_metadata(result, request.inputs, started)
+        request = _parsed(request)
+        text, prompt, direction = await self._prepared(request)
+        dims = (
+            check_truncate_dim(request.dimensions, self.spec, "dimensions")
+            if request.HasField("dimensions")
+            else self.spec.dimension
         )
+        normalize = request.normalize if request.HasField("normalize") else True
+        result = await self.runtime.embedder.encode(
+            [text],
+            prompt_name=prompt,
+            truncate=request.truncate,
+            truncation_direction=direction,
+            priority=Priority.INTERACTIVE,
+        )
+        tokens = result.token_counts[0]
+        if result.cache_hits:  # a cached vector reports 0 tokens; TEI always counts them
+            full = self.spec.prompt_text(prompt) + text
+            tokens = await asyncio.to_thread(self.tokenizer.count, full, request.truncate, direction)
+        vectors = result.vectors
+        if not normalize and result.raw_norms is not None:  # TEI never applies the Normalize module
+            vectors = vectors * result.raw_norms[:, None]
+        vector = postprocess(vectors, normalize, dims)[0]
+        meta = self._metadata(
+            request.inputs, tokens, started, result.tokenization_ns, result.queue_ns, result.inference_ns
+        )
+        return pb.EmbedResponse(embeddings=vector.tolist(), metadata=meta)
+
+    async def _embed_all(self, request: Any) -> pb.EmbedAllResponse:
+        started = time.perf_counter_ns()
+        request = _parsed(request)
+        text, prompt, direction = await self._prepared(request)
+        full = self.spec.prompt_text(prompt) + text
+        ids, types = await asyncio.to_thread(self.tokenizer.encode, full, request.truncate, direction)
+        tokenized = time.perf_counter_ns()
+        bundle = self.runtime.edge.bundle
+        graph = bundle.directory / bundle.manifest.onnx_fp32
+        hidden = await asyncio.to_thread(self.token_vectors.compute, graph, ids, types)
+        meta = self._metadata(
+            request.inputs, len(ids), started, tokenized - started, 0, time.perf_counter_ns() - tokenized
+        )
+        rows = [pb.TokenEmbedding(embeddings=row.tolist()) for row in np.asarray(hidden)]
+        return pb.EmbedAllResponse(token_embeddings=rows, metadata=meta)
+
+    async def _embed_sparse(self, request: Any) -> pb.EmbedSparseResponse:
+        _parsed(request)
+        raise PreconditionFailed(NOT_SPLADE)  # TEI checks the model type before the input
+
+    async def Embed(self, request: Any, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        return await self._unary(self._embed, request, context, headers=True)
+
+    async def EmbedAll(self, request: Any, context: grpc.aio.ServicerContext) -> pb.EmbedAllResponse:
+        return await self._unary(self._embed_all, request, context, headers=True)
+
+    async def EmbedSparse(self, request: Any, context: grpc.aio.ServicerContext) -> pb.EmbedSparseResponse:
+        return await self._unary(self._embed_sparse, request, context)
+
+    def EmbedStream(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        return self._stream(self._embed, requests, context)
+
+    def EmbedAllStream(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        return self._stream(self._embed_all, requests, context)
+
+    def EmbedSparseStream(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        return self._stream(self._embed_sparse, requests, context)
+
+    # --- Predict and Rerank: classifier and reranker models only -------------------------------
+
+    async def _predict(self, request: Any) -> pb.PredictResponse:
+        _parsed(request)
+        raise PreconditionFailed(NOT_CLASSIFIER)
+
+    async def _predict_pair(self, request: Any) -> pb.PredictResponse:
+        request = _parsed(request)
+        if len(request.inputs) not in (1, 2):  # TEI validates the pair before the model type
+            raise InvalidArgument(
+                f"`inputs` must have a single or two elements. Given: {len(request.inputs)}", field="inputs"
+            )
+        raise PreconditionFailed(NOT_CLASSIFIER)
+
+    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
+        return await self._unary(self._predict, request, context)
+
+    async def PredictPair(self, request: Any, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
+        return await self._unary(self._predict_pair, request, context)
+
+    def PredictStream(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        return self._stream(self._predict, requests, context)
+
+    def PredictPairStream(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        return self._stream(self._predict_pair, requests, context)
+
+    async def _rerank(self, request: Any) -> pb.RerankResponse:
+        request = _parsed(request)
+        if not request.texts:
+            raise empty_input("texts")
+        raise PreconditionFailed(NOT_RERANKER)
+
+    async def Rerank(self, request: Any, context: grpc.aio.ServicerContext) -> pb.RerankResponse:
+        return await self._unary(self._rerank, request, context)
+
+    async def RerankStream(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> pb.RerankResponse:
+        # TEI checks the model type before it reads the stream.
+        await abort(context, PreconditionFailed(NOT_RERANKER))
+        raise AssertionError("unreachable: abort raises")
+
+    # --- Tokenize --------------------------------------------------------------------------------
+
+    async def _tokenize(self, request: Any) -> pb.EncodeResponse:
+        request = _parsed(request)
+        if not request.inputs:
+            raise empty_input()
+        check_text(request.inputs, "inputs")
+        text = self.tokenizer.limit_chars(request.inputs, truncate=False)
+        full = self.spec.prompt_text(self._prompt(request)) + text
+        tokens = await asyncio.to_thread(self.tokenizer.tokenize, full, request.add_special_tokens)
+        return pb.EncodeResponse(
+            tokens=[
+                pb.SimpleToken(id=t.id, text=t.text, special=t.special, start=t.start, stop=t.stop)
+                for t in tokens
+            ]
+        )
+
+    async def _decode(self, request: Any) -> pb.DecodeResponse:
+        request = _parsed(request)
+        text = await asyncio.to_thread(self.tokenizer.decode, list(request.ids), request.skip_special_tokens)
+        return pb.DecodeResponse(text=text)
+
+    async def Tokenize(self, request: Any, context: grpc.aio.ServicerContext) -> pb.EncodeResponse:
+        return await self._unary(self._tokenize, request, context)
+
+    async def Decode(self, request: Any, context: grpc.aio.ServicerContext) -> pb.DecodeResponse:
+        return await self._unary(self._decode, request, context)
+
+    def TokenizeStream(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        return self._stream(self._tokenize, requests, context)
+
+    def DecodeStream(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        return self._stream(self._decode, requests, context)
+
+    # --- Info ------------------------------------------------------------------------------------
 
     async def Info(self, request: Any, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
         settings = self.runtime.settings
-        dtype = self.runtime.embedder.describe().dtype
         return pb.InfoResponse(
             version=__version__,
             model_id=self.spec.model_id,
             model_sha=self.spec.fingerprint.rsplit("@", 1)[-1],
-            model_dtype=dtype,
+            model_dtype=self.runtime.embedder.describe().dtype,
             model_type=pb.MODEL_TYPE_EMBEDDING,
             max_concurrent_requests=settings.max_queue_items,
             max_input_length=self.spec.max_tokens,
@@ -93,42 +298,37 @@ class TeiServicer:
             tokenization_workers=1,
         )
 
-    async def Embed(self, request: Any, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+    # --- call shapes -----------------------------------------------------------------------------
+
+    async def _unary(
+        self,
+        handle: Callable[[Any], Coroutine[Any, Any, R]],
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        *,
+        headers: bool = False,
+    ) -> R:
         try:
-            response = await self._embed(request)
+            response = await handle(request)
         except Exception as exc:
             await abort(context, exc)
             raise
-        await context.send_initial_metadata(_headers(response.metadata))
+        if headers:
+            await context.send_initial_metadata(_headers(response.metadata, self.compute_type))  # type: ignore[attr-defined]
         return response
 
-    async def EmbedStream(
-        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.EmbedResponse]:
-        try:  # TEI semantics: the first error ends the stream with its status
+    async def _stream(
+        self,
+        handle: Callable[[Any], Coroutine[Any, Any, R]],
+        requests: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[R]:
+        """One response per request, in order; the first error ends the stream with its status,
+        as TEI's streams do."""
+        try:
             async for response in ordered_pipeline(
-                requests, self._embed, self.runtime.settings.max_stream_in_flight
+                requests, handle, self.runtime.settings.max_stream_in_flight
             ):
                 yield response
         except Exception as exc:
             await abort(context, exc)
-
-    async def Tokenize(self, request: Any, context: grpc.aio.ServicerContext) -> pb.EncodeResponse:
-        try:
-            if isinstance(request, UnparsedRequest):
-                raise request.error()
-            check_text(request.inputs, "inputs")
-            prompt = check_prompt(request.prompt_name, self.spec, "prompt_name")
-            prefix = self.spec.prompt_text(prompt)
-            (item,) = await asyncio.to_thread(
-                self.runtime.tokens.tokenize, [request.inputs], prefix, request.add_special_tokens
-            )
-            return pb.EncodeResponse(
-                tokens=[
-                    pb.SimpleToken(id=t.id, text=t.text, special=t.special, start=t.start, stop=t.stop)
-                    for t in item.tokens
-                ]
-            )
-        except Exception as exc:
-            await abort(context, exc)
-            raise

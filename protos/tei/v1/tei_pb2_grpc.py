@@ -116,6 +116,26 @@ class EmbedStub:
                 request_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.EmbedSparse = channel.unary_unary(
+                '/tei.v1.Embed/EmbedSparse',
+                request_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.EmbedSparseRequest.SerializeToString,
+                response_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.EmbedSparseResponse.FromString,
+                _registered_method=True)
+        self.EmbedSparseStream = channel.stream_stream(
+                '/tei.v1.Embed/EmbedSparseStream',
+                request_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.EmbedSparseRequest.SerializeToString,
+                response_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.EmbedSparseResponse.FromString,
+                _registered_method=True)
+        self.EmbedAll = channel.unary_unary(
+                '/tei.v1.Embed/EmbedAll',
+                request_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.EmbedAllRequest.SerializeToString,
+                response_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.EmbedAllResponse.FromString,
+                _registered_method=True)
+        self.EmbedAllStream = channel.stream_stream(
+                '/tei.v1.Embed/EmbedAllStream',
+                request_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.EmbedAllRequest.SerializeToString,
+                response_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.EmbedAllResponse.FromString,
+                _registered_method=True)
 
 
 class EmbedServicer:
@@ -133,6 +153,32 @@ class EmbedServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EmbedSparse(self, request, context):
+        """SPLADE models only: FAILED_PRECONDITION here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EmbedSparseStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EmbedAll(self, request, context):
+        """The transformer's vector of every token of the (prompted, truncated) input.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EmbedAllStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbedServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +191,26 @@ def add_EmbedServicer_to_server(servicer, server):
                     servicer.EmbedStream,
                     request_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.EmbedRequest.FromString,
                     response_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.EmbedResponse.SerializeToString,
+            ),
+            'EmbedSparse': grpc.unary_unary_rpc_method_handler(
+                    servicer.EmbedSparse,
+                    request_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.EmbedSparseRequest.FromString,
+                    response_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.EmbedSparseResponse.SerializeToString,
+            ),
+            'EmbedSparseStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.EmbedSparseStream,
+                    request_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.EmbedSparseRequest.FromString,
+                    response_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.EmbedSparseResponse.SerializeToString,
+            ),
+            'EmbedAll': grpc.unary_unary_rpc_method_handler(
+                    servicer.EmbedAll,
+                    request_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.EmbedAllRequest.FromString,
+                    response_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.EmbedAllResponse.SerializeToString,
+            ),
+            'EmbedAllStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.EmbedAllStream,
+                    request_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.EmbedAllRequest.FromString,
+                    response_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.EmbedAllResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -211,6 +277,436 @@ class Embed:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def EmbedSparse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tei.v1.Embed/EmbedSparse',
+            protos_dot_tei_dot_v1_dot_tei__pb2.EmbedSparseRequest.SerializeToString,
+            protos_dot_tei_dot_v1_dot_tei__pb2.EmbedSparseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedSparseStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tei.v1.Embed/EmbedSparseStream',
+            protos_dot_tei_dot_v1_dot_tei__pb2.EmbedSparseRequest.SerializeToString,
+            protos_dot_tei_dot_v1_dot_tei__pb2.EmbedSparseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedAll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tei.v1.Embed/EmbedAll',
+            protos_dot_tei_dot_v1_dot_tei__pb2.EmbedAllRequest.SerializeToString,
+            protos_dot_tei_dot_v1_dot_tei__pb2.EmbedAllResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedAllStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tei.v1.Embed/EmbedAllStream',
+            protos_dot_tei_dot_v1_dot_tei__pb2.EmbedAllRequest.SerializeToString,
+            protos_dot_tei_dot_v1_dot_tei__pb2.EmbedAllResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class PredictStub:
+    """Classifier and reranker models only: FAILED_PRECONDITION here.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Predict = channel.unary_unary(
+                '/tei.v1.Predict/Predict',
+                request_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.PredictRequest.SerializeToString,
+                response_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.PredictResponse.FromString,
+                _registered_method=True)
+        self.PredictPair = channel.unary_unary(
+                '/tei.v1.Predict/PredictPair',
+                request_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.PredictPairRequest.SerializeToString,
+                response_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.PredictResponse.FromString,
+                _registered_method=True)
+        self.PredictStream = channel.stream_stream(
+                '/tei.v1.Predict/PredictStream',
+                request_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.PredictRequest.SerializeToString,
+                response_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.PredictResponse.FromString,
+                _registered_method=True)
+        self.PredictPairStream = channel.stream_stream(
+                '/tei.v1.Predict/PredictPairStream',
+                request_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.PredictPairRequest.SerializeToString,
+                response_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.PredictResponse.FromString,
+                _registered_method=True)
+
+
+class PredictServicer:
+    """Classifier and reranker models only: FAILED_PRECONDITION here.
+    """
+
+    def Predict(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PredictPair(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PredictStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PredictPairStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PredictServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Predict': grpc.unary_unary_rpc_method_handler(
+                    servicer.Predict,
+                    request_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.PredictRequest.FromString,
+                    response_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.PredictResponse.SerializeToString,
+            ),
+            'PredictPair': grpc.unary_unary_rpc_method_handler(
+                    servicer.PredictPair,
+                    request_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.PredictPairRequest.FromString,
+                    response_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.PredictResponse.SerializeToString,
+            ),
+            'PredictStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PredictStream,
+                    request_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.PredictRequest.FromString,
+                    response_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.PredictResponse.SerializeToString,
+            ),
+            'PredictPairStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PredictPairStream,
+                    request_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.PredictPairRequest.FromString,
+                    response_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.PredictResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'tei.v1.Predict', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('tei.v1.Predict', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Predict:
+    """Classifier and reranker models only: FAILED_PRECONDITION here.
+    """
+
+    @staticmethod
+    def Predict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tei.v1.Predict/Predict',
+            protos_dot_tei_dot_v1_dot_tei__pb2.PredictRequest.SerializeToString,
+            protos_dot_tei_dot_v1_dot_tei__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictPair(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tei.v1.Predict/PredictPair',
+            protos_dot_tei_dot_v1_dot_tei__pb2.PredictPairRequest.SerializeToString,
+            protos_dot_tei_dot_v1_dot_tei__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tei.v1.Predict/PredictStream',
+            protos_dot_tei_dot_v1_dot_tei__pb2.PredictRequest.SerializeToString,
+            protos_dot_tei_dot_v1_dot_tei__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictPairStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tei.v1.Predict/PredictPairStream',
+            protos_dot_tei_dot_v1_dot_tei__pb2.PredictPairRequest.SerializeToString,
+            protos_dot_tei_dot_v1_dot_tei__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class RerankStub:
+    """Reranker models only: FAILED_PRECONDITION here.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Rerank = channel.unary_unary(
+                '/tei.v1.Rerank/Rerank',
+                request_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.RerankRequest.SerializeToString,
+                response_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.RerankResponse.FromString,
+                _registered_method=True)
+        self.RerankStream = channel.stream_unary(
+                '/tei.v1.Rerank/RerankStream',
+                request_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.RerankStreamRequest.SerializeToString,
+                response_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.RerankResponse.FromString,
+                _registered_method=True)
+
+
+class RerankServicer:
+    """Reranker models only: FAILED_PRECONDITION here.
+    """
+
+    def Rerank(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RerankStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RerankServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Rerank': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rerank,
+                    request_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.RerankRequest.FromString,
+                    response_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.RerankResponse.SerializeToString,
+            ),
+            'RerankStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.RerankStream,
+                    request_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.RerankStreamRequest.FromString,
+                    response_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.RerankResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'tei.v1.Rerank', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('tei.v1.Rerank', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Rerank:
+    """Reranker models only: FAILED_PRECONDITION here.
+    """
+
+    @staticmethod
+    def Rerank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tei.v1.Rerank/Rerank',
+            protos_dot_tei_dot_v1_dot_tei__pb2.RerankRequest.SerializeToString,
+            protos_dot_tei_dot_v1_dot_tei__pb2.RerankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RerankStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/tei.v1.Rerank/RerankStream',
+            protos_dot_tei_dot_v1_dot_tei__pb2.RerankStreamRequest.SerializeToString,
+            protos_dot_tei_dot_v1_dot_tei__pb2.RerankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class TokenizeStub:
     """Missing associated documentation comment in .proto file."""
@@ -226,12 +722,45 @@ class TokenizeStub:
                 request_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.EncodeRequest.SerializeToString,
                 response_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.EncodeResponse.FromString,
                 _registered_method=True)
+        self.TokenizeStream = channel.stream_stream(
+                '/tei.v1.Tokenize/TokenizeStream',
+                request_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.EncodeRequest.SerializeToString,
+                response_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.EncodeResponse.FromString,
+                _registered_method=True)
+        self.Decode = channel.unary_unary(
+                '/tei.v1.Tokenize/Decode',
+                request_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.DecodeRequest.SerializeToString,
+                response_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.DecodeResponse.FromString,
+                _registered_method=True)
+        self.DecodeStream = channel.stream_stream(
+                '/tei.v1.Tokenize/DecodeStream',
+                request_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.DecodeRequest.SerializeToString,
+                response_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.DecodeResponse.FromString,
+                _registered_method=True)
 
 
 class TokenizeServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Tokenize(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TokenizeStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Decode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecodeStream(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -244,6 +773,21 @@ def add_TokenizeServicer_to_server(servicer, server):
                     servicer.Tokenize,
                     request_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.EncodeRequest.FromString,
                     response_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.EncodeResponse.SerializeToString,
+            ),
+            'TokenizeStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.TokenizeStream,
+                    request_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.EncodeRequest.FromString,
+                    response_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.EncodeResponse.SerializeToString,
+            ),
+            'Decode': grpc.unary_unary_rpc_method_handler(
+                    servicer.Decode,
+                    request_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.DecodeRequest.FromString,
+                    response_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.DecodeResponse.SerializeToString,
+            ),
+            'DecodeStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.DecodeStream,
+                    request_deserializer=protos_dot_tei_dot_v1_dot_tei__pb2.DecodeRequest.FromString,
+                    response_serializer=protos_dot_tei_dot_v1_dot_tei__pb2.DecodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -273,6 +817,87 @@ class Tokenize:
             '/tei.v1.Tokenize/Tokenize',
             protos_dot_tei_dot_v1_dot_tei__pb2.EncodeRequest.SerializeToString,
             protos_dot_tei_dot_v1_dot_tei__pb2.EncodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TokenizeStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tei.v1.Tokenize/TokenizeStream',
+            protos_dot_tei_dot_v1_dot_tei__pb2.EncodeRequest.SerializeToString,
+            protos_dot_tei_dot_v1_dot_tei__pb2.EncodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Decode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tei.v1.Tokenize/Decode',
+            protos_dot_tei_dot_v1_dot_tei__pb2.DecodeRequest.SerializeToString,
+            protos_dot_tei_dot_v1_dot_tei__pb2.DecodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecodeStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tei.v1.Tokenize/DecodeStream',
+            protos_dot_tei_dot_v1_dot_tei__pb2.DecodeRequest.SerializeToString,
+            protos_dot_tei_dot_v1_dot_tei__pb2.DecodeResponse.FromString,
             options,
             channel_credentials,
             insecure,
