@@ -99,7 +99,8 @@ def test_dimensions(channel: grpc.Channel) -> None:
 def test_truncation_left_keeps_the_end(channel: grpc.Channel) -> None:
     """Needs the pool's truncation_direction="left" (another branch); RIGHT keeps the start."""
     embed = tei_grpc.EmbedStub(channel)
-    words = [WORDS[i % len(WORDS)] for i in range(400)]  # one token each: 402 with [CLS]/[SEP]
+    # One token each, 402 with [CLS]/[SEP]; the first and the second half use different words.
+    words = [WORDS[i % 5] for i in range(200)] + [WORDS[5 + i % 5] for i in range(200)]
     text = " ".join(words)
     left = tei.EmbedRequest(inputs=text, truncate=True, truncation_direction=tei.TRUNCATION_DIRECTION_LEFT)
     right = tei.EmbedRequest(inputs=text, truncate=True)
