@@ -9,6 +9,8 @@ prompts, so its server checks tei.v1's prompt_name too (the shared live server's
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +46,7 @@ class Built:
     dense: Path  # Transformer, Pooling(mean), Dense 384->256 (tanh), Normalize; PROMPTS
     pooled: Path  # Transformer, Pooling(cls+max+mean+lasttoken), no Normalize, no token_type_ids
     cnn: Path  # Transformer, CNN, Pooling: a module the ONNX export does not support
-    dense_bin: tuple[Path, Path]  # Dense weights as pytorch_model.bin, two seeds
+    dense_bin: tuple[Path, Path]  # the Dense model with its weights as pytorch_model.bin, two seeds
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +80,14 @@ def built(spec: ModelSpec, tmp_path_factory: pytest.TempPathFactory) -> Built:
         modules=[transformer, cnn, Pooling(cnn.get_embedding_dimension())], device="cpu"
     ).save(str(root / "cnn"))
     bins = []
-    for seed in (1, 2):
+    for seed in (1, 2):  # the Dense model with other Dense weights, saved as pytorch_model.bin
+        copy = root / f"bin{seed}"
+        shutil.copytree(root / "dense", copy, copy_function=os.symlink)
+        shutil.rmtree(copy / "2_Dense")
+        (copy / "2_Dense").mkdir()
         torch.manual_seed(seed)
-        model = SentenceTransformer(modules=[transformer, Pooling(384), Dense(384, 256)], device="cpu")
-        model.save(str(root / f"bin{seed}"), safe_serialization=False)
-        bins.append(root / f"bin{seed}")
+        Dense(384, 256).save(str(copy / "2_Dense"), safe_serialization=False)
+        bins.append(copy)
     return Built(root / "dense", root / "pooled", root / "cnn", (bins[0], bins[1]))
 
 
