@@ -60,11 +60,11 @@ def vector_options(options: pb.EmbedOptions, spec: ModelSpec) -> VectorOptions:
 
 def direction_of(value: int, field: str) -> Literal["right", "left"]:
     """The TruncationDirection enum value; an unknown number is refused, never taken as RIGHT."""
-    if value == pb.TRUNCATION_DIRECTION_RIGHT:
+    if value in (pb.TRUNCATION_DIRECTION_UNSPECIFIED, pb.TRUNCATION_DIRECTION_RIGHT):
         return "right"
     if value == pb.TRUNCATION_DIRECTION_LEFT:
         return "left"
-    raise InvalidArgument(f"{field} {value} is unknown; use RIGHT (0) or LEFT (1)", field=field)
+    raise InvalidArgument(f"{field} {value} is unknown; use RIGHT (1) or LEFT (2)", field=field)
 
 
 def int8_ranges(calibration: Calibration, options: VectorOptions) -> tuple[np.ndarray, np.ndarray] | None:

@@ -18,6 +18,7 @@ class Precision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 
 class TruncationDirection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
+    TRUNCATION_DIRECTION_UNSPECIFIED: _ClassVar[TruncationDirection]
     TRUNCATION_DIRECTION_RIGHT: _ClassVar[TruncationDirection]
     TRUNCATION_DIRECTION_LEFT: _ClassVar[TruncationDirection]
 PRECISION_UNSPECIFIED: Precision
@@ -25,6 +26,7 @@ PRECISION_FLOAT32: Precision
 PRECISION_FLOAT16: Precision
 PRECISION_INT8: Precision
 PRECISION_UBINARY: Precision
+TRUNCATION_DIRECTION_UNSPECIFIED: TruncationDirection
 TRUNCATION_DIRECTION_RIGHT: TruncationDirection
 TRUNCATION_DIRECTION_LEFT: TruncationDirection
 
