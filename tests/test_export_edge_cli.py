@@ -41,8 +41,8 @@ def test_export_edge_fits_the_store_and_refuses_an_unknown_projection(
         stored, _ = store.sample_documents(1000, fingerprint=spec.fingerprint)
     finally:
         store.close()
-    common = ("--edge-dims", "32", "--edge-fit-min-vectors", "64", "--data-dir", str(tmp_path / "data"))
-    common = (*common, "--workers", "1")
+    common = ["--edge-dims", "32", "--edge-fit-min-vectors", "64", "--data-dir", str(tmp_path / "data")]
+    common += ["--workers", "1"]
 
     # Default --edge-projection adaptor: 80 documents are below MIN_FIT_DOCS, so the PCA rotation is
     # fitted and no pseudo-query is embedded (nor reported in the manifest).
