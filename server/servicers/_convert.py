@@ -10,7 +10,7 @@ from google.protobuf import struct_pb2
 
 from protos.embedding.v1 import embedding_pb2 as pb
 from server.calibration import Calibration
-from server.embedder import EncodeResult
+from server.embedder import EncodeResult, TruncationDirection
 from server.errors import InvalidArgument
 from server.model import ModelSpec
 from server.servicers._status import status_for
@@ -42,6 +42,20 @@ def precision_of(value: int, field: str) -> Precision:
         ) from None
 
 
+TRUNCATION_IN: dict[int, TruncationDirection] = {
+    pb.TRUNCATION_DIRECTION_RIGHT: "right",
+    pb.TRUNCATION_DIRECTION_LEFT: "left",
+}
+
+
+def truncation_direction_of(value: int, field: str) -> TruncationDirection:
+    """The TruncationDirection enum value, or InvalidArgument naming the field."""
+    try:
+        return TRUNCATION_IN[value]
+    except KeyError:
+        raise InvalidArgument(f"{field} {value} is unknown; use RIGHT or LEFT", field=field) from None
+
+
 def vector_options(options: pb.EmbedOptions, spec: ModelSpec) -> VectorOptions:
     """EmbedOptions -> VectorOptions with the documented defaults; InvalidArgument naming the field."""
     return VectorOptions(
@@ -54,6 +68,9 @@ def vector_options(options: pb.EmbedOptions, spec: ModelSpec) -> VectorOptions:
         precision=precision_of(options.precision, "options.precision"),
         prompt_name=check_prompt(options.prompt_name, spec, "options.prompt_name"),
         truncate=options.truncate if options.HasField("truncate") else True,
+        truncation_direction=truncation_direction_of(
+            options.truncation_direction, "options.truncation_direction"
+        ),
     )
 
 

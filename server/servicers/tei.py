@@ -8,6 +8,7 @@ status ends a stream, and unary responses carry x-* timing headers in millisecon
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -65,13 +66,13 @@ class TeiServicer:
             truncate=request.truncate,
         )
 
-    async def _embed(self, request: Any) -> pb.EmbedResponse:
+    async def _embed(self, request: Any, *, wait: bool = False) -> pb.EmbedResponse:
         started = time.perf_counter_ns()
         if isinstance(request, UnparsedRequest):
             raise request.error()
         check_text(request.inputs, "inputs")
         options = self._options(request)
-        result = await encode(self.runtime, [request.inputs], options)
+        result = await encode(self.runtime, [request.inputs], options, wait=wait, field=["inputs"])
         vector = postprocess(result.vectors, options.normalize, options.truncate_dim)[0]
         return pb.EmbedResponse(
             embeddings=vector.tolist(), metadata=_metadata(result, request.inputs, started)
@@ -107,7 +108,9 @@ class TeiServicer:
     ) -> AsyncIterator[pb.EmbedResponse]:
         try:  # TEI semantics: the first error ends the stream with its status
             async for response in ordered_pipeline(
-                requests, self._embed, self.runtime.settings.max_stream_in_flight
+                requests,
+                functools.partial(self._embed, wait=True),
+                self.runtime.settings.max_stream_in_flight,
             ):
                 yield response
         except Exception as exc:
@@ -120,15 +123,17 @@ class TeiServicer:
             check_text(request.inputs, "inputs")
             prompt = check_prompt(request.prompt_name, self.spec, "prompt_name")
             prefix = self.spec.prompt_text(prompt)
-            (item,) = await asyncio.to_thread(
-                self.runtime.tokens.tokenize, [request.inputs], prefix, request.add_special_tokens
-            )
-            return pb.EncodeResponse(
-                tokens=[
-                    pb.SimpleToken(id=t.id, text=t.text, special=t.special, start=t.start, stop=t.stop)
-                    for t in item.tokens
-                ]
-            )
+            # Tokenizing and building the reply (up to the message limit) off the event loop.
+            return await asyncio.to_thread(self._tokenize, request.inputs, prefix, request.add_special_tokens)
         except Exception as exc:
             await abort(context, exc)
             raise
+
+    def _tokenize(self, text: str, prefix: str, specials: bool) -> pb.EncodeResponse:
+        (item,) = self.runtime.tokens.tokenize([text], prefix, specials, ["inputs"])
+        return pb.EncodeResponse(
+            tokens=[
+                pb.SimpleToken(id=t.id, text=t.text, special=t.special, start=t.start, stop=t.stop)
+                for t in item.tokens
+            ]
+        )
