@@ -24,7 +24,20 @@ from embedcore.errors import BundleError, BundleIntegrityError
 from embedcore.onnx_encoder import OnnxEncoder, OnnxModel
 from embedcore.pooling import PoolingMode, l2_normalize, pool, truncate_dims
 from embedcore.projection import Projection, fit_pca_rotation, pca_directions
-from embedcore.tokenization import TokenBatch, load_tokenizer, pad_token_id, tokenize_batch
+from embedcore.tokenization import (
+    ModelTokenizer,
+    NoContentError,
+    TokenBatch,
+    Tokens,
+    TruncationSide,
+    check_content,
+    load_tokenizer,
+    no_content_message,
+    pad_token_id,
+    pad_tokens,
+    tokenize_batch,
+    tokens_before_cut,
+)
 
 __all__ = [
     "FORMAT",
@@ -34,22 +47,30 @@ __all__ = [
     "EdgeBundle",
     "FileEntry",
     "Manifest",
+    "ModelTokenizer",
+    "NoContentError",
     "OnnxEncoder",
     "OnnxModel",
     "PoolingMode",
     "Projection",
     "TokenBatch",
+    "Tokens",
+    "TruncationSide",
     "bundle_fingerprint",
+    "check_content",
     "fit_pca_rotation",
     "format_for",
     "l2_normalize",
     "load_tokenizer",
+    "no_content_message",
     "pad_token_id",
+    "pad_tokens",
     "pca_directions",
     "pool",
     "sha256_file",
     "swap_in_directory",
     "tokenize_batch",
+    "tokens_before_cut",
     "truncate_dims",
     "verify_file",
 ]

@@ -30,6 +30,7 @@ from embedcore.errors import BundleError, BundleIntegrityError
 from embedcore.onnx_encoder import OnnxEncoder
 from embedcore.pooling import NUMPY_MODES, PoolingMode
 from embedcore.projection import Projection
+from embedcore.tokenization import check_content
 
 MANIFEST = "manifest.json"
 FORMAT = 2  # the newest format this code reads and writes
@@ -236,10 +237,15 @@ class EdgeBundle:
         self, texts: Sequence[str], dims: int, *, kind: str = "query", int8: bool = True, threads: int = 0
     ) -> np.ndarray:
         """Texts -> edge vectors (n, dims): the model's prompt for ``kind`` (query|document),
-        the ONNX encoder, then the bundle's projection."""
+        the ONNX encoder, then the bundle's projection. NoContentError naming ``texts[i]`` for
+        a text with no content token (zero-width or control characters only)."""
         name = self.manifest.query_prompt_name if kind == "query" else self.manifest.document_prompt_name
         prefix = self.prompt(name)
-        full = self.encoder(int8=int8, threads=threads).encode([prefix + t for t in texts])
+        encoder = self.encoder(int8=int8, threads=threads)
+        if prefix:  # the prompt's own tokens would hide a text without content
+            tokens = encoder.tokenizer.encode_batch(list(texts))
+            check_content(tokens, [f"texts[{i}]" for i in range(len(tokens))])
+        full = encoder.encode([prefix + t for t in texts])
         return self.projection.apply(full, dims)
 
 

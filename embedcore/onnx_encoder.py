@@ -8,6 +8,11 @@ Graphs (server.onnx_export) map (input_ids, attention_mask[, token_type_ids]) to
 whole module pipeline after the transformer (pooling, any Dense head, ...) except a final
 Normalize, which is applied here, so the raw pipeline output stays available. Graphs of older
 exporters have only ``last_hidden_state`` (Transformer + Pooling models): pooled in numpy.
+
+A text gets the same vector alone or in any batch. Dynamically quantized graphs (the int8
+export: DynamicQuantizeLinear) take one activation scale over the whole input tensor, so in a
+batch a row's vector depended on the other rows and on padding (cosine down to 0.968 to the
+same text alone, measured here): such graphs run each row alone, without padding.
 """
 
 from __future__ import annotations
@@ -21,7 +26,14 @@ import numpy as np
 import onnxruntime as ort
 
 from embedcore.pooling import PoolingMode, l2_normalize, pool
-from embedcore.tokenization import load_tokenizer, pad_token_id, tokenize_batch
+from embedcore.tokenization import (
+    ModelTokenizer,
+    NoContentError,
+    TruncationSide,
+    no_content_message,
+    pad_token_id,
+    tokenize_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +52,21 @@ def _providers(requested: Sequence[str] | None) -> list[str]:
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     return chosen
+
+
+_DYNAMIC_QUANTIZATION = b"DynamicQuantizeLinear"  # the op's name, stored as text in the graph
+
+
+def quantizes_per_batch(model_path: Path) -> bool:
+    """True when the graph quantizes activations dynamically, one scale per input tensor (the
+    op name appears in the ONNX file's node list; read in blocks, the file can be large)."""
+    tail = b""
+    with model_path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            if _DYNAMIC_QUANTIZATION in tail + block:
+                return True
+            tail = block[-len(_DYNAMIC_QUANTIZATION) :]
+    return False
 
 
 class OnnxModel:
@@ -72,6 +99,7 @@ class OnnxModel:
         self.head_in_graph = SENTENCE_OUTPUT in {o.name for o in self.session.get_outputs()}
         self.pooling = pooling
         self.normalize = normalize
+        self.per_row = quantizes_per_batch(Path(model_path))  # see the module docstring
 
     def _feeds(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
@@ -84,6 +112,17 @@ class OnnxModel:
     ) -> np.ndarray:
         """(batch, seq) int64 arrays -> (batch, dimension) float32: the model's pipeline
         output before its final Normalize (equal to :meth:`forward` for models without one)."""
+        if not self.per_row:
+            return self._run(input_ids, attention_mask, token_type_ids)
+        rows = []
+        for row, length in enumerate(attention_mask.sum(axis=1).tolist()):
+            keep = (slice(row, row + 1), slice(0, max(int(length), 1)))
+            rows.append(self._run(input_ids[keep], attention_mask[keep], token_type_ids[keep]))
+        return np.concatenate(rows) if rows else self._run(input_ids, attention_mask, token_type_ids)
+
+    def _run(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
+    ) -> np.ndarray:
         feeds = self._feeds(input_ids, attention_mask, token_type_ids)
         if self.head_in_graph:
             (out,) = self.session.run([SENTENCE_OUTPUT], feeds)
@@ -94,8 +133,8 @@ class OnnxModel:
     def forward(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
     ) -> np.ndarray:
-        """(batch, seq) int64 arrays -> (batch, dimension) float32, the model's vectors (unit
-        length when it ends in Normalize)."""
+        """(batch, seq) int64 arrays, right-padded -> (batch, dimension) float32, the model's
+        vectors (unit length when it ends in Normalize)."""
         pooled = self.raw(input_ids, attention_mask, token_type_ids)
         return l2_normalize(pooled) if self.normalize else pooled
 
@@ -109,7 +148,11 @@ class OnnxModel:
 
 
 class OnnxEncoder:
-    """Embeds texts into full-dimension float32 vectors: tokenizer + :class:`OnnxModel`."""
+    """Embeds texts into full-dimension float32 vectors: tokenizer + :class:`OnnxModel`.
+
+    Texts are tokenized only as far as the model reads (:class:`ModelTokenizer`); a text with
+    no content token (zero-width or control characters only) raises
+    :class:`~embedcore.NoContentError`."""
 
     def __init__(
         self,
@@ -126,12 +169,13 @@ class OnnxEncoder:
         self.model = OnnxModel(
             model_path, pooling=pooling, normalize=normalize, threads=threads, providers=providers
         )
-        self.tokenizer = load_tokenizer(tokenizer_path, max_tokens=max_tokens)
+        self.tokenizer = ModelTokenizer(tokenizer_path, max_tokens=max_tokens)
         self.batch_size = batch_size
-        self.pad_id = pad_token_id(self.tokenizer)
+        self.pad_id = pad_token_id(self.tokenizer.tokenizer())
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """(n, dimension) float32; unit length when the model normalizes."""
+    def encode(self, texts: Sequence[str], *, side: TruncationSide = "right") -> np.ndarray:
+        """(n, dimension) float32; unit length when the model normalizes. Over-long texts are
+        cut on ``side`` ("left" keeps the end). NoContentError naming ``texts[i]``."""
         texts = list(texts)
         if not texts:
             raise ValueError("encode() needs at least one text")
@@ -140,7 +184,11 @@ class OnnxEncoder:
         out: list[np.ndarray] = []
         for start in range(0, len(order), self.batch_size):
             chunk = [texts[i] for i in order[start : start + self.batch_size]]
-            batch = tokenize_batch(self.tokenizer, chunk, pad_id=self.pad_id)
+            try:
+                batch = tokenize_batch(self.tokenizer, chunk, pad_id=self.pad_id, side=side)
+            except NoContentError as exc:  # name the caller's index, not the chunk's
+                index = order[start + exc.index]
+                raise NoContentError(index, no_content_message(f"texts[{index}]")) from None
             out.append(self.model.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids))
         stacked = np.concatenate(out, axis=0)
         result = np.empty_like(stacked)

@@ -10,13 +10,18 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
+from server.errors import ServiceError
 from server.model import ModelSpec
 
-TruncationDirection = Literal["right", "left"]  # which end of an over-long input is cut
+if TYPE_CHECKING:
+    from embedcore import Tokens
+
+TruncationDirection = Literal["right", "left"]  # which end of an over-long input is cut: "left" keeps the end
+FieldNames = str | Sequence[str]  # "inputs": item i is "inputs[i]"; or one request field per text
 
 
 class Priority(enum.IntEnum):
@@ -24,6 +29,14 @@ class Priority(enum.IntEnum):
 
     INTERACTIVE = 0
     BULK = 1
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Texts of one call, tokenized and checked: what the model will read of each."""
+
+    tokens: list[Tokens]
+    tokenization_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -79,9 +92,30 @@ class Embedder(Protocol):
         truncate: bool = True,
         truncation_direction: TruncationDirection = "right",
         priority: Priority = Priority.INTERACTIVE,
+        wait: bool | None = None,
+        field: FieldNames = "inputs",
     ) -> EncodeResult:
-        """Embed ``texts``. Raises InvalidArgument for an over-long input when truncate is
-        False (naming its index), or for an unknown prompt_name; Overloaded, NotReady or
-        WorkerFailed for capacity and worker problems. ``truncation_direction``: which end of
-        an over-long input is cut ("left" keeps its end)."""
+        """Embed ``texts`` (each with the prompt prepended, cut to the model's maximum on the
+        ``truncation_direction`` side).
+
+        InvalidArgument naming the text's field (``field``) for a text over --max-input-chars,
+        one with no content token (only zero-width or control characters), one over the
+        model's maximum when ``truncate`` is False, or an unknown prompt_name.
+        ``wait``: when the encoder queue is full, wait for room (streams, bulk work) instead of
+        failing with Overloaded (unary calls); None waits for BULK work only. Overloaded,
+        NotReady or WorkerFailed for capacity and worker problems.
+        """
+        ...
+
+    async def validate(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt_name: str = "",
+        truncate: bool = True,
+        truncation_direction: TruncationDirection = "right",
+        field: FieldNames = "inputs",
+    ) -> list[ServiceError | None]:
+        """Per text, the InvalidArgument :meth:`encode` would raise for it, or None: lets a
+        caller (Ingest) reject bad items one by one instead of failing the whole call."""
         ...

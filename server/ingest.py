@@ -122,6 +122,12 @@ class Ingestor:
             if stored is not None:
                 errors[i] = PreconditionFailed(stale_message(item.collection, stored, self.spec.fingerprint))
         good = [i for i in range(len(items)) if i not in errors]
+        # The encoder's checks (size, content), per document: a bad one is rejected alone.
+        checked = await self.embedder.validate(
+            [items[i].text for i in good], prompt_name=self.prompt, field=["text"] * len(good)
+        )
+        errors.update({i: error for i, error in zip(good, checked, strict=True) if error is not None})
+        good = [i for i in good if i not in errors]
         hashes = {i: self.hash_of(items[i].text) for i in good}
         missing = await asyncio.to_thread(self.store.missing_hashes, list(hashes.values()))
         vectors = await self._embed({h: items[i].text for i, h in hashes.items() if h in missing})

@@ -25,6 +25,9 @@ LATENCY = Histogram(
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 QUEUE_DEPTH = Gauge("embed_queue_depth", "items waiting for an encoder worker")
+QUEUE_WAITING = Gauge(
+    "embed_queue_waiting", "items of streams and bulk work waiting for room in the full encoder queue"
+)
 BATCH_SIZE = Histogram(
     "embed_batch_size", "inputs per model batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 )

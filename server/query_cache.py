@@ -1,52 +1,53 @@
-"""An LRU of query embeddings in front of any Embedder (interactive calls only).
+"""An LRU of query embeddings in front of the encoder pool (interactive calls only).
 
-Key: model fingerprint, prompt name, truncate flag and the canonicalized text (Unicode NFC,
-runs of whitespace collapsed to one space, ends stripped, lowercased only when the model's
-tokenizer lowercases anyway). The cached value is the model's vector before per-request
-options, so the same query asked at other dimensions or precisions is still a hit. Bulk calls
-(ingestion) bypass it: the store has its own content-hash cache.
+Key: the model fingerprint and the token ids the model reads, after the tokenizer's
+normalization, the prompt and truncation on the requested side. Two inputs share an entry
+exactly when the model cannot tell them apart ("Alpha  beta" and "alpha beta" for an uncased
+model), never because they look alike ("alpha\\x1fbeta" is "alphabet ##a" to the model, not
+"alpha beta"): the key is what the model sees, not a guess at it. The cached value is the
+model's vector before per-request options, so the same query asked at other dimensions or
+precisions is still a hit. Bulk calls (ingestion) bypass it: the store has its own
+content-hash cache.
 """
 
 from __future__ import annotations
 
-import unicodedata
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
 from server import metrics
-from server.embedder import ComputeInfo, Embedder, EncodeResult, Priority, TruncationDirection
+from server.embedder import ComputeInfo, EncodeResult, FieldNames, Prepared, Priority, TruncationDirection
+from server.errors import ServiceError
 from server.model import ModelSpec
 
 
-def canonical_text(text: str, *, lower: bool) -> str:
-    text = " ".join(unicodedata.normalize("NFC", text).split())
-    return text.lower() if lower else text
+class TokenEmbedder(Protocol):
+    """What the cache needs of the encoder: tokenizing apart from computing."""
 
+    spec: ModelSpec
 
-class CachedEmbedder:
-    """Wraps ``inner``; same :class:`~server.embedder.Embedder` interface."""
+    async def start(self) -> None: ...
 
-    def __init__(self, inner: Embedder, capacity: int) -> None:
-        self.inner = inner
-        self.spec: ModelSpec = inner.spec
-        self.capacity = capacity
-        # key -> (the model's vector, its length before a final Normalize or NaN)
-        self._entries: OrderedDict[tuple[str, str, bool, str, str], tuple[np.ndarray, float]] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
+    async def close(self) -> None: ...
 
-    def _key(
-        self, text: str, prompt_name: str, truncate: bool, direction: TruncationDirection
-    ) -> tuple[str, str, bool, str, str]:
-        return (
-            self.spec.fingerprint,
-            prompt_name,
-            truncate,
-            direction,
-            canonical_text(text, lower=self.spec.do_lower_case),
-        )
+    def describe(self) -> ComputeInfo: ...
+
+    async def tokenize(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt_name: str = "",
+        truncate: bool = True,
+        truncation_direction: TruncationDirection = "right",
+        field: FieldNames = "inputs",
+    ) -> Prepared: ...
+
+    async def encode_tokens(
+        self, prepared: Prepared, *, priority: Priority = Priority.INTERACTIVE, wait: bool | None = None
+    ) -> EncodeResult: ...
 
     async def encode(
         self,
@@ -56,19 +57,65 @@ class CachedEmbedder:
         truncate: bool = True,
         truncation_direction: TruncationDirection = "right",
         priority: Priority = Priority.INTERACTIVE,
+        wait: bool | None = None,
+        field: FieldNames = "inputs",
+    ) -> EncodeResult: ...
+
+    async def validate(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt_name: str = "",
+        truncate: bool = True,
+        truncation_direction: TruncationDirection = "right",
+        field: FieldNames = "inputs",
+    ) -> list[ServiceError | None]: ...
+
+
+class CachedEmbedder:
+    """Wraps ``inner``; same :class:`~server.embedder.Embedder` interface."""
+
+    def __init__(self, inner: TokenEmbedder, capacity: int) -> None:
+        self.inner = inner
+        self.spec: ModelSpec = inner.spec
+        self.capacity = capacity
+        # key -> (the model's vector, its length before a final Normalize or NaN)
+        self._entries: OrderedDict[tuple[str, bytes], tuple[np.ndarray, float]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def _key(self, ids: np.ndarray) -> tuple[str, bytes]:
+        return (self.spec.fingerprint, np.ascontiguousarray(ids, dtype=np.int64).tobytes())
+
+    async def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt_name: str = "",
+        truncate: bool = True,
+        truncation_direction: TruncationDirection = "right",
+        priority: Priority = Priority.INTERACTIVE,
+        wait: bool | None = None,
+        field: FieldNames = "inputs",
     ) -> EncodeResult:
-        async def compute(some: Sequence[str]) -> EncodeResult:
+        if self.capacity <= 0 or priority != Priority.INTERACTIVE or not texts:
             return await self.inner.encode(
-                some,
+                texts,
                 prompt_name=prompt_name,
                 truncate=truncate,
                 truncation_direction=truncation_direction,
                 priority=priority,
+                wait=wait,
+                field=field,
             )
-
-        if self.capacity <= 0 or priority != Priority.INTERACTIVE or not texts:
-            return await compute(texts)
-        keys = [self._key(t, prompt_name, truncate, truncation_direction) for t in texts]
+        prepared = await self.inner.tokenize(
+            texts,
+            prompt_name=prompt_name,
+            truncate=truncate,
+            truncation_direction=truncation_direction,
+            field=field,
+        )
+        keys = [self._key(t.ids) for t in prepared.tokens]
         found: dict[int, tuple[np.ndarray, float]] = {}
         for i, key in enumerate(keys):
             entry = self._entries.get(key)
@@ -86,10 +133,15 @@ class CachedEmbedder:
             return EncodeResult(
                 vectors=vectors,
                 token_counts=(0,) * len(texts),
+                tokenization_ns=prepared.tokenization_ns,
                 cache_hits=len(texts),
                 raw_norms=None if np.isnan(norms).any() else norms,
             )
-        inner = await compute([texts[i] for i in missing])
+        inner = await self.inner.encode_tokens(
+            Prepared([prepared.tokens[i] for i in missing], prepared.tokenization_ns),
+            priority=priority,
+            wait=wait,
+        )
         out = np.empty((len(texts), inner.vectors.shape[1]), dtype=np.float32)
         out_norms = np.full(len(texts), np.nan, dtype=np.float32)
         counts = [0] * len(texts)
@@ -110,6 +162,23 @@ class CachedEmbedder:
             inference_ns=inner.inference_ns,
             cache_hits=len(found),
             raw_norms=None if np.isnan(out_norms).any() else out_norms,
+        )
+
+    async def validate(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt_name: str = "",
+        truncate: bool = True,
+        truncation_direction: TruncationDirection = "right",
+        field: FieldNames = "inputs",
+    ) -> list[ServiceError | None]:
+        return await self.inner.validate(
+            texts,
+            prompt_name=prompt_name,
+            truncate=truncate,
+            truncation_direction=truncation_direction,
+            field=field,
         )
 
     async def start(self) -> None:

@@ -126,7 +126,9 @@ async def build_runtime(
         ingestor=Ingestor(store, indexes, embedder, spec),
         searcher=Searcher(store, indexes, embedder, spec, settings.search_max_k),
         syncer=Syncer(store, spec, edge, max_page_bytes=settings.max_message_bytes // 4),
-        tokens=TokenInspector(spec),
+        tokens=TokenInspector(
+            spec, max_reply_bytes=settings.max_message_bytes, max_input_chars=settings.max_input_chars
+        ),
     )
     runtime.tasks.append(asyncio.create_task(_save_indexes_periodically(runtime), name="index-saver"))
     return runtime

@@ -109,7 +109,9 @@ class Searcher:
         if meta.fingerprint != self.spec.fingerprint:
             raise PreconditionFailed(stale_message(q.collection, meta.fingerprint, self.spec.fingerprint))
         prompt = self.spec.query_prompt_name if q.prompt_name is None else q.prompt_name
-        encoded = await self.embedder.encode([q.query], prompt_name=prompt, priority=Priority.INTERACTIVE)
+        encoded = await self.embedder.encode(
+            [q.query], prompt_name=prompt, priority=Priority.INTERACTIVE, field=["query"]
+        )
         query = encoded.vectors[0]
         ranked, sequence = await asyncio.to_thread(self._rank, q, query)
         hits = await asyncio.to_thread(self._hits, q, ranked)

@@ -89,7 +89,16 @@ class Settings:
     max_wait_ms: float = _opt(5.0, "longest a request waits for a batch to fill")
     max_client_batch_size: int = _opt(512, "most inputs in one Embed request")
     max_stream_in_flight: int = _opt(256, "items per stream being embedded at once (backpressure)")
-    max_queue_items: int = _opt(20000, "items waiting for the encoder pool before RESOURCE_EXHAUSTED")
+    max_queue_items: int = _opt(
+        20000,
+        "inputs waiting for the encoder pool; past it unary calls get RESOURCE_EXHAUSTED, "
+        "streams (EmbedStream, Ingest) wait for room",
+    )
+    # 10 MiB: a whole book is one input (truncated, only its first 256 tokens are tokenized);
+    # below the default message limit, so the limit is this option and not a transport error.
+    max_input_chars: int = _opt(
+        10 * 1024 * 1024, "largest input accepted, in characters (Embed, Tokenize, Ingest, Search)"
+    )
     query_cache_size: int = _opt(10000, "query-embedding LRU entries (0 = off)")
     # --- encoder pool (issue 3) ---
     threads_per_worker: int = _opt(0, "intra-op threads per CPU worker (0 = cores // workers)")
@@ -151,6 +160,7 @@ class Settings:
             raise ValueError(f"--workers must be 0 (auto) or positive, got {self.workers}")
         positive = (
             "max_batch_tokens",
+            "max_input_chars",
             "max_client_batch_size",
             "max_stream_in_flight",
             "max_queue_items",
@@ -168,10 +178,30 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
+        self._validate_limits()
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key must be given together")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("--tls-client-ca needs TLS: give --tls-cert and --tls-key too")
+
+    def _validate_limits(self) -> None:
+        """Pairs of limits that, inconsistent, would make a stream wait for something that
+        never comes. Checked: every limit a waiting (stream or bulk) submission depends on.
+        Not a pair: --max-client-batch-size above --max-queue-items (a unary call is refused
+        at once with RESOURCE_EXHAUSTED naming the limit, and its client can split it);
+        --max-stream-in-flight (stream items wait one input at a time)."""
+        # (smaller, larger, why): the first may not exceed the second.
+        pairs = (
+            # one Ingest commit is embedded in one call that waits for that much queue room
+            ("ingest_commit_docs", "max_queue_items", "an Ingest batch could never be queued"),
+        )
+        for small, large, why in pairs:
+            if getattr(self, small) > getattr(self, large):
+                raise ValueError(
+                    f"--{_flag(small)}={getattr(self, small)} is more than "
+                    f"--{_flag(large)}={getattr(self, large)}: {why}; raise --{_flag(large)} "
+                    f"or lower --{_flag(small)}"
+                )
 
 
 def env_var(name: str) -> str:

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from embedcore import truncate_dims
+from server.embedder import TruncationDirection
 from server.errors import InvalidArgument
 from server.model import ModelSpec
 
@@ -40,7 +40,7 @@ class VectorOptions:
     precision: Precision = Precision.FLOAT32
     prompt_name: str = ""
     truncate: bool = True  # cut over-long inputs (False: reject them)
-    truncation_direction: Literal["right", "left"] = "right"  # which end is cut ("left" keeps the end)
+    truncation_direction: TruncationDirection = "right"  # "left" keeps the end of an over-long input
 
 
 def check_truncate_dim(value: int, spec: ModelSpec, field: str) -> int:

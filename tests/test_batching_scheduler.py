@@ -49,7 +49,7 @@ def test_pick_batch_always_contains_the_oldest_item() -> None:
 
 
 async def test_interactive_items_go_before_queued_bulk_items() -> None:
-    sched = scheduler(max_batch_tokens=16)
+    sched = scheduler(max_batch_tokens=32)  # two rows of width 16
     bulk = [make_item(8, Priority.BULK) for _ in range(6)]
     sched.submit(bulk)
     interactive = [make_item(8, Priority.INTERACTIVE) for _ in range(2)]
@@ -110,15 +110,15 @@ def test_pad_batch_right_pads_with_the_pad_id() -> None:
     async def run() -> None:
         items = [make_item(3, token=5), make_item(1, token=9)]
         ids, mask, types = pad_batch(items, pad_id=0)
-        assert ids.tolist() == [[5, 5, 5], [9, 0, 0]]
-        assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+        assert ids.tolist() == [[5, 5, 5] + [0] * 13, [9] + [0] * 15]  # width: a multiple of 16
+        assert mask.tolist() == [[1, 1, 1] + [0] * 13, [1] + [0] * 15]
         assert not types.any()
 
     asyncio.run(run())
 
 
 async def test_requeued_items_go_back_to_the_front_in_order() -> None:
-    sched = scheduler(max_batch_tokens=16, max_wait_ms=0)
+    sched = scheduler(max_batch_tokens=32, max_wait_ms=0)
     items = [make_item(8, token=t) for t in (1, 2, 3, 4)]
     sched.submit(items)
     first = await sched.next_batch()
@@ -126,3 +126,85 @@ async def test_requeued_items_go_back_to_the_front_in_order() -> None:
     first[1].future.cancel()  # its call ended meanwhile: not given back
     sched.requeue(first)
     assert await sched.next_batch() == [items[0], items[2]]
+
+
+async def test_a_waiting_submission_is_queued_when_room_frees() -> None:
+    depths: list[int] = []
+    sched = Scheduler(
+        max_batch_tokens=32,
+        max_wait_ms=0,
+        max_queue_items=4,
+        on_depth=lambda queued, _: depths.append(queued),
+    )
+    first = [make_item(8) for _ in range(4)]
+    sched.submit(first)
+    waiting = [make_item(8, Priority.BULK) for _ in range(3)]
+    admitted = asyncio.create_task(sched.submit_waiting(waiting))
+    await asyncio.sleep(0)  # let it reach its wait
+    assert not admitted.done() and sched.waiting() == 3
+    with pytest.raises(Overloaded, match="max-queue-items=4"):
+        sched.submit([make_item(8)])  # unary calls still fail fast
+    assert await sched.next_batch() == first[:2]  # two leave: room for 2 of the 3, not enough
+    assert not admitted.done()
+    assert await sched.next_batch() == first[2:]
+    await asyncio.wait_for(admitted, timeout=5)
+    assert sched.depth() == 3 and depths[-1] == 3
+
+
+async def test_waiting_interactive_submissions_go_before_waiting_bulk_ones() -> None:
+    sched = scheduler(max_batch_tokens=8, max_wait_ms=0, max_queue_items=1)
+    sched.submit([make_item(8)])
+    bulk = make_item(8, Priority.BULK)
+    interactive = make_item(8)
+    bulk_wait = asyncio.create_task(sched.submit_waiting([bulk]))
+    await asyncio.sleep(0)
+    interactive_wait = asyncio.create_task(sched.submit_waiting([interactive]))
+    await asyncio.sleep(0)
+    await sched.next_batch()
+    await asyncio.wait_for(interactive_wait, timeout=5)
+    assert not bulk_wait.done() and await sched.next_batch() == [interactive]
+    await asyncio.wait_for(bulk_wait, timeout=5)
+
+
+async def test_discarded_items_leave_the_depth_at_once() -> None:
+    depths: list[int] = []
+    sched = Scheduler(
+        max_batch_tokens=64,
+        max_wait_ms=0,
+        max_queue_items=100,
+        on_depth=lambda queued, _: depths.append(queued),
+    )
+    kept, dropped = [make_item(4) for _ in range(3)], [make_item(4) for _ in range(5)]
+    sched.submit(kept)
+    sched.submit(dropped)
+    assert depths[-1] == 8
+    for item in dropped:
+        item.future.cancel()
+    sched.discard(dropped)
+    assert sched.depth() == 3 and depths[-1] == 3  # without waiting for a worker to take anything
+    assert await sched.next_batch() == kept
+
+
+async def test_a_cancelled_wait_queues_nothing() -> None:
+    sched = scheduler(max_queue_items=1)
+    sched.submit([make_item(4)])
+    wait = asyncio.create_task(sched.submit_waiting([make_item(4)]))
+    await asyncio.sleep(0)
+    wait.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await wait
+    assert sched.depth() == 1 and sched.waiting() == 0
+
+
+def test_an_item_is_always_computed_at_its_own_padded_width() -> None:
+    """Batch composition never changes the width a row is computed at (see server.batching)."""
+
+    async def run() -> None:
+        window = [make_item(n) for n in (20, 3, 30, 17, 40, 32, 16)]
+        assert pick_batch(window, budget=1000) == [window[0], window[2], window[3], window[5]]
+        assert pick_batch(window[1:], budget=1000) == [window[1], window[6]]
+        assert pick_batch(window, budget=64) == [window[0], window[2]]  # 2 rows of width 32
+        ids, mask, _ = pad_batch(pick_batch(window, budget=1000), pad_id=0)
+        assert ids.shape == (4, 32) and int(mask.sum()) == 20 + 30 + 17 + 32
+
+    asyncio.run(run())

@@ -93,7 +93,7 @@ def test_truncate_true_cuts_and_false_rejects(stub: pb_grpc.EmbeddingServiceStub
     err = invalid(
         lambda: stub.Embed(pb.EmbedRequest(inputs=[FOOD, LONG], options=pb.EmbedOptions(truncate=False)))
     )
-    assert "input 1 has 402 tokens" in err.details() and "256" in err.details()
+    assert "inputs[1] has 402 tokens" in err.details() and "256" in err.details()
 
 
 @pytest.mark.parametrize(

@@ -38,3 +38,23 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(AttributeError):
         settings.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "names"),
+    [
+        (
+            {"max_queue_items": 100, "ingest_commit_docs": 256},
+            ("--ingest-commit-docs=256", "--max-queue-items=100"),
+        ),
+        ({"max_input_chars": 0}, ("--max-input-chars",)),
+    ],
+)
+def test_limits_that_can_never_work_together_are_refused_naming_both(
+    overrides: dict[str, int], names: tuple[str, ...]
+) -> None:
+    with pytest.raises(ValueError) as err:
+        Settings.from_env({}, **overrides)
+    for name in names:
+        assert name in str(err.value)
+    Settings.from_env({}, max_queue_items=256)  # equal limits are fine

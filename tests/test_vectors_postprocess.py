@@ -9,7 +9,6 @@ from protos.embedding.v1 import embedding_pb2 as pb
 from server.calibration import Calibration
 from server.errors import InvalidArgument
 from server.model import ModelSpec
-from server.query_cache import canonical_text
 from server.servicers._convert import to_protos, vector_options
 from server.vectors import Precision, VectorOptions
 
@@ -84,9 +83,3 @@ def test_int8_of_one_vector_equals_its_row_in_any_batch() -> None:
     lo, hi = ranges
     approx = (q + 128) / 255 * (hi - lo) + lo
     assert np.corrcoef(approx, np.clip(batch[0], lo, hi))[0, 1] > 0.99
-
-
-def test_canonical_text_for_the_cache() -> None:
-    assert canonical_text("  Cafe\u0301 \t\n au  lait ", lower=False) == "Café au lait"
-    assert canonical_text("Hello World", lower=True) == "hello world"
-    assert canonical_text("Hello World", lower=False) == "Hello World"

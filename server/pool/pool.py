@@ -1,16 +1,19 @@
 """EncoderPool: the production :class:`~server.embedder.Embedder` over worker processes.
 
-Tokenizes in this process (the batcher needs real token counts), queues one item per input in
-the :class:`~server.batching.Scheduler`, and runs one dispatcher task per worker that takes a
-batch, hands it to its worker and resolves the items' futures. A dead or hung worker fails the
-items of its batch with WorkerFailed (UNAVAILABLE, retryable) and is restarted; queued items
-wait for the restart instead of failing.
+Tokenizes in this process (the batcher needs real token counts; :mod:`server.tokenization`
+checks every input), queues one item per input in the :class:`~server.batching.Scheduler`, and
+runs one dispatcher task per worker that takes a batch, hands it to its worker and resolves the
+items' futures. A dead or hung worker fails the items of its batch with WorkerFailed
+(UNAVAILABLE, retryable) and is restarted, also when it dies idle (its process sentinel is
+watched on the event loop, so ``embed_workers_ready`` drops at once); queued items wait for
+the restart instead of failing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -20,17 +23,18 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from embedcore import l2_normalize, load_tokenizer, pad_token_id
+from embedcore import l2_normalize, pad_token_id
 from server import metrics
 from server.batching import Item, Scheduler, pad_batch
-from server.embedder import ComputeInfo, EncodeResult, Priority, TruncationDirection
-from server.errors import InvalidArgument, NotReady, WorkerFailed
+from server.embedder import ComputeInfo, EncodeResult, FieldNames, Prepared, Priority, TruncationDirection
+from server.errors import NotReady, ServiceError, WorkerFailed
 from server.hardware import usable_cores
 from server.model import ModelSpec
 from server.onnx_export import onnx_cache_dir
 from server.pool.backends import BackendConfig
 from server.pool.worker import WorkerHandle
 from server.settings import Settings
+from server.tokenization import TextTokenizer, field_names
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,11 @@ def _compile_enabled(settings: Settings, device: str) -> bool:
     return settings.compile == "on" or device == "cpu"
 
 
+def _report_depth(queued: int, waiting: int) -> None:
+    metrics.QUEUE_DEPTH.set(queued)
+    metrics.QUEUE_WAITING.set(waiting)
+
+
 def load_pad_id(spec: ModelSpec, tokenizer: Tokenizer) -> int:
     """The pad token named in the model's tokenizer_config.json (default [PAD])."""
     path = spec.path / "tokenizer_config.json"
@@ -90,17 +99,13 @@ class EncoderPool:
     def __init__(self, settings: Settings, spec: ModelSpec) -> None:
         self.spec = spec
         self.settings = settings
-        self.tokenizer = load_tokenizer(spec.path / "tokenizer.json", max_tokens=spec.max_tokens)
-        self.pad_id = load_pad_id(spec, self.tokenizer)
-        # Untruncated twin: token counts for error messages and Tokenize (never mutate the other:
-        # it is used from several threads).
-        self.counter = Tokenizer.from_file(str(spec.path / "tokenizer.json"))
-        self.counter.no_truncation()
-        self.counter.no_padding()
+        self.texts = TextTokenizer(spec, settings.max_input_chars)
+        self.pad_id = load_pad_id(spec, self.texts.model.tokenizer())
         self.scheduler = Scheduler(
             max_batch_tokens=settings.max_batch_tokens,
             max_wait_ms=settings.max_wait_ms,
             max_queue_items=settings.max_queue_items,
+            on_depth=_report_depth,
         )
         devices = worker_devices(settings)
         cpu_workers = sum(d == "cpu" for d in devices)
@@ -121,6 +126,7 @@ class EncoderPool:
             )
             for i, device in enumerate(devices)
         ]
+        self._died = {w.index: asyncio.Event() for w in self.workers}
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._closed = False
@@ -142,6 +148,8 @@ class EncoderPool:
         await asyncio.gather(
             *(asyncio.get_running_loop().run_in_executor(w.io, w.start_blocking) for w in self.workers)
         )
+        for worker in self.workers:
+            self._watch(worker)
         self._report_ready()
         self._tasks = [
             asyncio.create_task(self._dispatch(w), name=f"dispatch-{w.index}") for w in self.workers
@@ -150,6 +158,27 @@ class EncoderPool:
 
     def _report_ready(self) -> None:
         metrics.WORKERS_READY.set(sum(w.ready for w in self.workers))
+
+    def _watch(self, worker: WorkerHandle) -> None:
+        """Notice the worker's exit the moment it happens, busy or idle (its process sentinel
+        becomes readable), so the gauge and the restart do not wait for the next batch."""
+        sentinel = worker.sentinel
+        if sentinel is None:
+            return
+        self._died[worker.index].clear()
+        loop = asyncio.get_running_loop()
+
+        def exited() -> None:
+            loop.remove_reader(sentinel)
+            worker.ready = False
+            self._report_ready()
+            self._died[worker.index].set()
+
+        loop.add_reader(sentinel, exited)
+
+    def _unwatch(self, worker: WorkerHandle) -> None:
+        if worker.sentinel is not None:
+            asyncio.get_running_loop().remove_reader(worker.sentinel)
 
     async def close(self) -> None:
         """Stop the dispatchers and the workers (idempotent)."""
@@ -162,25 +191,50 @@ class EncoderPool:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for worker in self.workers:
+            self._unwatch(worker)
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(w.io, w.stop_blocking) for w in self.workers))
+        self._report_ready()
         for worker in self.workers:
             worker.io.shutdown(wait=False)
 
     async def _restart(self, worker: WorkerHandle) -> None:
         loop = asyncio.get_running_loop()
         delay = 1.0
+        self._unwatch(worker)
         while True:
             metrics.WORKER_RESTARTS.inc()
             await loop.run_in_executor(worker.io, worker.kill)
+            self._report_ready()
             try:
                 await loop.run_in_executor(worker.io, worker.start_blocking)
+                self._watch(worker)
                 self._report_ready()
                 return
             except WorkerFailed as exc:
                 log.error("%s; retrying in %.0fs", exc, delay)
                 await asyncio.sleep(delay)  # backoff between restart attempts, not a readiness wait
                 delay = min(delay * 2, 30.0)
+
+    async def _next_batch(self, worker: WorkerHandle) -> list[Item] | None:
+        """The next batch, or [] when the worker died while waiting for one (None: closed)."""
+        died = self._died[worker.index]
+        if died.is_set():
+            return []
+        take = asyncio.ensure_future(self.scheduler.next_batch())
+        death = asyncio.ensure_future(died.wait())
+        try:
+            await asyncio.wait({take, death}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            death.cancel()
+            if not take.done():
+                take.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await take
+        if take.cancelled():
+            return []
+        return take.result()
 
     async def _dispatch(self, worker: WorkerHandle) -> None:
         loop = asyncio.get_running_loop()
@@ -189,7 +243,7 @@ class EncoderPool:
             if not worker.alive():  # restart before taking work, so the other workers keep going
                 log.warning("worker %d is not running; restarting it", worker.index)
                 await self._restart(worker)
-            batch = await self.scheduler.next_batch()
+            batch = await self._next_batch(worker)
             if batch is None:
                 return
             if not worker.alive():  # died while idle: these items were never sent; give them back
@@ -198,7 +252,6 @@ class EncoderPool:
             batch = [item for item in batch if not item.future.done()]  # calls may have ended
             if not batch:
                 continue
-            metrics.QUEUE_DEPTH.set(self.scheduler.depth())
             ids, mask, types = pad_batch(batch, self.pad_id)
             metrics.BATCH_SIZE.observe(len(batch))
             metrics.BATCH_TOKENS.observe(int(ids.size))
@@ -219,59 +272,72 @@ class EncoderPool:
 
     # --- encoding --------------------------------------------------------------------------
 
-    def _tokenize(self, texts: list[str], truncate: bool) -> tuple[list[np.ndarray], list[int]]:
-        """Truncated ids per text, and the indexes of texts longer than the model's maximum."""
-        encodings = self.tokenizer.encode_batch(texts)
-        over = [i for i, e in enumerate(encodings) if e.overflowing] if not truncate else []
-        return [np.asarray(e.ids, dtype=np.int64) for e in encodings], over
-
-    def full_length(self, text: str) -> int:
-        """Tokens of ``text`` without truncation (for messages and Tokenize)."""
-        return len(self.counter.encode(text).ids)
-
-    async def encode(
+    async def tokenize(
         self,
         texts: Sequence[str],
         *,
         prompt_name: str = "",
         truncate: bool = True,
         truncation_direction: TruncationDirection = "right",
-        priority: Priority = Priority.INTERACTIVE,
+        field: FieldNames = "inputs",
+    ) -> Prepared:
+        """What the model reads of each text, checked (see :meth:`encode`); off the event loop
+        unless the texts are short."""
+        names = field_names(field, len(texts))
+        work = functools.partial(
+            self.texts.tokenize,
+            texts,
+            names,
+            prompt_name=prompt_name,
+            truncate=truncate,
+            side=truncation_direction,
+        )
+        t0 = time.perf_counter_ns()
+        if sum(map(len, texts)) <= _INLINE_TOKENIZE_CHARS:
+            tokens = work()
+        else:
+            tokens = await asyncio.to_thread(work)
+        return Prepared(tokens, time.perf_counter_ns() - t0)
+
+    async def validate(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt_name: str = "",
+        truncate: bool = True,
+        truncation_direction: TruncationDirection = "right",
+        field: FieldNames = "inputs",
+    ) -> list[ServiceError | None]:
+        check = functools.partial(
+            self.texts.validate,
+            texts,
+            field_names(field, len(texts)),
+            prompt_name=prompt_name,
+            truncate=truncate,
+            side=truncation_direction,
+        )
+        return await asyncio.to_thread(check)
+
+    async def encode_tokens(
+        self, prepared: Prepared, *, priority: Priority = Priority.INTERACTIVE, wait: bool | None = None
     ) -> EncodeResult:
+        """Run the model on tokenized texts. ``wait``: see :meth:`encode`."""
         if not self._started:
             raise NotReady("the encoder pool is still starting")
-        if truncation_direction != "right":
-            raise InvalidArgument(
-                "truncation_direction LEFT is not supported yet", field="options.truncation_direction"
-            )
-        try:
-            prefix = self.spec.prompt_text(prompt_name)
-        except KeyError as exc:
-            raise InvalidArgument(str(exc.args[0]), field="prompt_name") from exc
-        full = [prefix + t for t in texts]
-        t0 = time.perf_counter_ns()
-        if sum(map(len, full)) <= _INLINE_TOKENIZE_CHARS:
-            ids, over = self._tokenize(full, truncate)
-        else:
-            ids, over = await asyncio.to_thread(self._tokenize, full, truncate)
-        if over:
-            i = over[0]
-            raise InvalidArgument(
-                f"input {i} has {self.full_length(full[i])} tokens, more than the model's maximum of "
-                f"{self.spec.max_tokens}; "
-                "shorten it or set truncate=true",
-                field=f"inputs[{i}]",
-            )
-        t1 = time.perf_counter_ns()
         loop = asyncio.get_running_loop()
-        items = [Item(ids=row, priority=priority, future=loop.create_future()) for row in ids]
-        self.scheduler.submit(items)
-        metrics.QUEUE_DEPTH.set(self.scheduler.depth())
+        items = [Item(ids=t.ids, priority=priority, future=loop.create_future()) for t in prepared.tokens]
         try:
+            if wait if wait is not None else priority is Priority.BULK:
+                step = self.scheduler.max_queue_items  # a bigger bulk call is queued in parts
+                for start in range(0, len(items), step):
+                    await self.scheduler.submit_waiting(items[start : start + step])
+            else:
+                self.scheduler.submit(items)
             results = await asyncio.gather(*(item.future for item in items))
         except BaseException:
             for item in items:  # the call is over (error, deadline, cancel): drop its queued work
                 item.future.cancel()
+            self.scheduler.discard(items)
             raise
         raw = np.asarray(
             np.stack([r[0] for r in results]) if results else np.zeros((0, self.spec.dimension)), np.float32
@@ -281,11 +347,33 @@ class EncoderPool:
         return EncodeResult(
             vectors=l2_normalize(raw) if self.spec.normalize else raw,
             raw_norms=norms,
-            token_counts=tuple(len(r) for r in ids),
+            token_counts=tuple(t.length for t in prepared.tokens),
             queue_ns=max((int(r[1]) for r in results), default=0),
-            tokenization_ns=t1 - t0,
+            tokenization_ns=prepared.tokenization_ns,
             inference_ns=sum({(id(r[0].base), int(r[2])): int(r[2]) for r in results}.values()),
         )
+
+    async def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt_name: str = "",
+        truncate: bool = True,
+        truncation_direction: TruncationDirection = "right",
+        priority: Priority = Priority.INTERACTIVE,
+        wait: bool | None = None,
+        field: FieldNames = "inputs",
+    ) -> EncodeResult:
+        if not self._started:
+            raise NotReady("the encoder pool is still starting")
+        prepared = await self.tokenize(
+            texts,
+            prompt_name=prompt_name,
+            truncate=truncate,
+            truncation_direction=truncation_direction,
+            field=field,
+        )
+        return await self.encode_tokens(prepared, priority=priority, wait=wait)
 
     def describe(self) -> ComputeInfo:
         return ComputeInfo(

@@ -90,6 +90,11 @@ class WorkerHandle:
     def pid(self) -> int | None:
         return None if self.process is None else int(self.process.pid)
 
+    @property
+    def sentinel(self) -> int | None:
+        """A file descriptor that becomes readable when the process exits (None before start)."""
+        return None if self.process is None else int(self.process.sentinel)
+
     def alive(self) -> bool:
         return self.process is not None and self.process.is_alive()
 

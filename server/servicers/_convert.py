@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from google.protobuf import struct_pb2
 
 from protos.embedding.v1 import embedding_pb2 as pb
 from server.calibration import Calibration
-from server.embedder import EncodeResult
+from server.embedder import EncodeResult, TruncationDirection
 from server.errors import InvalidArgument
 from server.model import ModelSpec
 from server.servicers._status import status_for
@@ -58,7 +58,7 @@ def vector_options(options: pb.EmbedOptions, spec: ModelSpec) -> VectorOptions:
     )
 
 
-def direction_of(value: int, field: str) -> Literal["right", "left"]:
+def direction_of(value: int, field: str) -> TruncationDirection:
     """The TruncationDirection enum value; an unknown number is refused, never taken as RIGHT."""
     if value in (pb.TRUNCATION_DIRECTION_UNSPECIFIED, pb.TRUNCATION_DIRECTION_RIGHT):
         return "right"

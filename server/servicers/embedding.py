@@ -1,9 +1,12 @@
 """embedding.v1.EmbeddingService: Info, Embed, EmbedStream, Tokenize.
 
 Bad input never reaches the encoder: requests are validated here (empty inputs and NUL
-characters are INVALID_ARGUMENT naming ``inputs[i]``), options are resolved once
+characters are INVALID_ARGUMENT naming ``inputs[i]``) and by the encoder's tokenization
+(:mod:`server.tokenization`: size, content, length), options are resolved once
 (:func:`server.servicers._convert.vector_options`), and per-request post-processing (truncation,
-precision) runs after the pool returns the model's vectors.
+precision) runs after the pool returns the model's vectors. Embed fails fast with
+RESOURCE_EXHAUSTED when the encoder queue is full; EmbedStream items wait for room (the stream
+stops reading, flow control holds the client).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import grpc
 
 from protos.embedding.v1 import embedding_pb2 as pb
 from server import __version__
-from server.embedder import EncodeResult, Priority
+from server.embedder import EncodeResult, FieldNames, Priority
 from server.errors import InvalidArgument, ServiceError
 from server.runtime import Runtime
 from server.servicers._convert import int8_ranges, item_error, timing, to_protos, vector_options
@@ -29,14 +32,25 @@ from server.vectors import VectorOptions, check_prompt
 log = logging.getLogger(__name__)
 
 
-async def encode(runtime: Runtime, texts: list[str], options: VectorOptions) -> EncodeResult:
-    """Interactive embedding of ``texts`` with the request's prompt and truncation."""
+async def encode(
+    runtime: Runtime,
+    texts: list[str],
+    options: VectorOptions,
+    *,
+    wait: bool = False,
+    field: FieldNames = "inputs",
+) -> EncodeResult:
+    """Interactive embedding of ``texts`` with the request's prompt and truncation. ``wait``:
+    wait for room in a full encoder queue (streams) instead of RESOURCE_EXHAUSTED (unary);
+    ``field`` names the texts in errors (see :meth:`server.embedder.Embedder.encode`)."""
     return await runtime.embedder.encode(
         texts,
         prompt_name=options.prompt_name,
         truncate=options.truncate,
         truncation_direction=options.truncation_direction,
         priority=Priority.INTERACTIVE,
+        wait=wait,
+        field=field,
     )
 
 
@@ -82,6 +96,7 @@ class EmbeddingServicer:
             device=compute.device,
             dtype=compute.dtype,
             workers=compute.workers,
+            compiled=compute.compiled,
             max_batch_tokens=settings.max_batch_tokens,
             max_client_batch_size=settings.max_client_batch_size,
             edge_bundle_fingerprint=runtime.edge.fingerprint,
@@ -151,7 +166,7 @@ class EmbeddingServicer:
                 raise item.options
             check_text(request.input, "input")
             ranges = int8_ranges(self.runtime.calibration, item.options)
-            result = await encode(self.runtime, [request.input], item.options)
+            result = await encode(self.runtime, [request.input], item.options, wait=True, field=["input"])
             (vector,) = to_protos(result.vectors, item.options, ranges)
             return pb.EmbedStreamResponse(
                 id=request_id, embedding=vector, timing=timing(result, len(request.input), started)
@@ -178,19 +193,23 @@ class EmbeddingServicer:
             prompt = check_prompt(request.prompt_name, self.spec, "prompt_name")
             specials = request.add_special_tokens if request.HasField("add_special_tokens") else True
             prefix = self.spec.prompt_text(prompt)
-            found = await asyncio.to_thread(self.runtime.tokens.tokenize, inputs, prefix, specials)
-            return pb.TokenizeResponse(
-                items=[
-                    pb.Tokenization(
-                        tokens=[
-                            pb.Token(id=t.id, text=t.text, special=t.special, start=t.start, stop=t.stop)
-                            for t in item.tokens
-                        ],
-                        exceeds_max=item.exceeds_max,
-                    )
-                    for item in found
-                ]
-            )
+            # Tokenizing and building the reply (up to the message limit) off the event loop.
+            return await asyncio.to_thread(self._tokenize, inputs, prefix, specials)
         except Exception as exc:
             await abort(context, exc)
             raise
+
+    def _tokenize(self, inputs: list[str], prefix: str, specials: bool) -> pb.TokenizeResponse:
+        found = self.runtime.tokens.tokenize(inputs, prefix, specials)
+        return pb.TokenizeResponse(
+            items=[
+                pb.Tokenization(
+                    tokens=[
+                        pb.Token(id=t.id, text=t.text, special=t.special, start=t.start, stop=t.stop)
+                        for t in item.tokens
+                    ],
+                    exceeds_max=item.exceeds_max,
+                )
+                for item in found
+            ]
+        )

@@ -12,6 +12,7 @@ rerankers) are FAILED_PRECONDITION with TEI's messages, after TEI's own input ch
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
@@ -123,7 +124,8 @@ class TeiServicer:
 
     # --- Embed -----------------------------------------------------------------------------------
 
-    async def _embed(self, request: Any) -> pb.EmbedResponse:
+    async def _embed(self, request: Any, *, wait: bool = False) -> pb.EmbedResponse:
+        """``wait``: a stream's request waits for queue room; a unary call fails fast."""
         started = time.perf_counter_ns()
         request = _parsed(request)
         text, prompt, direction = await self._prepared(request)
@@ -139,6 +141,8 @@ class TeiServicer:
             truncate=request.truncate,
             truncation_direction=direction,
             priority=Priority.INTERACTIVE,
+            wait=wait,
+            field=["inputs"],  # TEI's request has one input, named without an index
         )
         tokens = result.token_counts[0]
         if result.cache_hits:  # a cached vector reports 0 tokens; TEI always counts them
@@ -185,7 +189,7 @@ class TeiServicer:
     def EmbedStream(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        return self._stream(self._embed, requests, context)
+        return self._stream(functools.partial(self._embed, wait=True), requests, context)
 
     def EmbedAllStream(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
