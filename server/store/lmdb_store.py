@@ -450,6 +450,37 @@ class Store:
             yield [(rec.suffix_str(k), d) for k, d in rows]
             start = rows[-1][0]
 
+    def content_keys(self, collection: str, batch: int = 16384) -> Iterator[list[tuple[int, bytes]]]:
+        """(index key, content hash) of every live document of ``collection``, ``batch`` per
+        short read transaction; reads the fixed header only (no text is decompressed)."""
+        pfx = rec.prefix(collection)
+        after = pfx
+        while True:
+
+            def read(txn: Any, start: bytes = after) -> tuple[bytes, list[tuple[int, bytes]]]:
+                cursor = txn.cursor(db=self._db["docs"])
+                out: list[tuple[int, bytes]] = []
+                last = start
+                if not cursor.set_range(start):
+                    return last, out
+                for k, v in cursor:
+                    key = bytes(k)
+                    if not key.startswith(pfx):
+                        break
+                    if key == start and start != pfx:
+                        continue
+                    chash, ikey = rec.unpack_doc_hash_key(v)
+                    out.append((ikey, chash))
+                    last = key
+                    if len(out) >= batch:
+                        break
+                return last, out
+
+            after, rows = self._read(read)
+            if not rows:
+                return
+            yield rows
+
     def matrix(self, collection: str) -> tuple[np.ndarray, list[str], np.ndarray]:
         """Every live document of ``collection``: (index keys int64, ids, vectors float32)."""
         keys: list[int] = []

@@ -105,6 +105,12 @@ def pack_doc(doc: DocRecord) -> bytes:
     return _DOC_HEADER.pack(doc.content_hash, doc.key, doc.sequence, flags, len(text)) + text + meta
 
 
+def unpack_doc_hash_key(raw: bytes | memoryview) -> tuple[bytes, int]:
+    """(content hash, index key) of a packed document, without decoding its text."""
+    chash, key = _DOC_HEADER.unpack_from(raw)[:2]
+    return bytes(chash), int(key)
+
+
 def unpack_doc(raw: bytes | memoryview) -> DocRecord:
     data = bytes(raw)
     chash, key, sequence, flags, length = _DOC_HEADER.unpack_from(data)
