@@ -92,6 +92,7 @@ class EmbeddingServicer:
                 sequence=row.sequence,
                 model_fingerprint=row.model_fingerprint,
                 stale=row.stale,
+                incarnation=row.incarnation,
             )
         return response
 

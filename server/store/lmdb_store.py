@@ -91,6 +91,7 @@ class CollectionRow:
     sequence: int
     model_fingerprint: str
     stale: bool
+    incarnation: str
 
 
 class _RWLock:
@@ -194,6 +195,14 @@ class Store:
                     f"store format {bytes(found).decode()} in {self.path} is not the supported "
                     f"format {FORMAT_VERSION.decode()}"
                 )
+            # Collections written before incarnations existed get theirs now (an optional field
+            # of the same format: no version bump).
+            db = self._db["collections"]
+            for name, raw in list(txn.cursor(db=db)):
+                meta = CollectionMeta.unpack(raw)
+                if not meta.incarnation:
+                    meta.incarnation = rec.new_incarnation()
+                    txn.put(bytes(name), meta.pack(), db=db)
 
         self._write(check)
 
@@ -259,7 +268,14 @@ class Store:
     def collection_rows(self, serving_fingerprint: str) -> list[CollectionRow]:
         """Info's collection list: counters, and stale = stored under another model."""
         return [
-            CollectionRow(name, m.documents, m.sequence, m.fingerprint, m.fingerprint != serving_fingerprint)
+            CollectionRow(
+                name,
+                m.documents,
+                m.sequence,
+                m.fingerprint,
+                m.fingerprint != serving_fingerprint,
+                m.incarnation,
+            )
             for name, m in sorted(self.collections().items())
         ]
 
@@ -292,7 +308,9 @@ class Store:
                 if meta is None:
                     raw = txn.get(doc.collection.encode(), db=dbs["collections"])
                     meta = (
-                        CollectionMeta(fingerprint, dimension) if raw is None else CollectionMeta.unpack(raw)
+                        CollectionMeta(fingerprint, dimension, incarnation=rec.new_incarnation())
+                        if raw is None
+                        else CollectionMeta.unpack(raw)
                     )
                     if meta.fingerprint != required:
                         raise StaleCollection(doc.collection, meta.fingerprint, fingerprint)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import uuid
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -143,15 +144,26 @@ def unpack_change(raw: bytes | memoryview) -> tuple[int, int, str]:
     return int(op), int(key), data[_CHANGE_HEADER.size :].decode("utf-8")
 
 
+def new_incarnation() -> str:
+    """A collection's identity: random, so a collection created again under the same name (a
+    wiped data directory, another server) never gets the identity of an earlier one."""
+    return uuid.uuid4().hex
+
+
 @dataclass
 class CollectionMeta:
-    """Per-collection header: the model its vectors come from and its counters."""
+    """Per-collection header: the model its vectors come from, its counters, and its identity.
+
+    ``incarnation`` is created with the collection and never changes; a sequence number means
+    something only together with it (SyncVectors checkpoints carry both). Stores written before
+    it existed get one when opened (``""`` only until then)."""
 
     fingerprint: str
     dimension: int  # width of the stored vectors
     sequence: int = 0  # head of the change log
     documents: int = 0
     next_key: int = 1  # next free index key
+    incarnation: str = ""
 
     def pack(self) -> bytes:
         return json.dumps(self.__dict__, separators=(",", ":")).encode("utf-8")
