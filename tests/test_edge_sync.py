@@ -155,7 +155,7 @@ def test_cli_search_json_shape(live_server: Any, synced: tuple[EdgeClient, str])
         assert set(out) == {"results", "source", "degraded", "reason"}
         assert out["source"] == mode and out["degraded"] is False
         assert out["results"][0]["id"] == "astro-1"
-        assert set(out["results"][0]) == {"id", "score", "text", "metadata"}
+        assert set(out["results"][0]) == {"id", "score", "text", "metadata", "text_truncated"}
         assert np.isfinite(out["results"][0]["score"])
 
 
