@@ -44,8 +44,9 @@ class _BreakAfterHalf(grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
 
         def broken() -> Iterator[Any]:
             first = next(iter(stream))
-            half = pb.SyncVectorsResponse(head_sequence=first.head_sequence, remaining=first.remaining)
-            half.changes.extend(first.changes[: len(first.changes) // 2])
+            half = pb.SyncVectorsResponse()
+            half.CopyFrom(first)
+            del half.changes[len(first.changes) // 2 :]
             yield half
             stream.cancel()
             raise _Unavailable()
