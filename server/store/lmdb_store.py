@@ -442,13 +442,26 @@ class Store:
 
     def iter_documents(self, collection: str, batch: int = 1024) -> Iterator[list[tuple[str, DocRecord]]]:
         """Documents of ``collection`` in id order, ``batch`` per short read transaction."""
-        start = rec.prefix(collection)
-        pfx = start
+        for rows in self._doc_pages(collection, batch, rec.unpack_doc):
+            yield [(rec.suffix_str(k), d) for k, d in rows]
+
+    def content_keys(self, collection: str, batch: int = 16384) -> Iterator[list[tuple[int, bytes]]]:
+        """(index key, content hash) of every live document of ``collection``, ``batch`` per
+        short read transaction; reads the fixed header only (no text is decompressed)."""
+        for rows in self._doc_pages(collection, batch, rec.unpack_doc_hash_key):
+            yield [(ikey, chash) for _, (chash, ikey) in rows]
+
+    def _doc_pages(
+        self, collection: str, batch: int, unpack: Callable[[Any], T]
+    ) -> Iterator[list[tuple[bytes, T]]]:
+        """(key, unpack(value)) of the collection's documents in key order, ``batch`` per read."""
+        pfx = rec.prefix(collection)
+        start = pfx
         while True:
 
-            def read(txn: Any, after: bytes = start) -> list[tuple[bytes, DocRecord]]:
+            def read(txn: Any, after: bytes = start) -> list[tuple[bytes, T]]:
                 cursor = txn.cursor(db=self._db["docs"])
-                out: list[tuple[bytes, DocRecord]] = []
+                out: list[tuple[bytes, T]] = []
                 if not cursor.set_range(after):
                     return out
                 for k, v in cursor:
@@ -457,7 +470,7 @@ class Store:
                         break
                     if key == after and after != pfx:
                         continue
-                    out.append((key, rec.unpack_doc(v)))
+                    out.append((key, unpack(v)))
                     if len(out) >= batch:
                         break
                 return out
@@ -465,39 +478,8 @@ class Store:
             rows = self._read(read)
             if not rows:
                 return
-            yield [(rec.suffix_str(k), d) for k, d in rows]
-            start = rows[-1][0]
-
-    def content_keys(self, collection: str, batch: int = 16384) -> Iterator[list[tuple[int, bytes]]]:
-        """(index key, content hash) of every live document of ``collection``, ``batch`` per
-        short read transaction; reads the fixed header only (no text is decompressed)."""
-        pfx = rec.prefix(collection)
-        after = pfx
-        while True:
-
-            def read(txn: Any, start: bytes = after) -> tuple[bytes, list[tuple[int, bytes]]]:
-                cursor = txn.cursor(db=self._db["docs"])
-                out: list[tuple[int, bytes]] = []
-                last = start
-                if not cursor.set_range(start):
-                    return last, out
-                for k, v in cursor:
-                    key = bytes(k)
-                    if not key.startswith(pfx):
-                        break
-                    if key == start and start != pfx:
-                        continue
-                    chash, ikey = rec.unpack_doc_hash_key(v)
-                    out.append((ikey, chash))
-                    last = key
-                    if len(out) >= batch:
-                        break
-                return last, out
-
-            after, rows = self._read(read)
-            if not rows:
-                return
             yield rows
+            start = rows[-1][0]
 
     def matrix(self, collection: str) -> tuple[np.ndarray, list[str], np.ndarray]:
         """Every live document of ``collection``: (index keys int64, ids, vectors float32)."""
