@@ -154,7 +154,7 @@ class Syncer:
                 item = SyncedChange(c.sequence, c.doc_id, None)
             else:  # an upsert whose document is gone again: its delete comes later in the log
                 continue
-            bytes_ = _size(item)
+            bytes_ = wire_size(item)
             if page and used + bytes_ > self.max_page_bytes:
                 return page, i
             page.append(item)
@@ -163,7 +163,7 @@ class Syncer:
 
     def _fit(self, change: SyncedChange) -> SyncedChange:
         """``change`` with its text cut so that it fits a message alone."""
-        over = _size(change) - self.max_item_bytes
+        over = wire_size(change) - self.max_item_bytes
         if over <= 0:
             return change
         raw = len(change.text.encode("utf-8"))
@@ -171,7 +171,7 @@ class Syncer:
         return dataclasses.replace(change, text=text, text_truncated=True)
 
 
-def _size(change: SyncedChange) -> int:
+def wire_size(change: SyncedChange) -> int:
     """An upper bound of the change's serialized size in bytes, as an item of the response."""
     body = size.FIXED64 + size.FLAG + size.text(change.doc_id)  # sequence, op, id
     if change.vector is not None:

@@ -11,7 +11,7 @@ from protos.embedding.v1 import embedding_pb2 as pb
 from server import message_size as size
 from server.search import Hit, fit_hits
 from server.servicers._convert import struct
-from server.sync import SyncedChange, _size
+from server.sync import SyncedChange, wire_size
 
 METADATA: list[dict[str, Any]] = [
     {},
@@ -62,12 +62,12 @@ def test_sync_change_bound_covers_protobuf_encoding() -> None:
                 )
             ]
         )
-        assert _size(change) >= message.ByteSize()
+        assert wire_size(change) >= message.ByteSize()
         delete = SyncedChange(2**40, "doc-é-1", None)
         deleted = pb.SyncVectorsResponse(
             changes=[pb.VectorChange(sequence=2**40, op=pb.VectorChange.OP_DELETE, id="doc-é-1")]
         )
-        assert _size(delete) >= deleted.ByteSize()
+        assert wire_size(delete) >= deleted.ByteSize()
 
 
 def test_hits_are_cut_to_the_budget_in_rank_order() -> None:
