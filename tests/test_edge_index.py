@@ -119,7 +119,7 @@ def scifact(edge_bundle: EdgeBundle) -> tuple[list[str], np.ndarray]:
     """140 SciFact texts and their edge vectors (128 dims), computed once."""
     from tests._collections import scifact_docs
 
-    texts = [text for _, text, _ in scifact_docs(140, skip=3000)]
+    texts = [text for _, text, _ in scifact_docs(140, skip=260)]
     return texts, edge_bundle.embed(texts, 128, kind="document")
 
 

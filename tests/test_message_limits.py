@@ -36,7 +36,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
-    return [text for _, text, _ in scifact_docs(32, skip=4000)]
+    return [text for _, text, _ in scifact_docs(32, skip=368)]
 
 
 def _long(text: str, chars: int) -> str:

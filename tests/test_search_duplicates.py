@@ -19,9 +19,7 @@ COLLECTION = f"duplicates-{uuid.uuid4().hex[:8]}"
 
 @pytest.fixture(scope="module")
 def corpus(live_server: Any) -> tuple[list[str], list[str]]:
-    texts = [
-        text for _, text, _ in scifact_docs(DUPLICATED + UNIQUE, skip=3500)
-    ]  # no other test ingests these
+    texts = [text for _, text, _ in scifact_docs(DUPLICATED + UNIQUE, skip=260)]
     duplicated, unique = texts[:DUPLICATED], texts[DUPLICATED:]
     docs = [(f"dup-{i}", duplicated[i % DUPLICATED], {"i": i}) for i in range(COPIES)]
     docs += [(f"uniq-{j}", text, {}) for j, text in enumerate(unique)]
