@@ -154,11 +154,11 @@ class Syncer:
                 item = SyncedChange(c.sequence, c.doc_id, None)
             else:  # an upsert whose document is gone again: its delete comes later in the log
                 continue
-            bytes_ = wire_size(item)
-            if page and used + bytes_ > self.max_page_bytes:
+            cost = wire_size(item)
+            if page and used + cost > self.max_page_bytes:
                 return page, i
             page.append(item)
-            used += bytes_
+            used += cost
         return page, len(changes)
 
     def _fit(self, change: SyncedChange) -> SyncedChange:
