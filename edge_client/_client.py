@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import re
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,7 +49,16 @@ class SearchResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "results": [asdict(h) for h in self.results],
+            "results": [
+                {
+                    "id": h.id,
+                    "score": h.score,
+                    "text": h.text,
+                    "metadata": h.metadata,
+                    "text_truncated": h.text_truncated,
+                }
+                for h in self.results
+            ],
             "source": self.source,
             "degraded": self.degraded,
             "reason": self.reason,
@@ -230,12 +240,17 @@ class EdgeClient:
         if not ids:
             return 0
         index = self.index(collection)
+        # The same text embedded by the same bundle and graph is the same vector: shared.
+        model = f"local:{self.bundle.fingerprint}:{'int8' if self.int8 else 'fp32'}:"
+        contents = [model + hashlib.sha256(text.encode("utf-8")).hexdigest() for text in texts]
         for start in range(0, len(ids), 256):
             part = slice(start, start + 256)
             vectors = self.bundle.embed(
                 texts[part], index.dims, kind="document", int8=self.int8, threads=self.threads
             )
-            index.upsert(ids[part], vectors, texts[part], metadata[part], source="local")
+            index.upsert(
+                ids[part], vectors, texts[part], metadata[part], source="local", contents=contents[part]
+            )
         index.save()
         fit_threshold(index)
         return len(ids)
@@ -278,7 +293,9 @@ class EdgeClient:
                 raise ServerUnavailable(failure.summary, code=failure.code, detail=failure.detail) from exc
             message = f"server search failed: {failure.summary}"
             raise ServerError(message, code=failure.code, detail=failure.detail) from exc
-        return [Hit(h.id, float(h.score), h.text, MessageToDict(h.metadata)) for h in reply.hits]
+        return [
+            Hit(h.id, float(h.score), h.text, MessageToDict(h.metadata), h.text_truncated) for h in reply.hits
+        ]
 
     def search(
         self,

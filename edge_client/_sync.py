@@ -5,6 +5,12 @@ delete of a missing id does nothing), so progress is checkpointed (index saved a
 then the sequence committed) every few thousand changes and when the stream breaks; the next
 sync resumes after the last checkpoint. A bundle other than the one the index was built with
 makes the index stale: it is emptied and synced from the start.
+
+A checkpoint is (collection incarnation, sequence): a sequence means something only within the
+incarnation of the collection it was read from. When the server's collection is not that one
+any more (recreated under the same name, a wiped data directory) or its head is below the
+checkpoint, the server answers ``reset``: the synced documents are dropped (documents added on
+the device stay) and everything the server holds follows.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import numpy as np
 from google.protobuf.json_format import MessageToDict
 
 from edge_client.errors import FingerprintMismatch, ServerError, ServerUnavailable
-from edge_client.index import LocalIndex
+from edge_client.index import LocalIndex, vector_content
 from protos.embedding.v1 import embedding_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -34,8 +40,9 @@ class SyncReport:
     upserts: int
     deletes: int
     sequence: int  # the index now reflects the collection up to this sequence
-    full_resync: bool  # the index was emptied first (new bundle, new dims)
+    full_resync: bool  # the synced documents were dropped first (new bundle, recreated collection)
     documents: int  # documents in the local index afterwards
+    incarnation: str = ""  # of the server's collection the index now reflects
 
 
 def _apply(index: LocalIndex, changes: Any) -> tuple[int, int, int]:
@@ -48,12 +55,17 @@ def _apply(index: LocalIndex, changes: Any) -> tuple[int, int, int]:
         if not pending:
             return
         vectors = np.stack([np.frombuffer(c.vector.data, dtype="<f4") for c in pending])
+        fallback = vector_content(vectors)  # a server that does not send content hashes
         index.upsert(
             [c.id for c in pending],
             vectors,
             [c.text for c in pending],
             [MessageToDict(c.metadata) for c in pending],
             source="sync",
+            contents=[
+                f"server:{c.content_hash}" if c.content_hash else fallback[i] for i, c in enumerate(pending)
+            ],
+            truncated=[c.text_truncated for c in pending],
         )
         pending.clear()
 
@@ -97,6 +109,7 @@ def sync_collection(
         bundle_fingerprint=bundle_fingerprint,
         dimensions=index.dims,
         include_text=True,
+        incarnation=index.get_state("incarnation"),
     )
     upserts = deletes = 0
     applied = since
@@ -106,6 +119,14 @@ def sync_collection(
     bar = None
     try:
         for response in stub.SyncVectors(request, timeout=timeout, metadata=metadata):
+            if response.reset:
+                # Our checkpoint is not of this collection: what we synced from it goes; the
+                # changes that follow are all of it.
+                index.drop_source("sync")
+                applied = head = 0
+                full = True
+            if response.incarnation:
+                index.set_state("incarnation", response.incarnation)
             head = max(head, int(response.head_sequence))
             if bar is None and progress:
                 from tqdm import tqdm
@@ -140,7 +161,9 @@ def sync_collection(
     # The stream ended normally: everything up to the head is reflected (even if the last
     # changes before it were compacted away).
     _checkpoint(index, max(applied, head), complete=True)
-    return SyncReport(collection, upserts, deletes, max(applied, head), full, len(index))
+    return SyncReport(
+        collection, upserts, deletes, max(applied, head), full, len(index), index.get_state("incarnation")
+    )
 
 
 def _checkpoint(index: LocalIndex, sequence: int, *, complete: bool = False) -> None:

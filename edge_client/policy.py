@@ -4,7 +4,8 @@ Local evidence is weak, so the server is asked, when:
 - the caller wants comprehensive results (the server searches everything at full dimension);
 - the local index is empty, or stale (built for another bundle, or last synced too long ago);
 - the best local score is below the index's calibrated threshold (nothing local is close);
-- the best two scores are nearly tied (the truncated vectors cannot tell them apart).
+- the best two scores are nearly tied (the truncated vectors cannot tell them apart); documents
+  that share one vector (the same content) are one candidate here, not a tie.
 If the server then fails, the local answer is returned, flagged degraded, with the reason.
 
 The threshold is calibrated on the local index itself when it changes: the median cosine of a
@@ -67,6 +68,11 @@ def weak_evidence(
     threshold = float(index.get_state("threshold", "") or policy.threshold)
     if hits[0].score < threshold:
         return f"top local score {hits[0].score:.3f} is below the threshold {threshold:.3f}"
-    if len(hits) > 1 and hits[0].score - hits[1].score < policy.min_margin:
+    runner_up = next((h for h in hits[1:] if not _same_vector(h, hits[0])), None)
+    if runner_up is not None and hits[0].score - runner_up.score < policy.min_margin:
         return f"top local scores are tied within {policy.min_margin} ({hits[0].score:.3f})"
     return None
+
+
+def _same_vector(a: Hit, b: Hit) -> bool:
+    return a.vector_key != 0 and a.vector_key == b.vector_key

@@ -11,6 +11,7 @@ the transaction holding it committed. Memory stays bounded because the caller ha
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -74,11 +75,25 @@ def validate_id(doc_id: str, field: str = "id") -> None:
         raise InvalidArgument(f"{field} must be at most {MAX_ID_BYTES} UTF-8 bytes without NUL", field=field)
 
 
-def _validate(item: IngestItem) -> None:
+def check_text_size(text: str, limit: int | None) -> None:
+    """InvalidArgument when ``text`` is over ``limit`` UTF-8 bytes (None: no limit)."""
+    if limit is None or len(text) <= limit // 4:  # at most 4 bytes per character: fits
+        return
+    size = len(text.encode("utf-8"))
+    if size > limit:
+        raise InvalidArgument(
+            f"text is {size:,} UTF-8 bytes; a document may have at most {limit:,} "
+            "(the server's --max-document-bytes)",
+            field="text",
+        )
+
+
+def _validate(item: IngestItem, max_text_bytes: int | None) -> None:
     validate_collection(item.collection)
     validate_id(item.doc_id)
     if not item.text.strip():
         raise InvalidArgument("text must not be empty", field="text")
+    check_text_size(item.text, max_text_bytes)
     if item.metadata and len(json.dumps(item.metadata)) > MAX_METADATA_BYTES:
         raise InvalidArgument(
             f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON", field="metadata"
@@ -88,10 +103,29 @@ def _validate(item: IngestItem) -> None:
 class Ingestor:
     """Shared by every Ingest stream of one server (and by ``reembed``)."""
 
-    def __init__(self, store: Store, indexes: Indexes | None, embedder: Embedder, spec: ModelSpec) -> None:
+    def __init__(
+        self,
+        store: Store,
+        indexes: Indexes | None,
+        embedder: Embedder,
+        spec: ModelSpec,
+        *,
+        max_document_bytes: int | None = None,
+    ) -> None:
+        """``max_document_bytes``: the largest text stored, in UTF-8 bytes (None: any)."""
         self.store, self.indexes, self.embedder, self.spec = store, indexes, embedder, spec
+        self.max_document_bytes = max_document_bytes
         self.prompt = spec.document_prompt_name
         self.prompt_text = spec.prompt_text(self.prompt)
+
+    def screen(self, item: IngestItem) -> IngestItem | IngestOutcome:
+        """``item``, or its error outcome (without its text) when the text is too large: a
+        stream's reader calls this first, so read-ahead never holds an oversized text."""
+        try:
+            check_text_size(item.text, self.max_document_bytes)
+        except InvalidArgument as exc:
+            return IngestOutcome(dataclasses.replace(item, text="", metadata={}), error=exc)
+        return item
 
     def hash_of(self, text: str) -> bytes:
         return content_hash(self.spec.fingerprint, self.prompt_text, text)
@@ -109,7 +143,7 @@ class Ingestor:
         stale: dict[str, str | None] = {}
         for i, item in enumerate(items):
             try:
-                _validate(item)
+                _validate(item, self.max_document_bytes)
             except ServiceError as exc:
                 errors[i] = exc
                 continue

@@ -123,9 +123,16 @@ async def build_runtime(
         indexes=indexes,
         calibration=calibration,
         edge=edge,
-        ingestor=Ingestor(store, indexes, embedder, spec),
-        searcher=Searcher(store, indexes, embedder, spec, settings.search_max_k),
-        syncer=Syncer(store, spec, edge, max_page_bytes=settings.max_message_bytes // 4),
+        ingestor=Ingestor(store, indexes, embedder, spec, max_document_bytes=settings.max_document_bytes),
+        searcher=Searcher(
+            store,
+            indexes,
+            embedder,
+            spec,
+            settings.search_max_k,
+            max_message_bytes=settings.max_message_bytes,
+        ),
+        syncer=Syncer(store, spec, edge, max_message_bytes=settings.max_message_bytes),
         tokens=TokenInspector(
             spec, max_reply_bytes=settings.max_message_bytes, max_input_chars=settings.max_input_chars
         ),

@@ -4,11 +4,17 @@ best ``k * rescore_multiplier`` candidates are rescored at full precision.
 
 Brute-force paths use a per-collection matrix of normalized vectors, cached until the
 collection's sequence moves.
+
+A response is bounded in bytes, not only by ``k`` (server.message_size): every hit keeps its id
+and score; texts fill what is left of the message limit in rank order, and a text that does not
+fit is cut (``text_truncated``); only when the hits' metadata alone would not fit is it left out
+of the lowest-ranked hits (``metadata_omitted``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -16,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from embedcore import l2_normalize, truncate_dims
+from server import message_size as size
 from server.embedder import Embedder, Priority
 from server.errors import InvalidArgument, NotFound, PreconditionFailed
 from server.ingest import stale_message, validate_collection
@@ -46,6 +53,8 @@ class Hit:
     score: float
     text: str
     metadata: dict[str, Any]
+    text_truncated: bool = False  # cut to keep the response under the message limit
+    metadata_omitted: bool = False  # left out for the same reason
 
 
 @dataclass(frozen=True)
@@ -81,9 +90,18 @@ class _Matrix:
 
 class Searcher:
     def __init__(
-        self, store: Store, indexes: Indexes, embedder: Embedder, spec: ModelSpec, max_k: int
+        self,
+        store: Store,
+        indexes: Indexes,
+        embedder: Embedder,
+        spec: ModelSpec,
+        max_k: int,
+        *,
+        max_message_bytes: int,
     ) -> None:
+        """``max_message_bytes``: the server's gRPC message limit, which a response must fit."""
         self.store, self.indexes, self.embedder, self.spec, self.max_k = store, indexes, embedder, spec, max_k
+        self.max_response_bytes = max_message_bytes - size.RESPONSE_OVERHEAD
         self._matrices: dict[str, _Matrix] = {}
         self._lock = threading.Lock()
 
@@ -167,7 +185,41 @@ class Searcher:
                 continue
             text = (doc.text or "") if q.include_text else ""
             hits.append(Hit(doc_id, score, text, doc.metadata if q.include_text else {}))
-        return hits
+        return fit_hits(hits, self.max_response_bytes)
+
+
+def fit_hits(hits: list[Hit], budget: int) -> list[Hit]:
+    """``hits`` as they fit ``budget`` serialized bytes (see the module docstring)."""
+    # Each hit: tag + length + (id, score, text, metadata, two flags); lengths at their widest.
+    fixed = [1 + 5 + size.text(h.id) + 5 + 1 + 5 + 2 * size.FLAG for h in hits]
+    meta = [size.struct(h.metadata) for h in hits]
+    used = sum(fixed) + sum(meta)
+    omitted: set[int] = set()
+    for i in reversed(range(len(hits))):
+        if used <= budget:
+            break
+        if hits[i].metadata:
+            used -= meta[i] - size.struct(None)
+            omitted.add(i)
+    room = budget - used
+    out: list[Hit] = []
+    for i, hit in enumerate(hits):
+        raw = len(hit.text.encode("utf-8"))
+        keep = min(raw, max(0, room))
+        room -= keep
+        if keep == raw and i not in omitted:
+            out.append(hit)
+            continue
+        out.append(
+            dataclasses.replace(
+                hit,
+                text=size.cut_utf8(hit.text, keep),
+                text_truncated=keep < raw,
+                metadata={} if i in omitted else hit.metadata,
+                metadata_omitted=i in omitted,
+            )
+        )
+    return out
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:

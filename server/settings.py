@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 ENV_PREFIX = "EMBED_"
+MIN_MESSAGE_BYTES = 1 << 20
 
 
 def _opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
@@ -28,7 +29,11 @@ class Settings:
     host: str = _opt("127.0.0.1", "address to listen on (0.0.0.0 for all interfaces)")
     port: int = _opt(50051, "gRPC port (0 picks a free port)")
     metrics_port: int = _opt(0, "Prometheus /metrics HTTP port (0 = off)")
-    max_message_bytes: int = _opt(16 * 1024 * 1024, "largest gRPC message accepted or sent")
+    max_message_bytes: int = _opt(
+        16 * 1024 * 1024,
+        "largest gRPC message sent (Search and SyncVectors cut texts to fit it) or accepted "
+        "(Ingest accepts more: see --max-document-bytes); at least 1 MiB",
+    )
     # A token given as a flag is visible to every local user in `ps`; the file (or the
     # environment, which only the same user can read) keeps it private.
     auth_token: str = field(
@@ -58,6 +63,12 @@ class Settings:
     )
     ingest_commit_docs: int = _opt(256, "documents per LMDB commit during Ingest (acks follow each commit)")
     ingest_max_pending: int = _opt(1024, "documents read ahead per Ingest stream before pushing back")
+    # A larger document must still arrive to get its in-band ItemError (gRPC refuses a message
+    # over its receive limit by ending the whole stream), so requests may be up to
+    # max_receive_bytes: four times this.
+    max_document_bytes: int = _opt(
+        8 * 1024 * 1024, "largest document text Ingest stores, in UTF-8 bytes (larger: an ItemError)"
+    )
     search_max_k: int = _opt(1000, "largest k a Search may ask for")
     # An index is a cache of the store (it catches up from the change log after a crash), so it
     # is written on a timer instead of after every call: one small Ingest or Delete must not
@@ -124,6 +135,12 @@ class Settings:
     # --- logging ---
     log_level: str = _opt("INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
+    @property
+    def max_receive_bytes(self) -> int:
+        """The gRPC receive limit: room for an Ingest request with a document of up to 4x
+        ``max_document_bytes`` (plus id and metadata), so it is refused in-band."""
+        return max(self.max_message_bytes, 4 * self.max_document_bytes + (1 << 20))
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults, then ``EMBED_*`` variables, then explicit ``overrides``."""
@@ -165,6 +182,7 @@ class Settings:
             "max_stream_in_flight",
             "max_queue_items",
             "max_message_bytes",
+            "max_document_bytes",
             "edge_dims",
             "edge_fit_min_vectors",
             "edge_fit_sample",
@@ -178,6 +196,12 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
+        if self.max_message_bytes < MIN_MESSAGE_BYTES:
+            # one document's id, vector and metadata (at most 64 KiB as JSON) must fit a message
+            raise ValueError(
+                f"--max-message-bytes must be at least {MIN_MESSAGE_BYTES} (1 MiB), "
+                f"got {self.max_message_bytes}"
+            )
         self._validate_limits()
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key must be given together")

@@ -2,19 +2,29 @@
 
 The change log is compacted (one entry per document id), so a sync from sequence S sends each
 document changed after S once: its projected vector (the edge bundle's projection, the exact
-numpy code the edge runs after its own encoder) or its deletion. Pages are bounded in bytes as
-well as in changes, so no response outgrows the message limit.
+numpy code the edge runs after its own encoder) or its deletion.
+
+A checkpoint S means something only within one incarnation of the collection (records.
+CollectionMeta.incarnation). A client whose checkpoint is of another incarnation (the collection
+was recreated, the data directory wiped), or of none while S > 0, or ahead of the head, gets
+``reset`` and every live document from the start.
+
+Responses are bounded in bytes (server.message_size): pages hold up to a quarter of the message
+limit; a change that would not fit a message alone is sent with its text cut
+(``text_truncated``), so no document can make a collection unsyncable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from server import message_size as size
 from server.edge_builder import EdgeBundles
 from server.errors import InvalidArgument, NotFound, PreconditionFailed
 from server.ingest import stale_message, validate_collection
@@ -23,9 +33,6 @@ from server.store import Change, Store
 from server.store import records as rec
 
 PAGE_CHANGES = 256  # most changes read from the log per page
-# Serialized overhead of one change besides its vector, text, metadata and id (tags, lengths,
-# sequence): generous, so the byte bound holds.
-_CHANGE_OVERHEAD = 64
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,7 @@ class SyncRequest:
     bundle_fingerprint: str
     dims: int  # 0: the bundle's default
     include_text: bool = True
+    incarnation: str = ""  # of the client's checkpoint; "" on a first sync
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,8 @@ class SyncedChange:
     vector: np.ndarray | None  # (dims,) float32 for an upsert; None for a delete
     text: str = ""
     metadata: dict[str, Any] | None = None
+    text_truncated: bool = False
+    content_hash: str = ""  # hex; upserts with the same one carry the same vector
 
 
 @dataclass(frozen=True)
@@ -51,12 +61,17 @@ class SyncPage:
     changes: list[SyncedChange]
     head_sequence: int  # the collection's sequence when the sync started
     remaining: int  # changes still to come after this page
+    incarnation: str = ""
+    reset: bool = False  # first page only: drop the local copy, these changes are all of it
 
 
 class Syncer:
-    def __init__(self, store: Store, spec: ModelSpec, edge: EdgeBundles, *, max_page_bytes: int) -> None:
+    def __init__(self, store: Store, spec: ModelSpec, edge: EdgeBundles, *, max_message_bytes: int) -> None:
+        """``max_message_bytes``: the server's gRPC message limit; pages hold up to a quarter of
+        it (several per call keep memory flat), one change alone up to all of it."""
         self.store, self.spec, self.edge = store, spec, edge
-        self.max_page_bytes = max_page_bytes
+        self.max_item_bytes = max_message_bytes - size.RESPONSE_OVERHEAD
+        self.max_page_bytes = max(1, max_message_bytes // 4)
 
     def _check(self, request: SyncRequest) -> int:
         """Validate ``request``; returns the edge dimensions to project to."""
@@ -91,6 +106,10 @@ class Syncer:
                 stale_message(request.collection, meta.fingerprint, self.spec.fingerprint)
             )
         head, since = meta.sequence, request.since_sequence
+        first_sync = since == 0 and not request.incarnation
+        reset = since > head or not (first_sync or request.incarnation == meta.incarnation)
+        if reset:
+            since = 0
         remaining = await asyncio.to_thread(self.store.count_changes, request.collection, since, head)
         sent = False
         while True:
@@ -103,10 +122,10 @@ class Syncer:
             remaining = max(0, remaining - used)
             since = changes[used - 1].sequence
             if page:
-                yield SyncPage(page, head, remaining)
+                yield SyncPage(page, head, remaining, meta.incarnation, reset and not sent)
                 sent = True
         if not sent:
-            yield SyncPage([], head, 0)
+            yield SyncPage([], head, 0, meta.incarnation, reset)
 
     def _page(self, changes: list[Change], dims: int, include_text: bool) -> tuple[list[SyncedChange], int]:
         """Project the upserts of ``changes`` and take as many as fit ``max_page_bytes`` (at
@@ -121,27 +140,42 @@ class Syncer:
         used = 0
         for i, c in enumerate(changes):
             if c.op == rec.OP_UPSERT and c.doc is not None:
-                text = (c.doc.text or "") if include_text else ""
-                metadata = c.doc.metadata if include_text else None
-                item = SyncedChange(c.sequence, c.doc_id, rows[c.sequence], text, metadata)
+                item = self._fit(
+                    SyncedChange(
+                        c.sequence,
+                        c.doc_id,
+                        rows[c.sequence],
+                        (c.doc.text or "") if include_text else "",
+                        c.doc.metadata if include_text else None,
+                        content_hash=c.doc.content_hash.hex(),
+                    )
+                )
             elif c.op == rec.OP_DELETE:
                 item = SyncedChange(c.sequence, c.doc_id, None)
             else:  # an upsert whose document is gone again: its delete comes later in the log
                 continue
-            size = _size(item, dims)
-            if page and used + size > self.max_page_bytes:
+            cost = wire_size(item)
+            if page and used + cost > self.max_page_bytes:
                 return page, i
             page.append(item)
-            used += size
+            used += cost
         return page, len(changes)
 
+    def _fit(self, change: SyncedChange) -> SyncedChange:
+        """``change`` with its text cut so that it fits a message alone."""
+        over = wire_size(change) - self.max_item_bytes
+        if over <= 0:
+            return change
+        raw = len(change.text.encode("utf-8"))
+        text = size.cut_utf8(change.text, raw - over)
+        return dataclasses.replace(change, text=text, text_truncated=True)
 
-def _size(change: SyncedChange, dims: int) -> int:
-    """An upper bound of the change's serialized size in bytes."""
-    size = _CHANGE_OVERHEAD + len(change.doc_id.encode("utf-8"))
+
+def wire_size(change: SyncedChange) -> int:
+    """An upper bound of the change's serialized size in bytes, as an item of the response."""
+    body = size.FIXED64 + size.FLAG + size.text(change.doc_id)  # sequence, op, id
     if change.vector is not None:
-        size += 4 * dims + len(change.text.encode("utf-8"))
-        if change.metadata:
-            # A Struct spends a few bytes of tags per value beyond its JSON text.
-            size += 2 * len(repr(change.metadata).encode("utf-8"))
-    return size
+        vector = size.field(4 * len(change.vector)) + size.FIXED64 + size.FLAG  # data, dims, precision
+        body += size.field(vector) + size.text(change.text) + size.struct(change.metadata)
+        body += size.FLAG + size.field(len(change.content_hash))
+    return 1 + 5 + body  # a repeated message field: tag + length (at most 5 bytes) + body

@@ -44,8 +44,9 @@ class _BreakAfterHalf(grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
 
         def broken() -> Iterator[Any]:
             first = next(iter(stream))
-            half = pb.SyncVectorsResponse(head_sequence=first.head_sequence, remaining=first.remaining)
-            half.changes.extend(first.changes[: len(first.changes) // 2])
+            half = pb.SyncVectorsResponse()
+            half.CopyFrom(first)
+            del half.changes[len(first.changes) // 2 :]
             yield half
             stream.cancel()
             raise _Unavailable()
@@ -155,7 +156,7 @@ def test_cli_search_json_shape(live_server: Any, synced: tuple[EdgeClient, str])
         assert set(out) == {"results", "source", "degraded", "reason"}
         assert out["source"] == mode and out["degraded"] is False
         assert out["results"][0]["id"] == "astro-1"
-        assert set(out["results"][0]) == {"id", "score", "text", "metadata"}
+        assert set(out["results"][0]) == {"id", "score", "text", "metadata", "text_truncated"}
         assert np.isfinite(out["results"][0]["score"])
 
 

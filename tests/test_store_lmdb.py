@@ -188,3 +188,40 @@ def test_long_text_is_compressed_and_read_back_exactly(store: Store) -> None:
     assert doc is not None and doc.text == text and doc.metadata == {"title": "t"}
     raw = rec.pack_doc(doc)
     assert len(raw) < len(text.encode()) // 4  # repetitive text: zlib pays off
+
+
+def test_a_collection_has_an_incarnation_that_only_it_keeps(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "a")
+    try:
+        store.upsert([_up("c", "1", "one")], fingerprint=FP, dimension=DIMS)
+        first = store.collection("c")
+        assert first is not None and len(first.incarnation) == 32
+        store.upsert([_up("c", "2", "two")], fingerprint=FP, dimension=DIMS)
+        store.delete("c", ["1", "2"])
+        assert store.collection("c").incarnation == first.incarnation  # type: ignore[union-attr]
+        assert [r.incarnation for r in store.collection_rows(FP)] == [first.incarnation]
+        # a store written before incarnations existed: its collections get one when opened
+        meta = rec.CollectionMeta(FP, DIMS, sequence=7, documents=1, next_key=2)
+        store._write(lambda txn: txn.put(b"old", meta.pack(), db=store._db["collections"]))
+        assert store.collection("old").incarnation == ""  # type: ignore[union-attr]
+    finally:
+        store.close()
+    store = open_store(tmp_path / "a")
+    try:
+        given = store.collection("old")
+        assert given is not None and len(given.incarnation) == 32 and given.sequence == 7
+        assert store.collection("c").incarnation == first.incarnation  # type: ignore[union-attr]
+    finally:
+        store.close()
+    store = open_store(tmp_path / "a")
+    try:
+        assert store.collection("old").incarnation == given.incarnation  # type: ignore[union-attr]
+    finally:
+        store.close()
+    # the same name created in another store (a wiped data directory) is another incarnation
+    other = open_store(tmp_path / "b")
+    try:
+        other.upsert([_up("c", "1", "one")], fingerprint=FP, dimension=DIMS)
+        assert other.collection("c").incarnation != first.incarnation  # type: ignore[union-attr]
+    finally:
+        other.close()

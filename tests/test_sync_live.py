@@ -45,8 +45,15 @@ def test_sync_streams_changes_in_batches_and_resumes(live_server) -> None:  # ty
     assert vectors.shape == (300, 64)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
 
-    # a client that applied up to 150 resumes there; then an update and a delete arrive
-    resumed = [c for m in _sync(live_server.address, 150, bundle_fingerprint=fingerprint) for c in m.changes]
+    # a client that applied up to 150 resumes there (its checkpoint names the collection's
+    # incarnation); then an update and a delete arrive
+    incarnation = messages[0].incarnation
+    assert len(incarnation) == 32 and not any(m.reset for m in messages)
+    resumed = [
+        c
+        for m in _sync(live_server.address, 150, bundle_fingerprint=fingerprint, incarnation=incarnation)
+        for c in m.changes
+    ]
     assert [c.sequence for c in resumed] == list(range(151, 301))
     assert resumed[0].vector.dims > 0  # 0 = the bundle's default dimensions
     ingest(live_server.address, COLLECTION, [(docs[0][0], docs[0][1] + " Revised.", {})])
@@ -55,7 +62,13 @@ def test_sync_streams_changes_in_batches_and_resumes(live_server) -> None:  # ty
         service.Delete(pb.DeleteRequest(collection=COLLECTION, ids=[docs[1][0]]), timeout=60)
     tail = [
         c
-        for m in _sync(live_server.address, 300, bundle_fingerprint=fingerprint, include_text=False)
+        for m in _sync(
+            live_server.address,
+            300,
+            bundle_fingerprint=fingerprint,
+            include_text=False,
+            incarnation=incarnation,
+        )
         for c in m.changes
     ]
     assert [(c.sequence, c.op, c.id) for c in tail] == [
@@ -66,7 +79,7 @@ def test_sync_streams_changes_in_batches_and_resumes(live_server) -> None:  # ty
     # the log keeps one entry per document: a full resync sees each id once
     full = [c for m in _sync(live_server.address, 0, bundle_fingerprint=fingerprint) for c in m.changes]
     assert len(full) == 300 and len({c.id for c in full}) == 300
-    nothing = _sync(live_server.address, 302, bundle_fingerprint=fingerprint)
+    nothing = _sync(live_server.address, 302, bundle_fingerprint=fingerprint, incarnation=incarnation)
     assert len(nothing) == 1 and not nothing[0].changes and nothing[0].head_sequence == 302
 
 

@@ -78,7 +78,12 @@ class CollectionServicer:
         async def read() -> None:
             try:
                 async for request in requests:
-                    await queue.put(request)
+                    # Converted (and an oversized text refused) as it arrives: the read-ahead
+                    # holds domain items, never a large request message.
+                    parsed = _ingest_item(request)
+                    if isinstance(parsed, IngestItem):
+                        parsed = self.runtime.ingestor.screen(parsed)
+                    await queue.put(parsed)
             finally:
                 await queue.put(_END)
 
@@ -92,7 +97,7 @@ class CollectionServicer:
                 if batch[-1] is _END:
                     batch.pop()
                     done = True
-                parsed = [_ingest_item(r) for r in batch]
+                parsed: list[IngestItem | IngestOutcome] = batch
                 items = [p for p in parsed if isinstance(p, IngestItem)]
                 stored = iter(await self.runtime.ingestor.process(items) if items else [])
                 for p in parsed:
@@ -128,7 +133,14 @@ class CollectionServicer:
             raise  # unreachable: abort raises
         return pb.SearchResponse(
             hits=[
-                pb.SearchHit(id=h.id, score=h.score, text=h.text, metadata=struct(h.metadata))
+                pb.SearchHit(
+                    id=h.id,
+                    score=h.score,
+                    text=h.text,
+                    metadata=struct(h.metadata),
+                    text_truncated=h.text_truncated,
+                    metadata_omitted=h.metadata_omitted,
+                )
                 for h in result.hits
             ],
             timing=pb.Timing(
@@ -165,9 +177,15 @@ class CollectionServicer:
                 bundle_fingerprint=request.bundle_fingerprint,
                 dims=request.dimensions,
                 include_text=request.include_text if request.HasField("include_text") else True,
+                incarnation=request.incarnation,
             )
             async for page in self.runtime.syncer.pages(sync):
-                response = pb.SyncVectorsResponse(head_sequence=page.head_sequence, remaining=page.remaining)
+                response = pb.SyncVectorsResponse(
+                    head_sequence=page.head_sequence,
+                    remaining=page.remaining,
+                    incarnation=page.incarnation,
+                    reset=page.reset,
+                )
                 for change in page.changes:
                     if change.vector is None:
                         response.changes.add(
@@ -185,6 +203,8 @@ class CollectionServicer:
                         ),
                         text=change.text,
                         metadata=struct(change.metadata) if change.metadata is not None else None,
+                        text_truncated=change.text_truncated,
+                        content_hash=change.content_hash,
                     )
                 yield response
         except Exception as exc:

@@ -14,7 +14,8 @@ from server.errors import NotFound
 from server.runtime import Runtime
 from server.servicers._rpc import UnparsedRequest, abort
 
-CHUNK_BYTES = 1 << 20  # well under the default 16 MiB message limit
+CHUNK_BYTES = 1 << 20  # at most; less when the message limit asks for it
+_CHUNK_OVERHEAD = 4096  # path, offset and tags of a chunk message, with room to spare
 
 
 class EdgeServicer:
@@ -45,11 +46,13 @@ class EdgeServicer:
                     ],
                 )
             )
+            # A chunk must fit the message limit (--max-message-bytes is at least 1 MiB).
+            chunk_bytes = min(CHUNK_BYTES, self.runtime.settings.max_message_bytes - _CHUNK_OVERHEAD)
             for name in names:
                 with (bundle.directory / name).open("rb") as handle:
                     offset = 0
                     while True:
-                        data = await asyncio.to_thread(handle.read, CHUNK_BYTES)
+                        data = await asyncio.to_thread(handle.read, chunk_bytes)
                         if not data:
                             break
                         yield pb.EdgeBundleChunk(chunk=pb.FileChunk(path=name, offset=offset, data=data))

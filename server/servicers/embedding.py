@@ -111,6 +111,7 @@ class EmbeddingServicer:
                 sequence=row.sequence,
                 model_fingerprint=row.model_fingerprint,
                 stale=row.stale,
+                incarnation=row.incarnation,
             )
         return response
 

@@ -1,12 +1,20 @@
 """Per-collection usearch indexes over full-dimension vectors, derived from the store.
 
-An index is a cache of the store: it remembers the change-log sequence it reflects and catches
-up by replaying the (compacted) log after that sequence, which is idempotent. So after a crash
-it is simply behind, and at start it is loaded from disk and caught up, or built from scratch
-when its file is missing or was made for another model. usearch rejects a duplicate key, so an
-update is remove + add; adding to a memory-mapped view crashes, so indexes are always loaded.
-Every call on one index holds its lock (no add while saving); callers run these methods off the
-event loop because usearch holds the GIL.
+An index is a cache of the store. It holds each distinct vector of its collection once, under a
+group key (:mod:`server.store.groups` maps groups to documents): identical texts share one
+point, so duplicates cannot crowd the graph. It remembers the change-log sequence it reflects
+and catches up by replaying the (compacted) log after it, which is idempotent. At start a saved
+index is loaded and reconciled with the store's documents (what a crash left behind is fixed
+there), or built from scratch when its files are missing or made for another model.
+
+Files, per collection (``<digest>`` names the collection): ``<digest>.<gen>.usearch`` and
+``<digest>.<gen>.groups.npz`` (group keys and content hashes), written first, then
+``<digest>.json`` naming generation ``<gen>``: the rename of that sidecar commits the save, so
+a crash leaves the previous pair or the new one, never a mix.
+
+usearch rejects a duplicate key, so a changed vector is remove + add; adding to a
+memory-mapped view crashes, so indexes are always loaded. Every call on one index holds its
+lock (no add while saving); callers run these methods off the event loop (usearch holds the GIL).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -25,31 +34,50 @@ import onnxruntime  # noqa: F401
 from usearch.index import Index
 
 from server.store import records as rec
+from server.store.groups import ContentGroups
 from server.store.lmdb_store import Change, Store
 
 log = logging.getLogger(__name__)
 
 _PAGE = 4096
+_ADD_BATCH = 16384  # vectors read from the store per add during a build (bounds memory)
 # usearch patches its graph around removed nodes and recall drifts down with updates (remove +
 # add): 5,000 random 64-dim vectors updated once fell from 0.91 to 0.79 recall@10; SciFact
 # vectors updated 4 times, 0.989 to 0.983 (benchmarks/bench_index_updates.py). Once removals
 # since the last build reach this share of the live vectors, the index is rebuilt from the store.
 REBUILD_AFTER_REMOVED_FRACTION = 0.25
 REBUILD_MIN_REMOVED = 256  # small collections: not worth a rebuild for a handful of updates
+FORMAT = 2  # 2: one vector per distinct content hash, generation-named files
 
 
 class CollectionIndex:
     def __init__(self, collection: str, path: Path, *, ndim: int, metric: str, dtype: str, fingerprint: str):
+        """``path``: where the sidecar's stem lives (``<dir>/<digest>.usearch``; see the module
+        docstring for the files written beside it)."""
         self.collection = collection
-        self.path = path
+        self.stem = path.with_suffix("")
         self.meta_path = path.with_suffix(".json")
         self.ndim, self.metric, self.dtype, self.fingerprint = ndim, metric, dtype, fingerprint
         self.lock = threading.Lock()
         self.index = Index(ndim=ndim, metric=metric, dtype=dtype)
+        self.groups = ContentGroups()
+        self.generation = 0  # of the files last saved or loaded
         self.sequence = 0
-        self.saved_sequence = -1
+        self.dirty = True  # changed since the last save
         self.removed_since_build = 0
         self.rebuilds = 0
+
+    @property
+    def path(self) -> Path:
+        """The usearch file of the current generation."""
+        return self._file(self.generation, "usearch")
+
+    def _file(self, generation: int, kind: str) -> Path:
+        return self.stem.with_name(f"{self.stem.name}.{generation}.{kind}")
+
+    def __len__(self) -> int:
+        """Live documents (the usearch index holds one vector per distinct content)."""
+        return self.groups.documents
 
     def _header(self) -> dict[str, object]:
         return {
@@ -58,39 +86,67 @@ class CollectionIndex:
             "ndim": self.ndim,
             "metric": self.metric,
             "dtype": self.dtype,
+            "format": FORMAT,
         }
 
-    def load(self) -> bool:
-        """Load the saved index if it was made for this model and layout; False otherwise."""
+    # -- load, build, catch up ------------------------------------------------------------------
+
+    def load(self, store: Store) -> bool:
+        """Load the saved index if it was made for this model and layout, and reconcile it with
+        the store's documents; False (nothing changed) when there is none to load."""
         try:
             meta = json.loads(self.meta_path.read_text())
-        except (OSError, ValueError):
+            generation = int(meta["generation"])
+            table = np.load(self._file(generation, "groups.npz"))
+            keys, hashes, next_key = table["keys"], table["hashes"], int(table["next_key"])
+        except (OSError, ValueError, KeyError):
             return False
-        if not self.path.is_file() or {k: meta.get(k) for k in self._header()} != self._header():
+        if {k: meta.get(k) for k in self._header()} != self._header():
+            return False
+        path = self._file(generation, "usearch")
+        restored = Index.restore(str(path), view=False) if path.is_file() else None
+        if restored is None or len(restored) != len(keys):
             return False
         with self.lock:
-            restored = Index.restore(str(self.path), view=False)
-            if restored is None:
-                return False
             self.index = restored
-            self.sequence = self.saved_sequence = int(meta["sequence"])
+            self.groups = ContentGroups.indexed(keys, hashes, next_key)
+            self.generation = generation
+            self.dirty = False
+            self._reconcile(store)
+            self.dirty = self.dirty or self.sequence != int(meta["sequence"])
         return True
 
     def build(self, store: Store) -> None:
-        """From scratch: every live document of the collection, one batch add. The new graph is
+        """From scratch: one vector per distinct content of the live documents. The new graph is
         built off the lock, so searches keep using the old one meanwhile."""
-        head = store.collection(self.collection)
-        keys, _ids, vectors = store.matrix(self.collection)
         fresh = Index(ndim=self.ndim, metric=self.metric, dtype=self.dtype)
-        if len(keys):
-            fresh.add(keys, vectors)
+        groups = ContentGroups(self.groups.next_key)
+        head = self._scan(store, groups)
+        added, _ = groups.settle()
+        for start in range(0, len(added), _ADD_BATCH):
+            self._add(fresh, store, added[start : start + _ADD_BATCH])
         with self.lock:
-            self.index = fresh
+            self.index, self.groups = fresh, groups
             # The head was read before the scan: changes committed during it are replayed by
             # the next catch_up, which is idempotent.
-            self.sequence = head.sequence if head else 0
-            self.saved_sequence = -1
+            self.sequence = head
+            self.dirty = True
             self.removed_since_build = 0
+
+    def _scan(self, store: Store, groups: ContentGroups) -> int:
+        """Assign every live document of the store to ``groups``; returns the head sequence
+        read before the scan."""
+        head = store.collection(self.collection)
+        for rows in store.content_keys(self.collection):
+            for key, chash in rows:
+                groups.assign(key, chash)
+        return head.sequence if head else 0
+
+    def _reconcile(self, store: Store) -> None:
+        """(lock held) Make the loaded index hold exactly the store's documents. A saved index
+        ahead of the store (the store was replaced) or behind it (a crash) ends up right."""
+        self.sequence = self._scan(store, self.groups)
+        self._settle(store)
 
     def catch_up(self, store: Store) -> int:
         """Apply store changes after this index's sequence; returns how many were applied."""
@@ -100,6 +156,7 @@ class CollectionIndex:
             until = head.sequence if head else 0
             while self.sequence < until:
                 changes = store.changes(self.collection, self.sequence, until, _PAGE)
+                self.dirty = True
                 if not changes:
                     self.sequence = until
                     break
@@ -121,50 +178,84 @@ class CollectionIndex:
         return applied
 
     def _apply(self, store: Store, changes: list[Change]) -> None:
-        upserts = {c.key: c.doc.content_hash for c in changes if c.op == rec.OP_UPSERT and c.doc}
-        touched = np.asarray([c.key for c in changes], dtype=np.uint64)
-        present = np.asarray([k for k in touched if self.index.contains(int(k))], dtype=np.uint64)
-        if len(present):
-            self.index.remove(present)
-            self.removed_since_build += len(present)
-        if upserts:
-            keys = np.asarray(list(upserts), dtype=np.uint64)
-            self.index.add(keys, store.vectors(list(upserts.values())))
+        for c in changes:
+            upsert = c.op == rec.OP_UPSERT and c.doc is not None
+            self.groups.assign(c.key, c.doc.content_hash if upsert and c.doc else None)
+        self._settle(store)
+
+    def _settle(self, store: Store) -> None:
+        added, removed = self.groups.settle()
+        if removed:
+            self.index.remove(np.asarray(removed, dtype=np.uint64))
+            self.removed_since_build += len(removed)
+            self.dirty = True
+        if added:
+            self._add(self.index, store, added)
+            self.dirty = True
+
+    @staticmethod
+    def _add(index: Index, store: Store, groups: list[tuple[int, bytes]]) -> None:
+        keys = np.asarray([key for key, _ in groups], dtype=np.uint64)
+        index.add(keys, store.vectors([chash for _, chash in groups]))
+
+    # -- search and save ------------------------------------------------------------------------
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(keys, cosine scores) of the k nearest, best first."""
+        """(document index keys, cosine scores) of the k best documents, best first. Documents
+        sharing a vector share its score and come in the order they were created."""
         with self.lock:
-            if len(self.index) == 0:
+            distinct = len(self.index)
+            if distinct == 0:
                 return np.zeros(0, np.int64), np.zeros(0, np.float32)
-            wanted = min(k, len(self.index))
+            # k distinct vectors carry at least k documents, so they hold the k best documents.
+            wanted = min(k, distinct)
             vector = np.asarray(query, np.float32)
             found = self.index.search(vector, wanted)
             if len(found.keys) < wanted:
                 # HNSW can strand nodes after removals (updates are remove + add), so a graph
                 # walk may come back short; a user asking for k gets k, from an exact scan.
                 found = self.index.search(vector, wanted, exact=True)
-        keys = np.asarray(found.keys, dtype=np.int64)
-        dist = np.asarray(found.distances, dtype=np.float32)
-        ok = np.isfinite(dist)
-        return keys[ok], (1.0 - dist[ok]).astype(np.float32)
+            dist = np.asarray(found.distances, dtype=np.float32)
+            keys = np.asarray(found.keys, dtype=np.int64)[np.isfinite(dist)]
+            score_of = dict(zip(keys.tolist(), (1.0 - dist[np.isfinite(dist)]).tolist(), strict=True))
+            docs = self.groups.expand(keys.tolist(), k)
+        return (
+            np.asarray([doc for _, doc in docs], dtype=np.int64),
+            np.asarray([score_of[group] for group, _ in docs], dtype=np.float32),
+        )
 
     def save(self) -> bool:
-        """Atomically write index + sidecar (temp file + rename) when changed since the last save."""
+        """Write a new generation (index + groups), then commit it by renaming the sidecar over
+        the old one, when changed since the last save; older generations are then removed."""
         with self.lock:
-            if self.saved_sequence == self.sequence:
+            if not self.dirty:
                 return False
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".usearch.tmp")
-            self.index.save(str(tmp))
-            os.replace(tmp, self.path)
+            self.stem.parent.mkdir(parents=True, exist_ok=True)
+            generation = self.generation + 1
+            self.index.save(str(self._file(generation, "usearch")))
+            keys, hashes = self.groups.table()
+            with self._file(generation, "groups.npz").open("wb") as handle:
+                np.savez(handle, keys=keys, hashes=hashes, next_key=np.uint64(self.groups.next_key))
             meta_tmp = self.meta_path.with_suffix(".json.tmp")
-            meta_tmp.write_text(json.dumps({**self._header(), "sequence": self.sequence}))
+            meta_tmp.write_text(
+                json.dumps({**self._header(), "sequence": self.sequence, "generation": generation})
+            )
             os.replace(meta_tmp, self.meta_path)
-            self.saved_sequence = self.sequence
+            self.generation = generation
+            self.dirty = False
+            _remove_stale(self.stem, keep={self.path, self._file(generation, "groups.npz")})
         return True
 
     def nbytes(self) -> int:
         return self.path.stat().st_size if self.path.is_file() else 0
+
+
+def _remove_stale(stem: Path, keep: Iterable[Path]) -> None:
+    """Files of other generations (and the one-file layout before them) of this collection."""
+    kept = set(keep)
+    for path in stem.parent.glob(f"{stem.name}.*"):
+        if path not in kept and path.suffix in (".usearch", ".npz"):
+            path.unlink(missing_ok=True)
 
 
 class Indexes:
@@ -195,11 +286,9 @@ class Indexes:
                     dtype=self.dtype,
                     fingerprint=self.fingerprint,
                 )
-                meta = self.store.collection(collection)
-                head = meta.sequence if meta else 0
-                if index.load() and index.sequence <= head:
+                if index.load(self.store):
                     log.info("index %r loaded at sequence %d", collection, index.sequence)
-                else:  # missing, made for another model, or ahead of the store (store replaced)
+                else:  # missing, or made for another model or layout
                     log.info("index %r missing or outdated: building it from the store", collection)
                     index.build(self.store)
                 self._indexes[collection] = index

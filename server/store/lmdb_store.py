@@ -91,6 +91,7 @@ class CollectionRow:
     sequence: int
     model_fingerprint: str
     stale: bool
+    incarnation: str
 
 
 class _RWLock:
@@ -194,6 +195,14 @@ class Store:
                     f"store format {bytes(found).decode()} in {self.path} is not the supported "
                     f"format {FORMAT_VERSION.decode()}"
                 )
+            # Collections written before incarnations existed get theirs now (an optional field
+            # of the same format: no version bump).
+            db = self._db["collections"]
+            for name, raw in list(txn.cursor(db=db)):
+                meta = CollectionMeta.unpack(raw)
+                if not meta.incarnation:
+                    meta.incarnation = rec.new_incarnation()
+                    txn.put(bytes(name), meta.pack(), db=db)
 
         self._write(check)
 
@@ -259,7 +268,14 @@ class Store:
     def collection_rows(self, serving_fingerprint: str) -> list[CollectionRow]:
         """Info's collection list: counters, and stale = stored under another model."""
         return [
-            CollectionRow(name, m.documents, m.sequence, m.fingerprint, m.fingerprint != serving_fingerprint)
+            CollectionRow(
+                name,
+                m.documents,
+                m.sequence,
+                m.fingerprint,
+                m.fingerprint != serving_fingerprint,
+                m.incarnation,
+            )
             for name, m in sorted(self.collections().items())
         ]
 
@@ -292,7 +308,9 @@ class Store:
                 if meta is None:
                     raw = txn.get(doc.collection.encode(), db=dbs["collections"])
                     meta = (
-                        CollectionMeta(fingerprint, dimension) if raw is None else CollectionMeta.unpack(raw)
+                        CollectionMeta(fingerprint, dimension, incarnation=rec.new_incarnation())
+                        if raw is None
+                        else CollectionMeta.unpack(raw)
                     )
                     if meta.fingerprint != required:
                         raise StaleCollection(doc.collection, meta.fingerprint, fingerprint)
@@ -424,13 +442,26 @@ class Store:
 
     def iter_documents(self, collection: str, batch: int = 1024) -> Iterator[list[tuple[str, DocRecord]]]:
         """Documents of ``collection`` in id order, ``batch`` per short read transaction."""
-        start = rec.prefix(collection)
-        pfx = start
+        for rows in self._doc_pages(collection, batch, rec.unpack_doc):
+            yield [(rec.suffix_str(k), d) for k, d in rows]
+
+    def content_keys(self, collection: str, batch: int = 16384) -> Iterator[list[tuple[int, bytes]]]:
+        """(index key, content hash) of every live document of ``collection``, ``batch`` per
+        short read transaction; reads the fixed header only (no text is decompressed)."""
+        for rows in self._doc_pages(collection, batch, rec.unpack_doc_hash_key):
+            yield [(ikey, chash) for _, (chash, ikey) in rows]
+
+    def _doc_pages(
+        self, collection: str, batch: int, unpack: Callable[[Any], T]
+    ) -> Iterator[list[tuple[bytes, T]]]:
+        """(key, unpack(value)) of the collection's documents in key order, ``batch`` per read."""
+        pfx = rec.prefix(collection)
+        start = pfx
         while True:
 
-            def read(txn: Any, after: bytes = start) -> list[tuple[bytes, DocRecord]]:
+            def read(txn: Any, after: bytes = start) -> list[tuple[bytes, T]]:
                 cursor = txn.cursor(db=self._db["docs"])
-                out: list[tuple[bytes, DocRecord]] = []
+                out: list[tuple[bytes, T]] = []
                 if not cursor.set_range(after):
                     return out
                 for k, v in cursor:
@@ -439,7 +470,7 @@ class Store:
                         break
                     if key == after and after != pfx:
                         continue
-                    out.append((key, rec.unpack_doc(v)))
+                    out.append((key, unpack(v)))
                     if len(out) >= batch:
                         break
                 return out
@@ -447,7 +478,7 @@ class Store:
             rows = self._read(read)
             if not rows:
                 return
-            yield [(rec.suffix_str(k), d) for k, d in rows]
+            yield rows
             start = rows[-1][0]
 
     def matrix(self, collection: str) -> tuple[np.ndarray, list[str], np.ndarray]:

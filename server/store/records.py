@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import uuid
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -105,6 +106,12 @@ def pack_doc(doc: DocRecord) -> bytes:
     return _DOC_HEADER.pack(doc.content_hash, doc.key, doc.sequence, flags, len(text)) + text + meta
 
 
+def unpack_doc_hash_key(raw: bytes | memoryview) -> tuple[bytes, int]:
+    """(content hash, index key) of a packed document, without decoding its text."""
+    chash, key = _DOC_HEADER.unpack_from(raw)[:2]
+    return bytes(chash), int(key)
+
+
 def unpack_doc(raw: bytes | memoryview) -> DocRecord:
     data = bytes(raw)
     chash, key, sequence, flags, length = _DOC_HEADER.unpack_from(data)
@@ -137,15 +144,26 @@ def unpack_change(raw: bytes | memoryview) -> tuple[int, int, str]:
     return int(op), int(key), data[_CHANGE_HEADER.size :].decode("utf-8")
 
 
+def new_incarnation() -> str:
+    """A collection's identity: random, so a collection created again under the same name (a
+    wiped data directory, another server) never gets the identity of an earlier one."""
+    return uuid.uuid4().hex
+
+
 @dataclass
 class CollectionMeta:
-    """Per-collection header: the model its vectors come from and its counters."""
+    """Per-collection header: the model its vectors come from, its counters, and its identity.
+
+    ``incarnation`` is created with the collection and never changes; a sequence number means
+    something only together with it (SyncVectors checkpoints carry both). Stores written before
+    it existed get one when opened (``""`` only until then)."""
 
     fingerprint: str
     dimension: int  # width of the stored vectors
     sequence: int = 0  # head of the change log
     documents: int = 0
     next_key: int = 1  # next free index key
+    incarnation: str = ""
 
     def pack(self) -> bytes:
         return json.dumps(self.__dict__, separators=(",", ":")).encode("utf-8")

@@ -296,18 +296,20 @@ class SearchRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., k: _Optional[int] = ..., exact: _Optional[bool] = ..., dimensions: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., rescore_multiplier: _Optional[int] = ..., prompt_name: _Optional[str] = ..., include_text: _Optional[bool] = ...) -> None: ...
 
 class SearchHit(_message.Message):
-    __slots__ = ("id", "score", "text", "metadata", "text_truncated")
+    __slots__ = ("id", "score", "text", "metadata", "text_truncated", "metadata_omitted")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     TEXT_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    METADATA_OMITTED_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     text: str
     metadata: _struct_pb2.Struct
     text_truncated: bool
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., text_truncated: _Optional[bool] = ...) -> None: ...
+    metadata_omitted: bool
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., text_truncated: _Optional[bool] = ..., metadata_omitted: _Optional[bool] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "timing", "sequence", "model_fingerprint")
@@ -354,7 +356,7 @@ class SyncVectorsRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., since_sequence: _Optional[int] = ..., bundle_fingerprint: _Optional[str] = ..., dimensions: _Optional[int] = ..., include_text: _Optional[bool] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class VectorChange(_message.Message):
-    __slots__ = ("sequence", "op", "id", "vector", "text", "metadata", "text_truncated")
+    __slots__ = ("sequence", "op", "id", "vector", "text", "metadata", "text_truncated", "content_hash")
     class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OP_UNSPECIFIED: _ClassVar[VectorChange.Op]
@@ -370,6 +372,7 @@ class VectorChange(_message.Message):
     TEXT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     TEXT_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     op: VectorChange.Op
     id: str
@@ -377,7 +380,8 @@ class VectorChange(_message.Message):
     text: str
     metadata: _struct_pb2.Struct
     text_truncated: bool
-    def __init__(self, sequence: _Optional[int] = ..., op: _Optional[_Union[VectorChange.Op, str]] = ..., id: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., text_truncated: _Optional[bool] = ...) -> None: ...
+    content_hash: str
+    def __init__(self, sequence: _Optional[int] = ..., op: _Optional[_Union[VectorChange.Op, str]] = ..., id: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., text_truncated: _Optional[bool] = ..., content_hash: _Optional[str] = ...) -> None: ...
 
 class SyncVectorsResponse(_message.Message):
     __slots__ = ("changes", "head_sequence", "remaining", "incarnation", "reset")
