@@ -1,4 +1,9 @@
-"""Start the real server as a subprocess on a free port and wait until health says SERVING."""
+"""Start the real server as a subprocess on a free port and wait until health says SERVING.
+
+Servers start with one eager worker (``--workers 1 --compile off``): torch.compile and a second
+worker cost tens of seconds per start on a 2-core machine and only matter to the tests that are
+about them, which opt in by passing their own ``--workers`` / ``--compile`` (the last flag wins).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,9 @@ from pathlib import Path
 
 from server.launch import free_port, serve_command, wait_serving
 
-__all__ = ["ServerProcess", "free_port", "running_server", "wait_serving"]
+__all__ = ["FAST_START", "ServerProcess", "free_port", "running_server", "wait_serving"]
+
+FAST_START = ("--workers", "1", "--compile", "off")
 
 
 @dataclass
@@ -35,14 +42,15 @@ class ServerProcess:
 def running_server(
     data_dir: Path, *extra_args: str, env: dict[str, str] | None = None
 ) -> Iterator[ServerProcess]:
-    """``embed-server serve`` on a free port with its store in ``data_dir``."""
+    """``embed-server serve`` on a free port with its store in ``data_dir``; ``extra_args`` come
+    after :data:`FAST_START`, so a test about workers or compile overrides it."""
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"server-{port}.log"
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            serve_command(port, data_dir, *extra_args),
+            serve_command(port, data_dir, *FAST_START, *extra_args),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=full_env,
