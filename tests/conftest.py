@@ -12,9 +12,26 @@ import pytest
 # Model hubs are unreachable here; make every hub lookup fail fast instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# Each session exports ONNX graphs afresh into an empty directory of its own (servers started
-# by the tests inherit it), so a change to server/onnx_export.py is always what gets tested.
-os.environ["EMBED_EDGE_ONNX_CACHE"] = tempfile.mkdtemp(prefix="embed-test-onnx-")
+# Every server a test starts (the harness, and the commands that start one: demo, export-edge,
+# reembed) runs one eager worker: torch.compile and a second worker cost tens of seconds per
+# start on a 2-core machine. The tests about compile and workers pass their own flags.
+os.environ.setdefault("EMBED_WORKERS", "1")
+os.environ.setdefault("EMBED_COMPILE", "off")
+
+
+def _onnx_cache() -> str:
+    """Where this session's servers and fixtures keep exported ONNX graphs. server/onnx_export.py
+    keys each export by the model fingerprint and a hash of its own source, so a change to the
+    exporter is exported afresh; the versions of the libraries that shape the graph key this
+    directory. Reused across sessions: an export costs a minute or more here, and
+    tests/test_startup_health.py still exports from scratch every session (through a server)."""
+    from importlib.metadata import version
+
+    libraries = "-".join(version(name) for name in ("torch", "transformers", "onnx", "onnxruntime"))
+    return str(Path(tempfile.gettempdir()) / "embedstream-test-onnx" / libraries)
+
+
+os.environ["EMBED_EDGE_ONNX_CACHE"] = _onnx_cache()
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,9 +63,9 @@ def live_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
 
 @pytest.fixture(scope="session")
 def edge_onnx_dir(spec):  # type: ignore[no-untyped-def]
-    """The model's exported ONNX graphs (fp32 + int8), exported once per session into the
-    session's own ONNX cache (EMBED_EDGE_ONNX_CACHE, which every test server inherits), so the
-    exporter under test is what runs, never a graph cached by an earlier version."""
+    """The model's exported ONNX graphs (fp32 + int8) in the test ONNX cache
+    (EMBED_EDGE_ONNX_CACHE, which every test server inherits): made by the exporter under test,
+    never by an earlier version of it (the cache is keyed by the exporter's source)."""
     from server.onnx_export import ensure_onnx, onnx_cache_dir
     from server.settings import Settings
 

@@ -1,4 +1,9 @@
-"""Start the real server as a subprocess on a free port and wait until health says SERVING."""
+"""Start the real server as a subprocess on a free port and wait until health says SERVING.
+
+Servers start with one eager worker (``--workers 1 --compile off``): torch.compile and a second
+worker cost tens of seconds per start on a 2-core machine and only matter to the tests that are
+about them, which opt in by passing their own ``--workers`` / ``--compile`` (the last flag wins).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,9 @@ from pathlib import Path
 from embedcore.transport import ClientCredentials
 from server.launch import free_port, serve_command, wait_serving
 
-__all__ = ["ServerProcess", "free_port", "running_server", "wait_serving"]
+__all__ = ["FAST_START", "ServerProcess", "free_port", "running_server", "wait_serving"]
+
+FAST_START = ("--workers", "1", "--compile", "off")
 
 
 @dataclass
@@ -39,7 +46,8 @@ def running_server(
     env: dict[str, str] | None = None,
     credentials: ClientCredentials | None = None,
 ) -> Iterator[ServerProcess]:
-    """``embed-server serve`` on a free port with its store in ``data_dir``; ``credentials``
+    """``embed-server serve`` on a free port with its store in ``data_dir``; ``extra_args`` come
+    after :data:`FAST_START`, so a test about workers or compile overrides it; ``credentials``
     to reach a server started with TLS."""
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -47,7 +55,7 @@ def running_server(
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            serve_command(port, data_dir, *extra_args),
+            serve_command(port, data_dir, *FAST_START, *extra_args),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=full_env,

@@ -67,6 +67,18 @@ def test_eval_end_to_end_json_shape_and_perfect_ranking(
         if row["ndcg@10"] is None:
             assert row["unavailable"]  # a configuration that cannot run says why
     by_label = {r["label"]: r for r in retrieval}
+    # The edge half ran: edge-auto measured every query (locally or through the server), and of
+    # the two 64-dim edge-local rows exactly the one matching the server's bundle projection
+    # (identity: "naive", fitted on the store: "fitted") was measured; the other says why not.
+    auto = by_label["edge-auto"]
+    assert "unavailable" not in auto, auto.get("unavailable")
+    assert auto["ndcg@10"] == pytest.approx(1.0) and 0.0 <= auto["local_share"] <= 1.0
+    local = [by_label["edge-local/64/naive"], by_label["edge-local/64/fitted"]]
+    measured = [r for r in local if r["ndcg@10"] is not None]
+    assert len(measured) == 1, [r.get("unavailable") for r in local]
+    assert measured[0]["recall@10"] == pytest.approx(1.0) and measured[0]["mrr@10"] > 0.5
+    (skipped,) = [r for r in local if r["ndcg@10"] is None]
+    assert "the server's edge bundle uses the" in skipped["unavailable"]
     full = by_label["server/full/float32"]
     assert full["ndcg@10"] == pytest.approx(1.0)
     assert full["recall@10"] == pytest.approx(1.0) and full["mrr@10"] == pytest.approx(1.0)

@@ -140,17 +140,37 @@ def test_second_open_is_refused_and_format_is_checked(tmp_path: Path) -> None:
         open_store(tmp_path)
 
 
+def _vector_bytes(store: Store) -> tuple[int, int]:
+    """(value bytes, LMDB pages) of the store's vectors database, as LMDB holds them."""
+    db = store._db["vectors"]
+    with store.env.begin() as txn:
+        values = sum(len(v) for v in txn.cursor(db=db).iternext(keys=False, values=True))
+        stat = txn.stat(db)
+    return values, stat["leaf_pages"] + stat["branch_pages"] + stat["overflow_pages"]
+
+
 def test_float16_storage_halves_bytes(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s", float16=True)
-    try:
-        up = _up("c", "a", "half")
-        store.upsert([up], fingerprint=FP, dimension=DIMS)
-        back = store.vectors([up.content_hash])[0]
-        assert back.dtype == np.float32
-        np.testing.assert_allclose(back, up.vector, atol=2e-3)  # type: ignore[arg-type]
-        assert len(rec.pack_vector(back, True)) == 1 + 2 * DIMS
-    finally:
-        store.close()
+    # The model's width (384), so the page count reflects real records, not headers.
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((300, 384)).astype(np.float32)
+    measured = {}
+    for float16 in (False, True):
+        store = Store(tmp_path / f"s{int(float16)}", float16=float16)
+        try:
+            ups = [
+                Upsert("c", str(i), content_hash(FP, "", f"doc {i}"), f"doc {i}", {}, v)
+                for i, v in enumerate(vectors)
+            ]
+            store.upsert(ups, fingerprint=FP, dimension=384)
+            back = store.vectors([u.content_hash for u in ups])
+            assert back.dtype == np.float32
+            np.testing.assert_allclose(back, vectors, atol=0 if not float16 else 4e-3)
+            measured[float16] = _vector_bytes(store)
+        finally:
+            store.close()
+    (f32_values, f32_pages), (f16_values, f16_pages) = measured[False], measured[True]
+    assert f32_values == 300 * (1 + 4 * 384) and f16_values == 300 * (1 + 2 * 384)  # tag + payload
+    assert f16_pages <= 0.55 * f32_pages, (f16_pages, f32_pages)  # the pages LMDB wrote, halved too
 
 
 def test_sample_vectors_and_gc(store: Store) -> None:
