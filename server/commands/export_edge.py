@@ -74,6 +74,7 @@ async def _export(settings: settings_module.Settings, out: Path, corpus: Path | 
 
 def run(args: argparse.Namespace) -> int:
     from server.model import ModelNotFoundError
+    from server.store import StoreError
 
     try:
         settings = settings_module.from_args(args)
@@ -85,6 +86,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         return asyncio.run(_export(settings, args.out, args.fit_corpus))
-    except ModelNotFoundError as exc:
+    except (ModelNotFoundError, StoreError) as exc:  # e.g. the store is held by a running server
         print(f"embed-server export-edge: {exc}", file=sys.stderr)
         return 2

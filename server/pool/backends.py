@@ -90,10 +90,15 @@ class TorchBackend:
         import torch._inductor.config as inductor_config
 
         transformer = self._model[0]
-        eager = transformer.auto_model
+        # sentence-transformers >= 6: auto_model is a read-only property of ``.model``, and
+        # forward calls ``.model``; assigning auto_model would leave the eager model running.
+        attr = (
+            "model" if isinstance(getattr(type(transformer), "auto_model", None), property) else "auto_model"
+        )
+        eager = getattr(transformer, attr)
         inductor_config.freezing = True
         try:
-            transformer.auto_model = self._torch.compile(eager, dynamic=True)
+            setattr(transformer, attr, self._torch.compile(eager, dynamic=True))
             for batch, seq in ((1, 8), (3, 17)):
                 ids = np.full((batch, seq), 100, dtype=np.int64)
                 mask = np.ones_like(ids)
@@ -101,7 +106,7 @@ class TorchBackend:
                 self.forward(ids, mask, np.zeros_like(ids))
         except Exception as exc:  # e.g. no C++ compiler on the host
             log.warning("torch.compile failed (%s: %s); running the model eagerly", type(exc).__name__, exc)
-            transformer.auto_model = eager
+            setattr(transformer, attr, eager)
             return False
         return True
 
