@@ -209,8 +209,9 @@ class OurServer(Engine):
 
     ``stream_only`` skips the two Ingests (the ablation measures the compute path alone). Each
     timed step also records the CPU seconds of the server's parent process (gRPC, tokenization,
-    batching, LMDB) and of its encoder workers; ``busy`` = workers' CPU-s / (wall x workers), the
-    share of the wall time the single-threaded workers computed."""
+    batching, LMDB) and of its encoder workers; ``worker_cpu_share`` = workers' CPU-s / (wall x
+    workers): on a quiet machine the share of the wall time the workers computed (the rest they
+    waited for work), on a loaded one also how little CPU they were given."""
 
     def __init__(
         self, label: str, args: Sequence[str], stack: contextlib.ExitStack, *, stream_only: bool = False
@@ -296,7 +297,7 @@ class OurServer(Engine):
             "parent_cpu_s": parent,
             "parent_cpu_s_per_100_docs": 100 * parent / len(texts),
             "worker_cpu_s": workers,
-            "worker_busy": sum(workers) / (wall * self.workers),
+            "worker_cpu_share": sum(workers) / (wall * self.workers),
         }
 
     def measure(self, texts: list[str], concurrency: int) -> list[Row]:

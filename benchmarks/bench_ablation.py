@@ -8,11 +8,12 @@ Servers (``embed-server serve``, one store each, query cache off), all started f
 - ``--compile off`` (eager, at the default dtype);
 - ``--workers 1 --threads-per-worker N`` (one N-thread worker instead of N single-threaded ones;
   N = usable cores);
-- ``--max-batch-tokens`` at half and at twice the default.
+- ``--max-batch-tokens`` at half and at twice the default;
+- optional (``--factors ...,onnx``): ``--backend onnx`` with its int8 graph vs ``--dtype float32``.
 Each round takes the next ``--limit`` SciFact documents and streams them through every server's
 ``EmbedStream`` (``--concurrency`` streams), in a rotated order. Each factor is the ratio of two
 servers' docs/s within a round, reported as min / median / max over rounds, with the encoder
-workers' busy share of the wall time and the parent process's CPU seconds (/proc).
+workers' CPU seconds per wall second and the parent process's CPU seconds (/proc).
 
     python benchmarks/bench_ablation.py [--limit 96] [--rounds 3] [--concurrency 4] [--json FILE]
 
@@ -45,7 +46,7 @@ def start_servers(
     args: argparse.Namespace, stack: contextlib.ExitStack
 ) -> tuple[dict[str, OurServer], list[tuple[str, str, str]]]:
     """The servers by config name, and the factors as (label, numerator config, denominator)."""
-    common = ["--model", args.model, "--backend", "torch", *args.server_arg]
+    common = ["--model", args.model, *args.server_arg]
     servers: dict[str, OurServer] = {}
 
     def start(name: str, *flags: str) -> OurServer:
@@ -75,6 +76,10 @@ def start_servers(
             name = f"max-batch-tokens {budget}"
             start(name, "--max-batch-tokens", str(budget))
             factors.append((f"{budget} vs {tokens} batch tokens (default)", name, "defaults"))
+    if "onnx" in wanted:
+        start("onnx int8", "--backend", "onnx", "--dtype", "int8")
+        start("onnx float32", "--backend", "onnx", "--dtype", "float32")
+        factors.append(("ONNX Runtime int8 vs float32 graph", "onnx int8", "onnx float32"))
     return servers, factors
 
 
@@ -86,7 +91,9 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=96, help="corpus documents per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each on the next --limit documents")
     parser.add_argument("--concurrency", type=int, default=4, help="EmbedStream calls at once")
-    parser.add_argument("--factors", default="dtype,compile,layout,tokens", help="which factors to measure")
+    parser.add_argument(
+        "--factors", default="dtype,compile,layout,tokens", help="which factors to measure (also: onnx)"
+    )
     parser.add_argument("--model", default="all-MiniLM-L6-v2", help="model (alias or directory)")
     parser.add_argument(
         "--server-arg", action="append", default=[], help="extra `serve` flag for every server"
@@ -115,19 +122,18 @@ def main() -> int:
     print()
     print(record.load_line())
     print(f"{args.rounds} rounds x {args.limit} SciFact docs, EmbedStream x {args.concurrency}")
-    header = (
-        f"{'server':<34} {'docs/s min/med/max':>20} {'workers busy':>13} {'parent CPU-s/100 docs':>22}  flags"
-    )
+    header = f"{'server':<34} {'docs/s min/med/max':>20} {'worker CPU/wall':>15}"
+    header += f" {'parent CPU-s/100 docs':>22}  flags"
     print(header)
     print("-" * len(header))
     configs = []
     for name, values in rates.items():
-        busy = statistics.median(x["worker_busy"] for x in cpu[name])
+        busy = statistics.median(x["worker_cpu_share"] for x in cpu[name])
         parent = statistics.median(x["parent_cpu_s_per_100_docs"] for x in cpu[name])
         info = infos[name]
         flags = [f for f in info["flags"] if f not in ("--query-cache-size", "0", "--log-level", "WARNING")]
         print(
-            f"{name:<34} {fmt_spread(spread(values), '.1f'):>20} {busy:>13.1%} {parent:>22.2f}  "
+            f"{name:<34} {fmt_spread(spread(values), '.1f'):>20} {busy:>15.1%} {parent:>22.2f}  "
             + " ".join(flags)
         )
         configs.append(
@@ -136,7 +142,7 @@ def main() -> int:
                 "docs_per_s": spread(values),
                 "per_round": values,
                 "server": info,
-                "worker_busy_median": busy,
+                "worker_cpu_share_median": busy,
                 "parent_cpu_s_per_100_docs_median": parent,
                 "cpu_per_round": cpu[name],
             }

@@ -96,10 +96,10 @@ def throughput(data: dict[str, Any]) -> list[str]:
     ]
     for row in servers:
         parent = sorted(x["parent_cpu_s_per_100_docs"] for x in row["server"])
-        busy = sorted(x["worker_busy"] for x in row["server"])
+        busy = sorted(x["worker_cpu_share"] for x in row["server"])
         lines.append(
             f"- {row['name']}: server parent process {parent[len(parent) // 2]:.2f} CPU-s per 100 documents, "
-            f"encoder workers busy {busy[len(busy) // 2]:.0%} of the wall time (median round)"
+            f"encoder workers' CPU time {busy[len(busy) // 2]:.0%} of their wall time (median round)"
         )
     for name, values in data.get("mean_cosine_to_st_fp32", {}).items():
         lines.append(f"- mean cosine of {name} to in-process fp32 vectors: {min(values):.5f} (lowest round)")
@@ -114,7 +114,7 @@ def ablation(data: dict[str, Any]) -> list[str]:
         f"(concurrency {data['concurrency']}), one server per configuration, all up at once.",
         "",
         "| server | resolved (backend / dtype / workers / compiled / batch tokens) | docs/s (min / median / max) "
-        "| workers busy | parent CPU-s / 100 docs |",
+        "| worker CPU / wall | parent CPU-s / 100 docs |",
         "| --- | --- | --- | --- | --- |",
     ]
     for c in data["configs"]:
@@ -123,7 +123,7 @@ def ablation(data: dict[str, Any]) -> list[str]:
             f"{s['backend']} / {s['dtype']} / {s['workers']} / {s['compiled']} / {s['max_batch_tokens']}"
         )
         lines.append(
-            f"| {c['name']} | {resolved} | {spread(c['docs_per_s'], '.1f')} | {c['worker_busy_median']:.0%} | "
+            f"| {c['name']} | {resolved} | {spread(c['docs_per_s'], '.1f')} | {c['worker_cpu_share_median']:.0%} | "
             f"{c['parent_cpu_s_per_100_docs_median']:.2f} |"
         )
     lines += ["", "| factor | ratio per round (min / median / max) |", "| --- | --- |"]
