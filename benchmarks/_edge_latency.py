@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import shutil
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -24,10 +25,9 @@ import numpy as np
 ENCODERS = ("int8 ONNX (edge default)", "fp32 ONNX", "torch fp32 (sentence-transformers)")
 
 
-def _serve(
-    kind: str, bundle_dir: str, model_dir: str, index_dir: str, vectors_path: str, dims: int, conn: Connection
-) -> None:
-    """Child process: build the encoder and the index, then answer (embed ms, search ms) per query."""
+def _serve(kind: str, bundle_dir: str, model_dir: str, index_dir: str, dims: int, conn: Connection) -> None:
+    """Child process: build the encoder, open its copy of the index, then answer (embed ms,
+    search ms) per query."""
     import onnxruntime  # noqa: F401  (before usearch, which the index imports)
 
     from edge_client.index import LocalIndex
@@ -54,13 +54,7 @@ def _serve(
             vector: np.ndarray = bundle.embed([text], dims, int8=int8)[0]
             return vector
 
-    data = np.load(vectors_path)
-    ids = [str(i) for i in range(len(data))]
-    index = LocalIndex(Path(index_dir), dims=dims)
-    for start in range(0, len(ids), 20_000):
-        part = slice(start, start + 20_000)
-        n = len(ids[part])
-        index.upsert(ids[part], data[part], [""] * n, [{}] * n, source="sync")
+    index = LocalIndex(Path(index_dir), dims=dims)  # a copy of the one the coordinator built
     for text in ("warm-up", "a second warm-up query", "third"):  # session / graph warm-up
         index.search(embed(text), 10)
     conn.send(("ready", len(index)))
@@ -79,20 +73,29 @@ def measure(
 ) -> dict[str, Any]:
     """p50/p99 of embed + search per encoder over ``queries``, each encoder in its own process,
     against an index of ``vectors`` (already projected to ``dims``)."""
+    from edge_client.index import LocalIndex
+
     ctx = mp.get_context("spawn")
-    work.mkdir(parents=True, exist_ok=True)
-    vectors_path = work / f"vectors-{len(vectors)}.npy"
-    np.save(vectors_path, vectors.astype(np.float32))
+    built = work / f"index-{len(vectors)}"
+    index = LocalIndex(built, dims=dims)
+    ids = [str(i) for i in range(len(vectors))]
+    for start in range(0, len(ids), 20_000):
+        part = slice(start, start + 20_000)
+        n = len(ids[part])
+        index.upsert(ids[part], vectors[part], [""] * n, [{}] * n, source="sync")
+    index.save()
+    index.close()
     children: dict[str, tuple[Any, Connection]] = {}
     try:
         for n, kind in enumerate(ENCODERS):
             parent, child = ctx.Pipe()
+            copy = work / f"index-{len(vectors)}-{n}"
+            shutil.copytree(built, copy)
             args = (
                 kind,
                 str(bundle_dir),
                 str(model_dir),
-                str(work / f"index-{len(vectors)}-{n}"),
-                str(vectors_path),
+                str(copy),
                 dims,
                 child,
             )
