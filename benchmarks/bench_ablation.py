@@ -15,10 +15,11 @@ Each round takes the next ``--limit`` SciFact documents and streams them through
 servers' docs/s within a round, reported as min / median / max over rounds, with the encoder
 workers' CPU seconds per wall second and the parent process's CPU seconds (/proc).
 
-    python benchmarks/bench_ablation.py [--limit 96] [--rounds 3] [--concurrency 4] [--json FILE]
+    python benchmarks/bench_ablation.py [--limit 160] [--rounds 5] [--concurrency 4] [--json FILE]
 
-Defaults take about 10 minutes on a 2-core machine (six server starts, each compiling its
-workers, are most of it).
+Defaults: six servers (each start loads and compiles its workers, 20-60 s on a quiet 2-core
+machine) and 5 x 6 measurements of 160 documents; about 10 minutes there, and about 10 GiB of RAM
+with every server up (two ~0.7 GB workers each).
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--dataset", type=Path, default=SHARED_DATA / "scifact", help="BEIR folder (corpus)")
-    parser.add_argument("--limit", type=int, default=96, help="corpus documents per round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds, each on the next --limit documents")
+    parser.add_argument("--limit", type=int, default=160, help="corpus documents per round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds, each on the next --limit documents")
     parser.add_argument("--concurrency", type=int, default=4, help="EmbedStream calls at once")
     parser.add_argument(
         "--factors", default="dtype,compile,layout,tokens", help="which factors to measure (also: onnx)"

@@ -26,11 +26,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from _common import OFFLINE_ENV, REPO, SHARED_DATA, RunRecord, add_json_argument
-from bench_edge import ndcg, torch_vectors
+from bench_edge import corpus_file, ndcg, torch_vectors
 
 from embedcore import EdgeBundle, Projection
 from server.evaluation import load_beir
@@ -38,15 +38,15 @@ from server.evaluation import load_beir
 SCIFACT = SHARED_DATA / "scifact"
 
 
-def fit(kind: str, n: int, cache: Path) -> tuple[Projection, dict[str, Any], float]:
+def fit(kind: str, n: int, cache: Path, dataset: Path) -> tuple[Projection, dict[str, Any], float]:
     """The projection ``export-edge`` fits on the first ``n`` corpus documents (cached)."""
-    out = cache / f"bundle-{kind}-{n}"
+    out = cache / f"bundle-{dataset.name}-{kind}-{n}"
     seconds = 0.0
     if not (out / "manifest.json").is_file():
         with tempfile.TemporaryDirectory(prefix="bench-mindocs-") as tmp:
             corpus = Path(tmp) / "corpus.jsonl"
             with (
-                gzip.open(SCIFACT / "corpus.jsonl.gz", "rt", encoding="utf-8") as src,
+                open_text(corpus_file(dataset)) as src,
                 corpus.open("w") as dst,
             ):
                 for _, line in zip(range(n), src, strict=False):
@@ -81,6 +81,10 @@ def fit(kind: str, n: int, cache: Path) -> tuple[Projection, dict[str, Any], flo
     return bundle.projection, dict(bundle.manifest.extra), seconds
 
 
+def open_text(path: Path) -> IO[str]:
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+
+
 def held_out_recall(projection: Projection, dims: int, queries: np.ndarray, docs: np.ndarray) -> float:
     """Mean share of each query's full-dimension top-10 (over ``docs``) in its projected top-20."""
     full_top = np.argsort(-(queries @ docs.T), axis=1)[:, :10]
@@ -95,16 +99,17 @@ def main() -> int:
     )
     parser.add_argument("--sizes", default="300,1000,2000,3000", help="corpus prefixes to fit on")
     parser.add_argument("--dims", default="64,128", help="edge dimensions to score")
+    parser.add_argument("--dataset", type=Path, default=SCIFACT, help="BEIR folder (default SciFact)")
     parser.add_argument("--cache", type=Path, default=None, help="directory caching vectors and bundles")
     add_json_argument(parser, "bench_adaptor_min_docs")
     args = parser.parse_args()
     record = RunRecord("bench_adaptor_min_docs")
     cache = args.cache or Path(tempfile.mkdtemp(prefix="bench-mindocs-cache-"))
     cache.mkdir(parents=True, exist_ok=True)
-    data = load_beir(SCIFACT, "test")
+    data = load_beir(args.dataset, "test")
     ids, qids = list(data.corpus), list(data.queries)
-    corpus = torch_vectors([data.corpus[i] for i in ids], cache, "scifact_corpus")
-    queries = torch_vectors([data.queries[q] for q in qids], cache, "scifact_queries")
+    corpus = torch_vectors([data.corpus[i] for i in ids], cache, f"{args.dataset.name}_corpus")
+    queries = torch_vectors([data.queries[q] for q in qids], cache, f"{args.dataset.name}_queries")
     dims_list = [int(d) for d in args.dims.split(",")]
     full = ndcg(qids, queries @ corpus.T, ids, data.qrels)
     print(f"SciFact: {len(ids)} documents, {len(qids)} test queries; full 384-dim nDCG@10 {full:.3f}")
@@ -112,7 +117,7 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     for n in sizes:
         for kind in ("adaptor", "rotation"):
-            projection, extra, seconds = fit(kind, n, cache)
+            projection, extra, seconds = fit(kind, n, cache, args.dataset)
             for dims in dims_list:
                 rows.append(
                     {
@@ -145,7 +150,16 @@ def main() -> int:
                 f"{a['held_out_recall_10_in_20']:>24.3f} {r['held_out_recall_10_in_20']:>9.3f}"
             )
     print(record.load_line())
-    record.write(args.json, {"full_ndcg@10": full, "rows": rows})
+    record.write(
+        args.json,
+        {
+            "dataset": args.dataset.name,
+            "documents": len(ids),
+            "queries": len(qids),
+            "full_ndcg@10": full,
+            "rows": rows,
+        },
+    )
     return 0
 
 

@@ -92,22 +92,31 @@ def torch_vectors(texts: list[str], cache: Path | None, name: str) -> np.ndarray
     return np.asarray(out, dtype=np.float32)
 
 
-def export_bundle(kind: str, cache: Path) -> tuple[EdgeBundle, float]:
+def corpus_file(dataset: Path) -> Path:
+    return next(p for p in (dataset / "corpus.jsonl.gz", dataset / "corpus.jsonl") if p.is_file())
+
+
+def export_bundle(kind: str, cache: Path, dataset: Path, extra: list[str]) -> tuple[EdgeBundle, float]:
     """The edge bundle ``embed-server export-edge`` writes: ``naive`` (no corpus: identity),
     ``rotation`` or ``adaptor`` (fitted on the SciFact corpus). Cached; seconds the export took."""
-    out = cache / f"bundle-{kind}"
+    out = cache / ("bundle-naive" if kind == "naive" else f"bundle-{dataset.name}-{kind}")
     seconds = 0.0
     if not (out / "manifest.json").is_file():
         command = [sys.executable, "-m", "server", "export-edge", "--out", str(out), "--log-level", "WARNING"]
         with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
-            command += ["--data-dir", tmp]
+            command += ["--data-dir", tmp, *extra]
             if kind != "naive":
-                command += ["--fit-corpus", str(SCIFACT / "corpus.jsonl.gz"), "--edge-projection", kind]
+                command += ["--fit-corpus", str(corpus_file(dataset)), "--edge-projection", kind]
             print(f"exporting the {kind} bundle: {' '.join(command[1:])}", flush=True)
             t0 = time.perf_counter()
             subprocess.run(command, check=True, cwd=REPO, env={**os.environ, **OFFLINE_ENV})
             seconds = time.perf_counter() - t0
-    return EdgeBundle.load(out), seconds
+    bundle = EdgeBundle.load(out)
+    if kind != "naive" and bundle.manifest.projection_kind != kind:
+        raise RuntimeError(
+            f"asked export-edge for {kind}, it fitted {bundle.manifest.projection_kind} (see its log)"
+        )
+    return bundle, seconds
 
 
 def local_index(path: Path, ids: list[str], vectors: np.ndarray, dims: int, bundle: EdgeBundle) -> LocalIndex:
@@ -121,10 +130,10 @@ def local_index(path: Path, ids: list[str], vectors: np.ndarray, dims: int, bund
 
 def quality(args: argparse.Namespace, bundles: dict[str, EdgeBundle], work: Path) -> dict[str, Any]:
     """nDCG@10 by projection and dims, STS-B transfer, and the local / server / auto table."""
-    data = load_beir(SCIFACT, "test")
+    data = load_beir(args.dataset, "test")
     ids, qids = list(data.corpus), list(data.queries)
-    corpus = torch_vectors([data.corpus[i] for i in ids], args.cache, "scifact_corpus")
-    query_full = torch_vectors([data.queries[q] for q in qids], args.cache, "scifact_queries")
+    corpus = torch_vectors([data.corpus[i] for i in ids], args.cache, f"{args.dataset.name}_corpus")
+    query_full = torch_vectors([data.queries[q] for q in qids], args.cache, f"{args.dataset.name}_queries")
     projections = {
         "naive": Projection.identity(corpus.shape[1]),
         **{k: bundles[k].projection for k in ("rotation", "adaptor")},
@@ -274,12 +283,12 @@ def latency(args: argparse.Namespace, bundle_dir: Path, work: Path) -> list[dict
 
     from server.model import load_spec
 
-    data = load_beir(SCIFACT, "test")
+    data = load_beir(args.dataset, "test")
     ids = list(data.corpus)
     bundle = EdgeBundle.load(bundle_dir)
     dims = 128
     base = bundle.projection.apply(
-        torch_vectors([data.corpus[i] for i in ids], args.cache, "scifact_corpus"), dims
+        torch_vectors([data.corpus[i] for i in ids], args.cache, f"{args.dataset.name}_corpus"), dims
     )
     queries = list(data.queries.values())[: args.latency_queries]
     rng = np.random.default_rng(0)
@@ -315,11 +324,11 @@ def latency(args: argparse.Namespace, bundle_dir: Path, work: Path) -> list[dict
 
 def index_bytes(bundle: EdgeBundle, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     """Saved usearch bytes per document for each edge dtype at 128 dims."""
-    data = load_beir(SCIFACT, "test")
+    data = load_beir(args.dataset, "test")
     ids = list(data.corpus)
     dims = 128
     vectors = bundle.projection.apply(
-        torch_vectors([data.corpus[i] for i in ids], args.cache, "scifact_corpus"), dims
+        torch_vectors([data.corpus[i] for i in ids], args.cache, f"{args.dataset.name}_corpus"), dims
     )
     print(
         f"\nindex bytes per document: saved usearch files of {len(ids)} SciFact documents (ids and texts live"
@@ -386,10 +395,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--dataset", type=Path, default=SCIFACT, help="BEIR folder (default SciFact)")
     parser.add_argument("--cache", type=Path, default=None, help="directory caching vectors and bundles")
     parser.add_argument("--server", default=None, help="also measure the real path against this server")
     parser.add_argument("--collection", default="scifact", help="the collection holding SciFact on --server")
     parser.add_argument("--latency-queries", type=int, default=200)
+    parser.add_argument(
+        "--export-arg", action="append", default=[], help="extra `export-edge` flag (repeatable)"
+    )
     parser.add_argument("--only-latency", action="store_true", help="latency and index bytes only")
     parser.add_argument("--only-quality", action="store_true", help="the nDCG and STS tables only")
     parser.add_argument(
@@ -408,7 +421,7 @@ def main() -> None:
     kinds = ("naive",) if args.only_latency else ("naive", "rotation", "adaptor")
     bundles, seconds = {}, {}
     for kind in kinds:
-        bundles[kind], seconds[kind] = export_bundle(kind, args.cache)
+        bundles[kind], seconds[kind] = export_bundle(kind, args.cache, args.dataset, args.export_arg)
     results["bundles"] = {
         k: {
             "fingerprint": b.fingerprint,

@@ -92,11 +92,17 @@ def start_engines(
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         try:
             flags = ["--backend", backend, "--model", args.model, *args.server_arg]
-            engines.append(OurServer(backend, flags, stack))
-            print(f"started our server ({backend}): {engines[-1].info}", flush=True)  # type: ignore[attr-defined]
+            server = OurServer(backend, flags, stack)
+            engines.append(server)
+            print(f"started our server ({backend}): {server.info}", flush=True)
         except Exception as exc:
             failed[f"ours {backend}"] = f"did not start: {type(exc).__name__}: {exc}"[:600]
     return engines, failed
+
+
+def pct(gflops: list[float], peak: float | None) -> float | None:
+    """Median model GFLOP/s as a percentage of a measured peak (None without either)."""
+    return 100 * statistics.median(gflops) / peak if gflops and peak else None
 
 
 def per_round_ratios(mine: list[float], base: list[float]) -> dict[str, float] | None:
@@ -142,7 +148,7 @@ def summarize(
     rows: dict[str, list[Row]],
     rounds: list[dict[str, Any]],
     gflop_per_doc: list[float],
-    peaks: dict[str, float],
+    peaks: dict[str, float | None],
     half: str,
 ) -> list[dict[str, Any]]:
     """One entry per row: docs/s and ratios to the best peers as min / median / max over rounds."""
@@ -169,8 +175,8 @@ def summarize(
                 "x_best_in_process": per_round_ratios(rates, base["in-process"]),
                 "x_best_infinity": per_round_ratios(rates, base["infinity"]),
                 "model_gflops": spread(gflops),
-                "pct_fp32_peak": 100 * statistics.median(gflops) / peaks["float32"] if gflops else None,
-                "pct_half_peak": 100 * statistics.median(gflops) / peaks[half] if gflops else None,
+                "pct_fp32_peak": pct(gflops, peaks["float32"]),
+                "pct_half_peak": pct(gflops, peaks[half]),
                 "server": [row.extra for row in per_round] if per_round[0].extra else None,
             }
         )
@@ -226,9 +232,10 @@ def print_report(
     print("\nmodel GFLOP/s (median) and its share of the matmul peaks measured in this run:")
     for e in table:
         if e["model_gflops"]:
+            half_part = "" if e["pct_half_peak"] is None else f"  {e['pct_half_peak']:5.0f}% of {half}"
             print(
                 f"  {e['name']:<46} {e['model_gflops']['median']:8.0f}  {e['pct_fp32_peak']:5.0f}% of fp32"
-                f"  {e['pct_half_peak']:5.0f}% of {half}"
+                + half_part
             )
     print("\nour server's CPU, median over rounds: parent process CPU-s per 100 docs; worker CPU/wall")
     for e in table:
@@ -313,9 +320,16 @@ def main() -> int:
         f"{args.concurrency}, {os.cpu_count()} CPUs",
         flush=True,
     )
-    peaks = {d: matmul_peak_gflops(d, device=args.device) for d in ("float32", half)}
+    # The half-precision peak only where it is native: an emulated bf16 matmul is no ceiling (and
+    # one 2048^2 product takes minutes there).
+    native_half = args.device != "cpu" or machine()["native_bf16"]
+    peaks: dict[str, float | None] = {
+        "float32": matmul_peak_gflops("float32", device=args.device),
+        half: matmul_peak_gflops(half, device=args.device) if native_half else None,
+    }
     print(
-        f"matmul peak ({args.device}): fp32 {peaks['float32']:.0f}, {half} {peaks[half]:.0f} GFLOP/s",
+        f"matmul peak ({args.device}): fp32 {peaks['float32']:.0f}, {half} "
+        + (f"{peaks[half]:.0f} GFLOP/s" if peaks[half] else "not native, not measured"),
         flush=True,
     )
 

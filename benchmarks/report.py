@@ -86,10 +86,15 @@ def throughput(data: dict[str, Any]) -> list[str]:
     peaks, half = data["peaks_gflops"], data["half_dtype"]
     for row in data["rows"]:
         if row["group"] == "ours" and row["model_gflops"]:
+            half_part = (
+                f" / {row['pct_half_peak']:.0f}% of the {half} one ({peaks[half]:.0f} GFLOP/s)"
+                if row["pct_half_peak"] is not None
+                else f" ({half} is not native on this CPU: no {half} peak)"
+            )
             lines.append(
                 f"- {row['name']}: model {row['model_gflops']['median']:.0f} GFLOP/s (useful FLOPs, median round) = "
-                f"{row['pct_fp32_peak']:.0f}% of the fp32 / {row['pct_half_peak']:.0f}% of the {half} square-matmul "
-                f"peak measured in the same run ({peaks['float32']:.0f} / {peaks[half]:.0f} GFLOP/s)"
+                f"{row['pct_fp32_peak']:.0f}% of the fp32 square-matmul peak measured in the same run "
+                f"({peaks['float32']:.0f} GFLOP/s){half_part}"
             )
     servers = [
         r for r in data["rows"] if r.get("server") and r["group"] == "ours" and "EmbedStream" in r["name"]
@@ -101,8 +106,16 @@ def throughput(data: dict[str, Any]) -> list[str]:
             f"- {row['name']}: server parent process {parent[len(parent) // 2]:.2f} CPU-s per 100 documents, "
             f"encoder workers' CPU time {busy[len(busy) // 2]:.0%} of their wall time (median round)"
         )
-    for name, values in data.get("mean_cosine_to_st_fp32", {}).items():
-        lines.append(f"- mean cosine of {name} to in-process fp32 vectors: {min(values):.5f} (lowest round)")
+    cosines: dict[str, list[float | None]] = {}
+    for rnd in data["round_details"]:
+        for name, value in rnd["mean_cosine_to_st_fp32"].items():
+            cosines.setdefault(name, []).append(value)
+    for name, values in cosines.items():
+        if None not in values:
+            low = min(v for v in values if v is not None)
+            lines.append(
+                f"- mean cosine of {name}'s vectors to in-process fp32 ones: {low:.5f} (lowest round)"
+            )
     for name, ratio in data["reingest_vs_first"].items():
         lines.append(f"- {name}: {spread(ratio, '.0f')} x the first Ingest")
     return lines
@@ -251,8 +264,8 @@ def edge_latency(data: dict[str, Any]) -> list[str]:
 
 def min_docs(data: dict[str, Any]) -> list[str]:
     lines = [
-        f"Projection fitted by `export-edge --fit-corpus` on the first N SciFact documents; nDCG@10 over all "
-        f"5,183 (full 384 dims {data['full_ndcg@10']:.3f}); held-out recall = share of the full-dimension top-10 "
+        f"Projection fitted by `export-edge --fit-corpus` on the first N {data['dataset']} documents; nDCG@10 over "
+        f"all {data['documents']:,} (full 384 dims {data['full_ndcg@10']:.3f}); held-out recall = share of the full-dimension top-10 "
         "among the documents not fitted on that the projected top-20 keeps.",
         "",
         "| fit docs | dims | nDCG@10 adaptor | nDCG@10 rotation | held-out recall adaptor | held-out recall rotation |",
