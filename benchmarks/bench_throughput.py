@@ -195,7 +195,7 @@ def goal_verdicts(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(
                 {
                     "engine": e["name"],
-                    "against": f"best {group} peer",
+                    "against": "best in-process peer" if group == "in-process" else "best Infinity setting",
                     "goal": goal,
                     "ratio": ratio,
                     "met_median": None if ratio is None else ratio["median"] >= goal,

@@ -40,16 +40,36 @@ def load(name: str) -> dict[str, Any] | None:
     return dict(json.loads(path.read_text())) if path.is_file() else None
 
 
-def provenance(name: str, data: dict[str, Any], what: str = "") -> str:
+def command(data: dict[str, Any]) -> str:
+    """The command line that made a results file (without its --json destination)."""
+    argv, out = list(data["argv"]), []
+    while argv:
+        arg = argv.pop(0)
+        if arg == "--json":
+            argv = argv[1:]
+        elif not arg.startswith("--json="):
+            out.append(arg)
+    return " ".join(["python", data["script"], *out])
+
+
+def provenance(name: str, data: dict[str, Any], timed: bool) -> str:
+    """Where a block's figures come from; ``timed`` blocks (speeds, latencies) also get a warning
+    when the machine had more runnable work than cores."""
     m = data["machine"]
     flags = ", ".join(m["cpu_flags"]) or "none of AMX/AVX512"
     commit = (data.get("commit") or "?")[:10] + (" + uncommitted changes" if data.get("dirty") else "")
     before, after = data["load_avg_before"][0], data["load_avg_after"][0]
-    return (
-        f"Source: `benchmarks/results/{name}.json` ({COMMANDS[name]}{what}); run {data['date'][:16]} UTC at "
+    text = (
+        f"Source: `benchmarks/results/{name}.json`, made by `{command(data)}` on {data['date'][:16]} UTC at "
         f"commit {commit}; {m['cpu_model']}, {m['usable_cores']} cores, {m['ram_gib']} GiB, flags: {flags}; "
         f"1-min load average {before:.1f} before, {after:.1f} after."
     )
+    if timed and max(before, after) > m["usable_cores"]:
+        text += (
+            " **The machine was oversubscribed (load above its core count) during this run: a validation of "
+            "the script, not figures to quote; speeds and ratios are dominated by other work.**"
+        )
+    return text
 
 
 def spread(values: dict[str, float] | None, spec: str = ".2f") -> str:
@@ -281,24 +301,25 @@ def min_docs(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
-    "throughput": ("bench_throughput", throughput),
-    "ablation": ("bench_ablation", ablation),
-    "ingest": ("bench_ingest", ingest),
-    "index-updates": ("bench_index_updates", index_updates),
-    "index-updates-random": ("bench_index_updates-random64", index_updates),
-    "edge-quality": ("bench_edge", edge_quality),
-    "edge-latency": ("bench_edge", edge_latency),
-    "min-docs": ("bench_adaptor_min_docs", min_docs),
+# block -> (results file, renderer, whether its figures are timings)
+BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]], bool]] = {
+    "throughput": ("bench_throughput", throughput, True),
+    "ablation": ("bench_ablation", ablation, True),
+    "ingest": ("bench_ingest", ingest, True),
+    "index-updates": ("bench_index_updates", index_updates, False),
+    "index-updates-random": ("bench_index_updates-random64", index_updates, False),
+    "edge-quality": ("bench_edge", edge_quality, False),
+    "edge-latency": ("bench_edge", edge_latency, True),
+    "min-docs": ("bench_adaptor_min_docs", min_docs, False),
 }
 
 
 def block(name: str) -> str:
-    source, render = BLOCKS[name]
+    source, render, timed = BLOCKS[name]
     data = load(source)
     if data is None:
         return f"Not measured yet: no `benchmarks/results/{source}.json`; run `{COMMANDS[source]}`."
-    return "\n".join([provenance(source, data), "", *render(data)])
+    return "\n".join([provenance(source, data, timed), "", *render(data)])
 
 
 def regenerate(text: str) -> str:
