@@ -64,10 +64,10 @@ def start_servers(
     if "dtype" in wanted:
         start(other, "--dtype", other)
         bf16, fp32 = ("defaults", other) if dtype == "bfloat16" else (other, "defaults")
-        factors.append(("bfloat16 vs float32 (compiled)", bf16, fp32))
+        factors.append(("bfloat16 vs float32 (--compile auto)", bf16, fp32))
     if "compile" in wanted:
         start("eager", "--compile", "off")
-        factors.append((f"torch.compile vs eager ({dtype})", "defaults", "eager"))
+        factors.append((f"--compile auto vs off ({dtype})", "defaults", "eager"))
     if "layout" in wanted and cores > 1:
         layout = f"1 worker x {cores} threads"
         start(layout, "--workers", "1", "--threads-per-worker", str(cores))

@@ -146,7 +146,7 @@ def ablation(data: dict[str, Any]) -> list[str]:
         f"{data['rounds']} rounds x {data['docs_per_round']} SciFact documents through `EmbedStream` "
         f"(concurrency {data['concurrency']}), one server per configuration, all up at once.",
         "",
-        "| server | resolved (backend / dtype / workers / compiled / batch tokens) | docs/s (min / median / max) "
+        "| server | resolved by Info (backend / dtype / workers / compiled / batch tokens) | docs/s (min / median / max) "
         "| worker CPU / wall | parent CPU-s / 100 docs |",
         "| --- | --- | --- | --- | --- |",
     ]
