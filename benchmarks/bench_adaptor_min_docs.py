@@ -112,7 +112,7 @@ def main() -> int:
     queries = torch_vectors([data.queries[q] for q in qids], cache, f"{args.dataset.name}_queries")
     dims_list = [int(d) for d in args.dims.split(",")]
     full = ndcg(qids, queries @ corpus.T, ids, data.qrels)
-    print(f"SciFact: {len(ids)} documents, {len(qids)} test queries; full 384-dim nDCG@10 {full:.3f}")
+    print(f"{args.dataset.name}: {len(ids)} documents, {len(qids)} test queries; full nDCG@10 {full:.3f}")
     rows: list[dict[str, Any]] = []
     sizes = [int(s) for s in args.sizes.split(",")]
     for n in sizes:

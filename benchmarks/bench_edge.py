@@ -141,7 +141,7 @@ def quality(args: argparse.Namespace, bundles: dict[str, EdgeBundle], work: Path
     full = ndcg(qids, query_full @ corpus.T, ids, data.qrels)
     out: dict[str, Any] = {"full_ndcg@10": full, "ndcg@10": {}, "sts": {}, "local_server_auto": []}
     print(
-        f"SciFact test: {len(qids)} queries, {len(ids)} documents; "
+        f"{args.dataset.name} test: {len(qids)} queries, {len(ids)} documents; "
         f"full {corpus.shape[1]} dims nDCG@10 {full:.3f}"
     )
     print("nDCG@10 (torch query vectors, exact search):")
