@@ -3,8 +3,9 @@
 
 For each N in ``--sizes`` and each projection kind, the product's CLI fits the projection:
 ``embed-server export-edge --fit-corpus FIRST_N.jsonl --edge-projection adaptor|rotation
---edge-adaptor-min-docs 1`` (the N documents ingested through the real Ingest path into a
-temporary store; the adaptor also embeds sentences of their texts as pseudo-queries). Then, with
+--edge-adaptor-min-docs 1 --edge-fit-min-vectors 1`` (the N documents ingested through the real
+Ingest path into a temporary store; the adaptor also embeds sentences of their texts as
+pseudo-queries). Then, with
 SciFact test queries and in-process sentence-transformers fp32 vectors of the whole corpus
 (cached in ``--cache``), at each of ``--dims``:
 - ``ndcg@10``: exact search over the whole corpus (5,183 documents, so mostly documents the
@@ -65,6 +66,8 @@ def fit(kind: str, n: int, cache: Path, dataset: Path) -> tuple[Projection, dict
                 "--edge-projection",
                 kind,
                 "--edge-adaptor-min-docs",
+                "1",
+                "--edge-fit-min-vectors",
                 "1",
                 "--log-level",
                 "WARNING",
