@@ -177,7 +177,7 @@ def test_finetuned_model_is_new_declares_its_dims_and_is_deterministic(
 def test_server_torch_backend_and_edge_bundle_run_the_finetuned_model(
     finetuned: tuple[Path, Path], spec: ModelSpec, st_model: Any, tmp_path: Path
 ) -> None:
-    from embedcore import Projection, load_tokenizer, pad_token_id, tokenize_batch
+    from embedcore import ModelTokenizer, Projection, l2_normalize, pad_token_id, tokenize_batch
     from server.edge_bundle import build_bundle
     from server.onnx_export import ensure_onnx
     from server.pool.backends import BackendConfig, load_backend
@@ -195,9 +195,10 @@ def test_server_torch_backend_and_edge_bundle_run_the_finetuned_model(
         default_dims=64,
         onnx_dir=ensure_onnx(tuned, tmp_path / "onnx"),
     )
-    tokenizer = load_tokenizer(tuned.path / "tokenizer.json", max_tokens=tuned.max_tokens)
-    tokens = tokenize_batch(tokenizer, texts, pad_id=pad_token_id(tokenizer))
-    served = backend.forward(tokens.input_ids, tokens.attention_mask, tokens.token_type_ids)
+    tokenizer = ModelTokenizer(tuned.path / "tokenizer.json", max_tokens=tuned.max_tokens)
+    tokens = tokenize_batch(tokenizer, texts, pad_id=pad_token_id(tokenizer.counter))
+    # Backends return the pipeline before its final Normalize; the pool normalizes.
+    served = l2_normalize(backend.forward(tokens.input_ids, tokens.attention_mask, tokens.token_type_ids))
     assert served.shape == (2, 384)
     np.testing.assert_allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-5)
     assert float(np.abs(served - reference).max()) <= 1e-5
