@@ -1,18 +1,26 @@
-"""Corpus embedding throughput over loopback: our server vs in-process sentence-transformers vs
-Infinity, on the same texts at the same concurrency, plus compute efficiency and cached re-ingest.
+"""Corpus embedding throughput over loopback: our server vs the best peer, on the same texts at
+the same concurrency, in interleaved rounds; plus compute efficiency, the server's CPU split
+and cached re-ingest.
 
-Engines (docs/s; ratios against in-process fp32 encode and against Infinity):
-- in-process ``SentenceTransformer.encode`` fp32 (and bf16) in this process, batch 32;
-- our ``EmbedStream`` and ``Ingest`` for each backend (torch, onnx), a server and store each,
-  query cache off; ``Ingest`` again = cached re-ingest (nothing embedded);
-- Infinity (``infinity-emb`` 0.0.78, torch engine, CPU) serving the same model directory over HTTP,
-  in its own venv outside the repo (created on first use; skipped with the reason if it cannot be).
-All engines are started first and stay up; then each round takes the next ``--limit`` corpus
-documents and measures every engine on them, in a rotated order. A row's docs/s is the median
-over rounds and its ratios are medians of per-round ratios, so drift in a shared machine's speed
-during the run cancels instead of favouring whoever ran in a quiet moment.
-Model FLOP/s are useful FLOPs (unpadded tokens, see _common.model_flops) ÷ a square torch
-matmul peak measured in the same run (fp32 sgemm and bf16 on CPU, fp16 on CUDA).
+Engines (benchmarks/_engines.py), all started first and kept up:
+- peers: in-process ``SentenceTransformer.encode`` with the weights in each of ``--st-dtypes``
+  (fp32, and bf16 where the CPU runs it natively: AMX / AVX512-BF16), batch 32; Infinity
+  (infinity-emb 0.0.78, torch engine, same model directory, HTTP, its own venv outside the
+  repo) at each of ``--infinity-settings`` (``--dtype`` x ``--compile``; a setting that fails
+  to start is reported with its reason);
+- ours: ``EmbedStream``, ``Ingest`` (first: everything embedded) and ``Ingest`` again (all
+  content-hash hits) for each backend, a server and store each, query cache off.
+Each round takes the next ``--limit`` corpus documents and measures every engine on them, in a
+rotated order. Ratios are taken within a round against the BEST peer of that round (and the
+best in-process peer, and the best Infinity setting), then summarized as min / median / max over
+rounds: a shared machine's speed drifts by 25% within minutes, and a single pass favours
+whoever ran in a quiet moment. Taking the best peer per round can only favour the peers.
+
+Goals (today's): ours >= 1.5x the best in-process peer and >= 3x Infinity at its best setting;
+the report says met / not met with the per-round spread. Also: model FLOP/s (useful FLOPs over
+unpadded tokens, _common.model_flops) vs a square torch matmul peak measured in the same run;
+the server parent's CPU seconds per 100 documents and the workers' CPU seconds per wall second
+(/proc); the mean cosine of every engine's vectors to in-process fp32 (a fast-but-wrong engine shows up).
 
     python benchmarks/bench_throughput.py [--limit 400] [--rounds 3] [--concurrency 4] [--json FILE]
 """
@@ -21,246 +29,238 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from _common import (
-    OFFLINE_ENV,
     SHARED_DATA,
+    RunRecord,
+    add_json_argument,
     corpus_texts,
-    embed_server,
+    fmt_spread,
+    machine,
     matmul_peak_gflops,
     model_config,
     model_flops,
+    spread,
     token_lengths,
 )
+from _engines import INFINITY_VERSION, Engine, Infinity, InProcess, OurServer, Row, mean_cosine
 
-from server.launch import free_port
-
-INFINITY_PINS = ("torch==2.13.0", "infinity-emb[server,torch]==0.0.78")
-
-
-def _split(texts: Sequence[str], parts: int) -> list[list[tuple[int, str]]]:
-    indexed = list(enumerate(texts))
-    return [indexed[i::parts] for i in range(parts)]
+PEER_GROUPS = ("in-process", "infinity")
+GOALS = {"in-process": 1.5, "infinity": 3.0}  # ours / best peer of the group, per round
 
 
-def _timed_parallel(
-    texts: Sequence[str], concurrency: int, work: Callable[[list[tuple[int, str]]], int]
-) -> float:
-    """Run ``work`` on ``concurrency`` slices at once; docs/s over the wall time of all of them."""
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        done = sum(pool.map(work, _split(texts, concurrency)))
-    seconds = time.perf_counter() - start
-    if done != len(texts):
-        raise RuntimeError(f"{done} of {len(texts)} items came back")
-    return len(texts) / seconds
+def default_infinity_settings() -> str:
+    """Infinity settings worth trying on this CPU: bf16 only where it is native (elsewhere torch
+    emulates it, slower than fp32); int8 is torch dynamic quantization of the Linear layers."""
+    settings = ["float32", "float32+compile", "int8"]
+    if machine()["native_bf16"]:
+        settings = ["bfloat16", "bfloat16+compile", *settings]
+    return ",".join(settings)
 
 
-# --- engines: each started once, then measured once per round --------------------------------
-class Engine:
-    """Something that embeds texts; ``measure`` returns (row name, docs/s, note) per step."""
+def start_engines(
+    args: argparse.Namespace, stack: contextlib.ExitStack
+) -> tuple[list[Engine], dict[str, str]]:
+    """Every engine, started once; a peer or backend that cannot start is a note, not a crash."""
+    from server.model import load_spec
 
-    def measure(self, texts: list[str], concurrency: int) -> list[tuple[str, float, str]]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-
-class InProcess(Engine):
-    """``SentenceTransformer.encode`` in this process (batch ``batch_size``, normalized)."""
-
-    def __init__(self, model_id: str, device: str, dtype: str, batch_size: int, name: str) -> None:
-        import torch
-        from sentence_transformers import SentenceTransformer
-
-        from server.model import load_spec
-
-        spec = load_spec(model_id)
-        kwargs: dict[str, Any] = {}
-        if dtype != "float32":
-            kwargs["model_kwargs"] = {"torch_dtype": getattr(torch, dtype)}
-        self.model = SentenceTransformer(str(spec.path), device=device, **kwargs)
-        self.model.max_seq_length = spec.max_tokens
-        self.batch_size, self.name = batch_size, name
-        self.model.encode(["warm-up"] * batch_size, batch_size=batch_size)
-
-    def measure(self, texts: list[str], concurrency: int) -> list[tuple[str, float, str]]:
-        start = time.perf_counter()
-        self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True)
-        return [(self.name, len(texts) / (time.perf_counter() - start), "")]
-
-
-class OurServer(Engine):
-    """Our server (one backend, its own store, query cache off): EmbedStream, Ingest, re-Ingest.
-    Each round ingests its own slice into its own collection, so the first Ingest embeds everything
-    and the second is all cache hits."""
-
-    def __init__(self, backend: str, extra: list[str], stack: contextlib.ExitStack) -> None:
-        import grpc
-
-        from protos.embedding.v1 import embedding_pb2 as pb
-        from protos.embedding.v1 import embedding_pb2_grpc as pb_grpc
-
-        self.pb = pb
-        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"bench-{backend}-"))
-        args = ["--backend", backend, "--query-cache-size", "0", "--log-level", "WARNING", *extra]
-        address = stack.enter_context(embed_server(Path(tmp) / "data", *args))
-        self.channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
-        self.embedding = pb_grpc.EmbeddingServiceStub(self.channel)
-        self.collections = pb_grpc.CollectionServiceStub(self.channel)
-        info = self.embedding.Info(pb.InfoRequest(), timeout=60)
-        self.backend, self.dtype, self.workers = backend, info.dtype or "?", info.workers
-        self.tag = f"{backend}/{self.dtype}"
-        self.embedding.Embed(pb.EmbedRequest(inputs=["warm-up"] * 8), timeout=300)
-        self.round = 0
-        self.reingest_ratios: list[float] = []
-
-    def _stream(self, part: list[tuple[int, str]]) -> int:
-        pb = self.pb
-        options = pb.EmbedOptions(precision=pb.PRECISION_FLOAT32)
-        requests = (
-            pb.EmbedStreamRequest(id=str(i), input=text, options=options if n == 0 else None)
-            for n, (i, text) in enumerate(part)
-        )
-        count = 0
-        for reply in self.embedding.EmbedStream(requests):
-            if reply.HasField("error"):
-                raise RuntimeError(f"EmbedStream item {reply.id}: {reply.error.message}")
-            count += 1
-        return count
-
-    def _ingest(self, collection: str, cached: list[int]) -> Callable[[list[tuple[int, str]]], int]:
-        def work(part: list[tuple[int, str]]) -> int:
-            requests = (self.pb.IngestRequest(collection=collection, id=f"d{i}", text=t) for i, t in part)
-            count = hits = 0
-            for ack in self.collections.Ingest(requests):
-                if ack.HasField("error") and ack.error.code:
-                    raise RuntimeError(f"Ingest {ack.id}: {ack.error.message}")
-                count += 1
-                hits += ack.cached
-            cached.append(hits)
-            return count
-
-        return work
-
-    def measure(self, texts: list[str], concurrency: int) -> list[tuple[str, float, str]]:
-        self.round += 1
-        stream = _timed_parallel(texts, concurrency, self._stream)
-        first_cached: list[int] = []
-        first = _timed_parallel(texts, concurrency, self._ingest(f"round{self.round}", first_cached))
-        again_cached: list[int] = []
-        again = _timed_parallel(texts, concurrency, self._ingest(f"round{self.round}", again_cached))
-        self.reingest_ratios.append(again / first)
-        return [
-            (f"ours EmbedStream {self.tag}", stream, ""),
-            (f"ours Ingest (first) {self.tag}", first, f"{sum(first_cached)} cached"),
-            (f"ours Ingest (re-ingest) {self.tag}", again, f"{sum(again_cached)} cached"),
-        ]
-
-    def close(self) -> None:
-        self.channel.close()
-
-
-# --- Infinity -----------------------------------------------------------------------------------
-def ensure_infinity(venv: Path) -> Path:
-    """The venv's ``infinity_emb`` executable, creating the venv when missing."""
-    exe = venv / "bin" / "infinity_emb"
-    if exe.is_file():
-        return exe
-    print(f"creating the Infinity venv at {venv} (several minutes) ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-    for pin in INFINITY_PINS:  # torch first: the pin keeps pip from resolving a CUDA build
-        subprocess.run([*pip, pin], check=True)
-    if not exe.is_file():
-        raise RuntimeError(f"{exe} missing after install")
-    return exe
-
-
-class Infinity(Engine):
-    """Infinity serving the same model directory over HTTP, posting ``batch`` texts per request."""
-
-    name = "Infinity 0.0.78 torch"
-
-    def __init__(self, model_id: str, venv: Path, batch: int) -> None:
-        from server.model import load_spec
-
-        exe = ensure_infinity(venv)
-        port = free_port()
-        self.url, self.batch = f"http://127.0.0.1:{port}", batch
-        command = [
-            str(exe), "v2", "--model-id", str(load_spec(model_id).path), "--served-model-name", "bench",
-            "--engine", "torch", "--device", "cpu", "--host", "127.0.0.1", "--port", str(port),
-            "--no-vector-disk-cache", "--batch-size", str(batch),
-        ]  # fmt: skip
-        log = Path(tempfile.gettempdir()) / f"infinity-{port}.log"
-        with log.open("wb") as handle:
-            self.process = subprocess.Popen(
-                command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE_ENV}
+    spec = load_spec(args.model)
+    engines: list[Engine] = []
+    failed: dict[str, str] = {}
+    for dtype in [d.strip() for d in args.st_dtypes.split(",") if d.strip()]:
+        engines.append(InProcess(spec.path, spec.max_tokens, args.device, dtype, args.batch_size))
+    if args.no_infinity:
+        failed[f"Infinity {INFINITY_VERSION}"] = "skipped (--no-infinity)"
+    for setting in (
+        [] if args.no_infinity else [s.strip() for s in args.infinity_settings.split(",") if s.strip()]
+    ):
+        try:
+            engine = Infinity(spec.path, args.infinity_venv, args.batch_size, setting, args.device)
+            stack.callback(engine.close)
+            engines.append(engine)
+            print(f"started Infinity {setting}", flush=True)
+        except Exception as exc:
+            failed[f"Infinity {INFINITY_VERSION} torch {setting}"] = (
+                f"did not start: {type(exc).__name__}: {exc}"[:600]
             )
+            print(f"Infinity {setting} did not start: {exc}"[:600], flush=True)
+    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         try:
-            deadline = time.monotonic() + 600
-            while True:  # Infinity has no readiness stream: poll its /health
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"infinity exited: {log.read_text()[-2000:]}")
-                try:
-                    with urllib.request.urlopen(f"{self.url}/health", timeout=5) as reply:
-                        if reply.status == 200:
-                            break
-                except (urllib.error.URLError, ConnectionError, TimeoutError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("infinity did not become healthy in 600 s")
-                time.sleep(0.5)
-            self._post(["warm-up"] * 8)
-        except BaseException:
-            self.close()
-            raise
-
-    def _post(self, inputs: list[str]) -> int:
-        body = json.dumps({"model": "bench", "input": inputs}).encode()
-        request = urllib.request.Request(f"{self.url}/embeddings", body, {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=600) as reply:
-            return len(json.loads(reply.read())["data"])
-
-    def measure(self, texts: list[str], concurrency: int) -> list[tuple[str, float, str]]:
-        def work(part: list[tuple[int, str]]) -> int:
-            items = [t for _, t in part]
-            return sum(self._post(items[s : s + self.batch]) for s in range(0, len(items), self.batch))
-
-        return [(self.name, _timed_parallel(texts, concurrency, work), "")]
-
-    def close(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            flags = ["--backend", backend, "--model", args.model, *args.server_arg]
+            server = OurServer(backend, flags, stack)
+            engines.append(server)
+            print(f"started our server ({backend}): {server.info}", flush=True)
+        except Exception as exc:
+            failed[f"ours {backend}"] = f"did not start: {type(exc).__name__}: {exc}"[:600]
+    return engines, failed
 
 
-# --- report -------------------------------------------------------------------------------------
-def _fmt(value: float | None, spec: str) -> str:
-    width = spec.split(".")[0]
-    return format("-", f">{width}") if value is None else format(value, spec)
+def pct(gflops: list[float], peak: float | None) -> float | None:
+    """Median model GFLOP/s as a percentage of a measured peak (None without either)."""
+    return 100 * statistics.median(gflops) / peak if gflops and peak else None
 
 
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
+def per_round_ratios(mine: list[float], base: list[float]) -> dict[str, float] | None:
+    """min / median / max over rounds of mine[r] / base[r] (None unless both have every round)."""
+    if not base or len(mine) != len(base):
+        return None
+    return spread([m / b for m, b in zip(mine, base, strict=True)])
+
+
+def run_rounds(
+    engines: list[Engine], slices: list[list[str]], concurrency: int
+) -> tuple[dict[str, list[Row]], list[dict[str, Any]]]:
+    """Every engine on every slice, the order rotated each round; per round, the best peer of
+    each group and every engine's mean cosine to in-process fp32."""
+    reference = next((e for e in engines if isinstance(e, InProcess) and e.dtype == "float32"), None)
+    rows: dict[str, list[Row]] = {}  # row name -> one Row per round
+    rounds: list[dict[str, Any]] = []
+    for r, part in enumerate(slices):
+        order = engines[r % len(engines) :] + engines[: r % len(engines)]
+        measured: list[Row] = []
+        for engine in order:
+            for row in engine.measure(part, concurrency):
+                measured.append(row)
+                rows.setdefault(row.name, []).append(row)
+                print(f"  round {r + 1} {row.name}: {row.docs_per_s:.1f} docs/s", flush=True)
+        best: dict[str, tuple[str, float] | None] = {}
+        for group in (*PEER_GROUPS, None):
+            candidates = [
+                m for m in measured if m.group == group or (group is None and m.group in PEER_GROUPS)
+            ]
+            top = max(candidates, key=lambda m: m.docs_per_s, default=None)
+            best[group or "peer"] = (top.name, top.docs_per_s) if top else None
+        cosines = {
+            e.name: mean_cosine(e.vectors, reference.vectors)
+            for e in engines
+            if reference is not None and e is not reference
+        }
+        rounds.append({"order": [e.name for e in order], "best": best, "mean_cosine_to_st_fp32": cosines})
+    return rows, rounds
+
+
+def summarize(
+    rows: dict[str, list[Row]],
+    rounds: list[dict[str, Any]],
+    gflop_per_doc: list[float],
+    peaks: dict[str, float | None],
+    half: str,
+) -> list[dict[str, Any]]:
+    """One entry per row: docs/s and ratios to the best peers as min / median / max over rounds."""
+
+    def best_rates(group: str) -> list[float]:
+        values = [rnd["best"][group] for rnd in rounds]
+        return [] if any(v is None for v in values) else [v[1] for v in values]
+
+    base = {group: best_rates(group) for group in ("peer", *PEER_GROUPS)}
+    table = []
+    for name, per_round in rows.items():
+        if len(per_round) != len(rounds):
+            continue
+        rates = [row.docs_per_s for row in per_round]
+        group = per_round[0].group
+        gflops = [v * g for v, g in zip(rates, gflop_per_doc, strict=True)] if group != "ours-cached" else []
+        table.append(
+            {
+                "name": name,
+                "group": group,
+                "docs_per_s": spread(rates),
+                "per_round": rates,
+                "x_best_peer": per_round_ratios(rates, base["peer"]),
+                "x_best_in_process": per_round_ratios(rates, base["in-process"]),
+                "x_best_infinity": per_round_ratios(rates, base["infinity"]),
+                "model_gflops": spread(gflops),
+                "pct_fp32_peak": pct(gflops, peaks["float32"]),
+                "pct_half_peak": pct(gflops, peaks[half]),
+                "server": [row.extra for row in per_round] if per_round[0].extra else None,
+            }
+        )
+    return table
+
+
+def goal_verdicts(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each of our non-cached rows against each goal: met when the median per-round ratio
+    reaches it; ``met_every_round`` when the worst round does too."""
+    out = []
+    for e in table:
+        if e["group"] != "ours":
+            continue
+        for group, goal in GOALS.items():
+            ratio = e["x_best_in_process" if group == "in-process" else "x_best_infinity"]
+            out.append(
+                {
+                    "engine": e["name"],
+                    "against": "best in-process peer" if group == "in-process" else "best Infinity setting",
+                    "goal": goal,
+                    "ratio": ratio,
+                    "met_median": None if ratio is None else ratio["median"] >= goal,
+                    "met_every_round": None if ratio is None else ratio["min"] >= goal,
+                }
+            )
+    return out
+
+
+def print_report(
+    table: list[dict[str, Any]],
+    rounds: list[dict[str, Any]],
+    failed: dict[str, str],
+    goals: list[dict[str, Any]],
+    reingest: dict[str, dict[str, float] | None],
+    half: str,
+) -> None:
+    header = f"{'engine':<46} {'docs/s min/med/max':>20}  {'x best peer':>18}  {'x best in-proc':>18}"
+    header += f"  {'x best Infinity':>18}"
+    print(header)
+    print("-" * len(header))
+    for e in table:
+        cells = [fmt_spread(e[k]) for k in ("x_best_peer", "x_best_in_process", "x_best_infinity")]
+        print(
+            f"{e['name']:<46} {fmt_spread(e['docs_per_s'], '.1f'):>20}  "
+            + "  ".join(f"{c:>18}" for c in cells)
+        )
+    for name, note in failed.items():
+        print(f"{name:<46} {note}")
+    print("ratios: per round against the best peer measured in that round, min / median / max over rounds")
+    best = [f"{i + 1}: {r['best']['peer'][0] if r['best']['peer'] else '-'}" for i, r in enumerate(rounds)]
+    print("best peer per round: " + "; ".join(best))
+
+    print("\nmodel GFLOP/s (median) and its share of the matmul peaks measured in this run:")
+    for e in table:
+        if e["model_gflops"]:
+            half_part = "" if e["pct_half_peak"] is None else f"  {e['pct_half_peak']:5.0f}% of {half}"
+            print(
+                f"  {e['name']:<46} {e['model_gflops']['median']:8.0f}  {e['pct_fp32_peak']:5.0f}% of fp32"
+                + half_part
+            )
+    print("\nour server's CPU, median over rounds: parent process CPU-s per 100 docs; worker CPU/wall")
+    for e in table:
+        if e["server"]:
+            parent = statistics.median(x["parent_cpu_s_per_100_docs"] for x in e["server"])
+            busy = statistics.median(x["worker_cpu_share"] for x in e["server"])
+            print(f"  {e['name']:<46} parent {parent:5.2f} CPU-s / 100 docs, worker CPU/wall {busy:6.1%}")
+    print("\nmean cosine to in-process fp32 vectors of the same texts (lowest round):")
+    for name in rounds[0]["mean_cosine_to_st_fp32"] if rounds else []:
+        values = [r["mean_cosine_to_st_fp32"][name] for r in rounds]
+        print(f"  {name:<46} " + ("-" if None in values else f"{min(values):.5f}"))
+
+    print("\ngoals (ratio per round, min / median / max):")
+    for g in goals:
+        verdict = "not measured"
+        if g["ratio"] is not None:
+            verdict = ("met" if g["met_median"] else "NOT met") + (
+                " in every round" if g["met_every_round"] else ""
+            )
+        print(
+            f"  {g['engine']:<40} >= {g['goal']:.1f}x {g['against']:<22} "
+            f"{fmt_spread(g['ratio']):>18}  {verdict}"
+        )
+    for name, ratio in reingest.items():
+        print(f"  {name}: {fmt_spread(ratio, '.1f')} x the first Ingest (per round)")
 
 
 def main() -> int:
@@ -275,6 +275,16 @@ def main() -> int:
     parser.add_argument("--backends", default="torch,onnx", help="our server backends to measure")
     parser.add_argument("--server-arg", action="append", default=[], help="extra `serve` flag (repeatable)")
     parser.add_argument(
+        "--st-dtypes",
+        help="in-process weight dtypes (default float32, plus bfloat16 on CPUs with native bf16, "
+        "float16 on CUDA)",
+    )
+    parser.add_argument(
+        "--infinity-settings",
+        help="comma-separated DTYPE[+compile] (default: bfloat16 and bfloat16+compile where bf16 is native, "
+        "then float32, float32+compile, int8)",
+    )
+    parser.add_argument(
         "--infinity-venv",
         type=Path,
         default=Path.home() / ".cache" / "embedstream" / "infinity-venv",
@@ -283,14 +293,19 @@ def main() -> int:
     parser.add_argument("--no-infinity", action="store_true", help="skip the Infinity peer")
     parser.add_argument("--model", default="all-MiniLM-L6-v2", help="model (alias or directory), all engines")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: in-process rows and matmul peaks")
-    parser.add_argument("--no-half", action="store_true", help="skip the in-process half-precision row")
-    parser.add_argument("--json", type=Path, default=None, help="write the table as JSON")
+    add_json_argument(parser, "bench_throughput")
     args = parser.parse_args()
+    half = "bfloat16" if args.device == "cpu" else "float16"
+    # bf16 only where the CPU runs it natively: elsewhere torch emulates it, slower than fp32, and
+    # the best-peer-per-round rule would discard it anyway (pass --st-dtypes to measure it).
+    if not args.st_dtypes:
+        args.st_dtypes = f"float32,{half}" if args.device != "cpu" or machine()["native_bf16"] else "float32"
+    args.infinity_settings = args.infinity_settings or default_infinity_settings()
+    record = RunRecord("bench_throughput")
 
     from server.model import load_spec
 
     spec = load_spec(args.model)
-    half = "bfloat16" if args.device == "cpu" else "float16"
     texts = corpus_texts(args.dataset, args.limit * args.rounds)
     if len(texts) < args.limit * args.rounds:
         parser.error(f"{args.dataset} has {len(texts)} documents, fewer than --limit x --rounds")
@@ -298,126 +313,67 @@ def main() -> int:
     config = model_config(spec.path)
     lengths = [token_lengths(spec.path, s, spec.max_tokens) for s in slices]
     gflop_per_doc = [model_flops(config, ls) / len(ls) / 1e9 for ls in lengths]
-    all_lengths = [n for ls in lengths for n in ls]
-    print(f"{args.rounds} rounds x {args.limit} docs from {args.dataset.name}, mean "
-          f"{sum(all_lengths) / len(all_lengths):.0f} tokens (max {spec.max_tokens}), "
-          f"{sum(gflop_per_doc) / len(gflop_per_doc):.2f} GFLOP/doc, concurrency {args.concurrency}, "
-          f"{os.cpu_count()} CPUs", flush=True)  # fmt: skip
-    load_start = os.getloadavg()[0]
-    peaks = {d: matmul_peak_gflops(d, device=args.device) for d in ("float32", half)}
+    mean_tokens = statistics.mean(n for ls in lengths for n in ls)
     print(
-        f"matmul peak ({args.device}): fp32 {peaks['float32']:.0f}, {half} {peaks[half]:.0f} GFLOP/s",
+        f"{args.rounds} rounds x {args.limit} docs from {args.dataset.name}, mean {mean_tokens:.0f} tokens "
+        f"(max {spec.max_tokens}), {statistics.mean(gflop_per_doc):.2f} GFLOP/doc, concurrency "
+        f"{args.concurrency}, {os.cpu_count()} CPUs",
+        flush=True,
+    )
+    # The half-precision peak only where it is native: an emulated bf16 matmul is no ceiling (and
+    # one 2048^2 product takes minutes there).
+    native_half = args.device != "cpu" or machine()["native_bf16"]
+    peaks: dict[str, float | None] = {
+        "float32": matmul_peak_gflops("float32", device=args.device),
+        half: matmul_peak_gflops(half, device=args.device) if native_half else None,
+    }
+    print(
+        f"matmul peak ({args.device}): fp32 {peaks['float32']:.0f}, {half} "
+        + (f"{peaks[half]:.0f} GFLOP/s" if peaks[half] else "not native, not measured"),
         flush=True,
     )
 
-    st_name = "in-process ST fp32"
-    rates: dict[str, list[float]] = {}  # row name -> docs/s per round
-    notes: dict[str, str] = {}
-    servers: list[OurServer] = []
     with contextlib.ExitStack() as stack:
-        engines: list[Engine] = [InProcess(args.model, args.device, "float32", args.batch_size, st_name)]
-        if not args.no_half:
-            engines.append(InProcess(args.model, args.device, half, args.batch_size, f"in-process ST {half}"))
-        for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-            try:  # one backend failing must not hide the others' numbers
-                servers.append(OurServer(backend, ["--model", args.model, *args.server_arg], stack))
-                engines.append(servers[-1])
-            except Exception as exc:
-                notes[f"ours {backend}"] = f"failed: {type(exc).__name__}: {exc}"[:200]
-                rates[f"ours {backend}"] = []
-        if args.no_infinity:
-            rates[Infinity.name], notes[Infinity.name] = [], "skipped (--no-infinity)"
-        else:
-            try:
-                engines.append(Infinity(args.model, args.infinity_venv, args.batch_size))
-                stack.callback(engines[-1].close)
-            except Exception as exc:
-                rates[Infinity.name] = []
-                notes[Infinity.name] = f"skipped: {type(exc).__name__}: {exc}"[:200]
-        # Interleaved rounds: the machine's speed drifts (a shared host), so every engine is
-        # measured once per round on the same slice, in a rotated order, and ratios are taken
-        # within a round before the median.
-        for r, part in enumerate(slices):
-            for engine in engines[r % len(engines) :] + engines[: r % len(engines)]:
-                for name, rate, note in engine.measure(part, args.concurrency):
-                    rates.setdefault(name, []).append(rate)
-                    notes[name] = note
-                    print(f"  round {r + 1} {name}: {rate:.1f} docs/s {note}", flush=True)
-        for server in servers:
-            server.close()
-
-    st = rates[st_name]
-    inf = rates.get(Infinity.name) or []
-
-    def ratios(name: str, base: list[float]) -> float | None:
-        mine = rates.get(name) or []
-        if len(mine) != len(slices) or len(base) != len(slices):
-            return None
-        return _median([m / b for m, b in zip(mine, base, strict=True)])
-
-    print(f"load average (1 min) at start {load_start:.1f}, at end {os.getloadavg()[0]:.1f}")
+        engines, failed = start_engines(args, stack)
+        rows, rounds = run_rounds(engines, slices, args.concurrency)
+    table = summarize(rows, rounds, gflop_per_doc, peaks, half)
+    goals = goal_verdicts(table)
+    first = {
+        e["name"].replace("first", "again (cached)"): e["per_round"]
+        for e in table
+        if "Ingest first" in e["name"]
+    }
+    reingest = {
+        e["name"]: per_round_ratios(e["per_round"], first.get(e["name"], []))
+        for e in table
+        if e["group"] == "ours-cached"
+    }
     print()
-    header = f"{'engine':<40} {'docs/s':>8} {'xST fp32':>8} {'xInfinity':>9} {'GFLOP/s':>8}"
-    header += f" {'%fp32pk':>7} {'%halfpk':>7}  per round (docs/s); note"
-    print(header)
-    print("-" * len(header))
-    table = []
-    for name, values in rates.items():
-        median_rate = _median(values)
-        cached = "re-ingest" in name  # embeds nothing: FLOP/s would be meaningless
-        per_round = [v * g for v, g in zip(values, gflop_per_doc, strict=True)]
-        gflops = None if cached or not values else _median(per_round)
-        pct_fp32 = None if gflops is None else 100 * gflops / peaks["float32"]
-        pct_half = None if gflops is None else 100 * gflops / peaks[half]
-        x_st, x_inf = ratios(name, st), ratios(name, inf)
-        entry = {
-            "name": name,
-            "docs_per_s": median_rate,
-            "per_round": values,
-            "note": notes.get(name, ""),
-            "x_st_fp32": x_st,
-            "x_infinity": x_inf,
-            "model_gflops": gflops,
-            "pct_fp32_peak": pct_fp32,
-            "pct_half_peak": pct_half,
-        }
-        table.append(entry)
-        rounds = "/".join(f"{v:.0f}" for v in values)
-        print(
-            f"{name:<40} {_fmt(median_rate, '8.1f')} {_fmt(x_st, '8.2f')} "
-            f"{_fmt(x_inf, '9.2f')} {_fmt(gflops, '8.0f')} "
-            f"{_fmt(pct_fp32, '7.0f')} {_fmt(pct_half, '7.0f')}  "
-            f"{rounds}; {entry['note']}"
-        )
-    print("ratios are medians of per-round ratios (each engine measured on the same slice in a round)")
-    for server in servers:
-        print(
-            f"cached re-ingest vs first ingest ({server.tag}): "
-            f"{_median(server.reingest_ratios) or 0:.1f}x (median of rounds)"
-        )
-    if args.json:
-        report = {
+    print(record.load_line())
+    print_report(table, rounds, failed, goals, reingest, half)
+    record.write(
+        args.json,
+        {
+            "dataset": args.dataset.name,
             "docs_per_round": args.limit,
             "rounds": args.rounds,
-            "mean_tokens": sum(all_lengths) / len(all_lengths),
+            "mean_tokens": mean_tokens,
             "gflop_per_doc": gflop_per_doc,
             "concurrency": args.concurrency,
+            "batch_size": args.batch_size,
             "device": args.device,
             "half_dtype": half,
             "peaks_gflops": peaks,
+            "st_dtypes": args.st_dtypes,
+            "infinity_settings": args.infinity_settings,
+            "not_measured": failed,
+            "servers": [e.info | {"label": e.label} for e in engines if isinstance(e, OurServer)],
             "rows": table,
-            "servers": [
-                {
-                    "backend": s.backend,
-                    "dtype": s.dtype,
-                    "workers": s.workers,
-                    "reingest_ratio": _median(s.reingest_ratios),
-                }
-                for s in servers
-            ],
-            "cpus": os.cpu_count(),
-        }
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+            "round_details": rounds,
+            "goals": goals,
+            "reingest_vs_first": reingest,
+        },
+    )
     return 0
 
 

@@ -5,21 +5,19 @@ Validates the evaluator's loader and metrics against MTEB's published all-MiniLM
 server path must match.
 
     python benchmarks/quality_reference.py --dataset ../shared/data/scifact \
-        --sts ../shared/data/stsb/sts-test.csv [--dtype bfloat16]
+        --sts ../shared/data/stsb/sts-test.csv [--dtype bfloat16] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import RESULTS, RunRecord, add_json_argument
 
 from server.evaluation import evaluate_run, load_beir, load_sts, spearman
 from server.evaluation.metrics import RETRIEVAL_METRICS
@@ -52,8 +50,9 @@ def main() -> int:
     parser.add_argument("--sts", type=Path, help="STS Benchmark CSV")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--json", type=Path, help="write the results here")
+    add_json_argument(parser, "quality_reference")
     args = parser.parse_args()
+    record = RunRecord("quality_reference")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model = _model(args.dtype)
     results: dict[str, object] = {"dtype": args.dtype}
@@ -91,8 +90,8 @@ def main() -> int:
         rho = spearman(np.sum(left * right, axis=1), pairs.gold)
         results["sts_spearman"] = rho
         print(f"STS {args.sts.name}: cosine Spearman {rho:.5f} ({len(pairs.gold)} pairs)")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    suffix = "" if args.dtype == "float32" else f"-{args.dtype}"
+    record.write(args.json or RESULTS / f"quality_reference{suffix}.json", results)
     return 0
 
 

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-edge": ("server.commands.export_edge", "write the edge bundle (ONNX model, tokenizer, manifest)"),
     "reembed": ("server.commands.reembed", "re-embed collections stored under another model"),
     "gc": ("server.commands.gc", "drop stored vectors that no document references"),
+    "finetune": ("server.commands.finetune", "fine-tune a Matryoshka model on a collection's own texts"),
     "demo": ("server.commands.demo", "start a server, ingest the sample corpus, search from the edge"),
 }
 
