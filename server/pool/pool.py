@@ -123,6 +123,7 @@ class EncoderPool:
                     compile=_compile_enabled(settings, device),
                 ),
                 start_timeout=settings.worker_start_timeout_s,
+                trim_tokens=settings.worker_trim_tokens,
             )
             for i, device in enumerate(devices)
         ]

@@ -8,15 +8,21 @@ Protocol over a duplex Pipe, one batch at a time:
 Because a worker holds at most one batch, the parent always knows which items a dead or hung
 worker took with it. The entry point is a module-level function, so the spawn start method can
 import it without running anyone's ``__main__``.
+
+A worker hands the C heap's free pages back to the OS every ``trim_tokens`` padded tokens it
+computes and whenever it has waited ``_IDLE_TRIM_S`` for work (:class:`HeapTrimmer`); without
+that its RSS grows with every new batch shape.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing as mp
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -29,8 +35,57 @@ from server.pool.backends import BackendConfig
 
 log = logging.getLogger(__name__)
 
+_IDLE_TRIM_S = 1.0  # no batch for this long: trim now rather than after the next batches
 
-def worker_main(model: str, config: BackendConfig, conn: Connection) -> None:
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+        return trim
+    except (OSError, AttributeError):
+        return None
+
+
+class HeapTrimmer:
+    """Calls ``malloc_trim(0)`` once every ``every_tokens`` padded tokens computed (0 = never).
+
+    Why: glibc raises its mmap threshold to the size of the largest block freed so far (up to
+    32 MiB), so after the first batches the activations of a batch come from the main heap
+    instead of mmap. Each new (batch, seq) shape frees blocks of new sizes there; the holes stay
+    resident, and RSS climbs with the number of distinct shapes seen (~0.6 MiB per new small
+    shape, +30 to +100 MiB per 1,000 SciFact docs here). ``malloc_trim`` releases the free pages
+    of the whole heap, holes included: RSS stayed flat. One call took ~4 ms on a loaded 2-core
+    host, against ~2 s of compute for a 4096-token batch (benchmarks/bench_worker_rss.py).
+    """
+
+    def __init__(self, every_tokens: int, trim: Callable[[int], int] | None = None) -> None:
+        self.every_tokens = every_tokens
+        self._trim = (trim or _malloc_trim()) if every_tokens > 0 else None
+        self._since = 0
+
+    @property
+    def owed(self) -> bool:
+        """Tokens were computed since the last trim (and trimming is on)."""
+        return self._trim is not None and self._since > 0
+
+    def trim(self) -> None:
+        if self._trim is not None:
+            self._trim(0)
+        self._since = 0
+
+    def computed(self, tokens: int) -> bool:
+        """Count a batch's padded tokens; trims (and returns True) once enough have passed."""
+        if self._trim is None:
+            return False
+        self._since += tokens
+        if self._since < self.every_tokens:
+            return False
+        self.trim()
+        return True
+
+
+def worker_main(model: str, config: BackendConfig, conn: Connection, trim_tokens: int = 0) -> None:
     """Child process: load the model once, warm it up, then serve batches until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop (drain)
     try:
@@ -44,9 +99,13 @@ def worker_main(model: str, config: BackendConfig, conn: Connection) -> None:
     except Exception as exc:  # report why we cannot serve, then exit
         conn.send(("fatal", f"{type(exc).__name__}: {exc}"))
         return
+    heap = HeapTrimmer(trim_tokens)
+    heap.trim()  # what loading and compiling freed
     conn.send(("ready", backend.device, backend.dtype, backend.compiled))
     while True:
         try:
+            if heap.owed and not conn.poll(_IDLE_TRIM_S):
+                heap.trim()  # idle: give back what the last batches left before waiting on
             message = conn.recv()
         except (EOFError, OSError):  # parent went away
             return
@@ -60,6 +119,7 @@ def worker_main(model: str, config: BackendConfig, conn: Connection) -> None:
             conn.send(("error", batch_id, f"{type(exc).__name__}: {exc}"))
             continue
         conn.send(("result", batch_id, vectors, time.perf_counter_ns() - t0))
+        heap.computed(int(ids.size))  # after the reply: off the caller's latency
 
 
 @dataclass
@@ -71,11 +131,14 @@ class BatchOutput:
 class WorkerHandle:
     """Parent side of one worker: start, run one batch with a deadline, stop, restart."""
 
-    def __init__(self, index: int, model: str, config: BackendConfig, *, start_timeout: float) -> None:
+    def __init__(
+        self, index: int, model: str, config: BackendConfig, *, start_timeout: float, trim_tokens: int = 0
+    ) -> None:
         self.index = index
         self.model = model
         self.config = config
         self.start_timeout = start_timeout
+        self.trim_tokens = trim_tokens
         self.device = config.device
         self.dtype = config.dtype
         self.process: Any = None
@@ -104,7 +167,7 @@ class WorkerHandle:
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         self.process = ctx.Process(
             target=worker_main,
-            args=(self.model, self.config, child_conn),
+            args=(self.model, self.config, child_conn, self.trim_tokens),
             name=f"embed-worker-{self.index}",
             daemon=True,
         )
