@@ -22,6 +22,9 @@ STATUS: dict[type[errors.ServiceError], grpc.StatusCode] = {
 }
 
 INTERNAL_MESSAGE = "internal error (logged on the server)"
+# A status message travels in a trailer (gRPC's default header limit is 8 KiB, shared), and a
+# message may quote a field of the request: it is cut to this many characters.
+MAX_MESSAGE_CHARS = 1000
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -30,5 +33,11 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         for kind in type(exc).__mro__:
             code = STATUS.get(kind)
             if code is not None:
-                return code, exc.message
+                return code, _bounded(exc.message)
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return message[: MAX_MESSAGE_CHARS - 1] + "\u2026"

@@ -9,13 +9,24 @@ every invalid string field left out, so the rest can still be parsed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 
 
+# protobuf (upb) refuses messages nested deeper than 100; a field nested deeper than this is
+# named as the culprit (the top-level field holding it) and left out of the cleaned bytes.
+MAX_DEPTH = 90
+
+
 class _Malformed(Exception):
     """The bytes are not protobuf wire format at all."""
+
+
+class _TooDeep(Exception):
+    """Messages nested deeper than MAX_DEPTH."""
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -43,9 +54,13 @@ def _encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _walk(descriptor: Descriptor, data: bytes, prefix: str) -> tuple[str, bytes]:
-    """(first invalid field path or "", the bytes without invalid string fields)."""
+def _walk(descriptor: Descriptor, data: bytes, prefix: str, depth: int = 0) -> tuple[str, bytes, str]:
+    """(first invalid field path or "", the bytes without invalid string fields, the first
+    top-level field nested too deeply or "")."""
+    if depth > MAX_DEPTH:
+        raise _TooDeep
     fields = {f.number: f for f in descriptor.fields}
+    nested: list[str] = []
     seen: dict[int, int] = {}
     first = ""
     out = bytearray()
@@ -80,7 +95,13 @@ def _walk(descriptor: Descriptor, data: bytes, prefix: str) -> tuple[str, bytes]
                         first = first or path
                         continue  # left out of the cleaned bytes
                 elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
-                    inner_first, cleaned = _walk(field.message_type, body, path + ".")
+                    try:
+                        inner_first, cleaned, _ = _walk(field.message_type, body, path + ".", depth + 1)
+                    except _TooDeep:
+                        if depth:
+                            raise
+                        nested.append(path)  # the top-level field holding it
+                        continue
                     if inner_first:
                         first = first or inner_first
                         out += data[start:tag_end] + _encode_varint(len(cleaned)) + cleaned
@@ -90,13 +111,30 @@ def _walk(descriptor: Descriptor, data: bytes, prefix: str) -> tuple[str, bytes]
         if pos > len(data):
             raise _Malformed
         out += data[start:pos]
-    return first, bytes(out)
+    return first, bytes(out), (nested[0] if nested else "")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Why a message did not parse: the first string field that is not UTF-8 (``field``), else
+    the top-level field nesting messages deeper than :data:`MAX_DEPTH` (``too_deep``); ``cleaned``
+    is the message without such fields (None when the bytes are not protobuf wire format)."""
+
+    field: str
+    too_deep: str
+    cleaned: bytes | None
+
+
+def find_fault(descriptor: Descriptor, data: bytes) -> Fault:
+    try:
+        first, cleaned, nested = _walk(descriptor, data, "")
+    except (_Malformed, _TooDeep):
+        return Fault("", "", None)
+    return Fault(first, nested, cleaned)
 
 
 def invalid_string_field(descriptor: Descriptor, data: bytes) -> tuple[str, bytes | None]:
     """(path of the first string field that is not UTF-8, or "" when none is; the message's
     bytes without such fields, or None when ``data`` is not protobuf wire format)."""
-    try:
-        return _walk(descriptor, data, "")
-    except _Malformed:
-        return "", None
+    fault = find_fault(descriptor, data)
+    return fault.field, fault.cleaned
