@@ -11,10 +11,11 @@ from google.protobuf import struct_pb2
 from protos.embedding.v1 import embedding_pb2 as pb
 from server.calibration import Calibration
 from server.embedder import EncodeResult, TruncationDirection
+from server.errors import InvalidArgument
 from server.model import ModelSpec
 from server.servicers._status import status_for
 from server.validation import check_name, choice
-from server.vectors import Precision, VectorOptions, check_prompt, check_truncate_dim, postprocess, to_bytes
+from server.vectors import Precision, VectorOptions, check_truncate_dim, postprocess, to_bytes
 
 PRECISION_IN: dict[int, Precision] = {
     pb.PRECISION_UNSPECIFIED: Precision.FLOAT32,
@@ -39,7 +40,10 @@ def precision_of(value: int, field: str) -> Precision:
 
 def prompt_of(name: str, spec: ModelSpec, field: str) -> str:
     """A prompt name of the model's ("" = none), bounded before it is echoed in a message."""
-    return check_prompt(check_name(name, field), spec, field)
+    if check_name(name, field) and name not in spec.prompts:
+        known = ", ".join(sorted(spec.prompts)) or "it has none"
+        raise InvalidArgument(f"{field} {name!r} is not one of this model's prompts ({known})", field=field)
+    return name
 
 
 def vector_options(options: pb.EmbedOptions, spec: ModelSpec) -> VectorOptions:
