@@ -41,8 +41,8 @@ def precision_of(value: int, field: str) -> Precision:
 def prompt_of(name: str, spec: ModelSpec, field: str) -> str:
     """A prompt name of the model's ("" = none), bounded before it is echoed in a message."""
     if check_name(name, field) and name not in spec.prompts:
-        known = ", ".join(sorted(spec.prompts)) or "it has none"
-        raise InvalidArgument(f"{field} {name!r} is not one of this model's prompts ({known})", field=field)
+        known = ", ".join(sorted(spec.prompts)) or "none"
+        raise InvalidArgument(f"unknown {field} {name!r}; this model has: {known}", field=field)
     return name
 
 
