@@ -317,3 +317,18 @@ def test_since_sequence_beyond_the_head_is_a_reset(channel: grpc.Channel, finger
     pages = list(stub.SyncVectors(request, timeout=60))
     assert pages[0].reset
     assert "s" in {c.id for page in pages for c in page.changes}
+
+
+def test_a_message_quoting_the_request_is_cut_to_fit(channel: grpc.Channel) -> None:
+    """64 unknown file names of 243 bytes: the NOT_FOUND message names them, cut to 1,000
+    UTF-8 bytes so that it fits the status trailer (gRPC's header limit is 8 KiB, and it
+    percent-encodes non-ASCII bytes)."""
+    names = [f"{i:03d}" + "\u00e9" * 120 for i in range(64)]  # 243 bytes each
+    stream = channel.unary_stream(
+        "/embedding.v1.EdgeService/GetEdgeBundle", request_serializer=bytes, response_deserializer=bytes
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        list(stream(pb.GetEdgeBundleRequest(files=names).SerializeToString(), timeout=60))
+    details = err.value.details() or ""
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND, details
+    assert details.startswith("not in the bundle: 000\u00e9\u00e9") and len(details.encode()) <= 1000

@@ -22,9 +22,10 @@ STATUS: dict[type[errors.ServiceError], grpc.StatusCode] = {
 }
 
 INTERNAL_MESSAGE = "internal error (logged on the server)"
-# A status message travels in a trailer (gRPC's default header limit is 8 KiB, shared), and a
-# message may quote a field of the request: it is cut to this many characters.
-MAX_MESSAGE_CHARS = 1000
+# A status message travels in a trailer (gRPC's default header limit is 8 KiB, shared; bytes
+# outside printable ASCII are percent-encoded there, 3 characters each), and a message may quote
+# fields of the request: it is cut to this many UTF-8 bytes.
+MAX_MESSAGE_BYTES = 1000
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -38,6 +39,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 
 def _bounded(message: str) -> str:
-    if len(message) <= MAX_MESSAGE_CHARS:
+    data = message.encode("utf-8")
+    if len(data) <= MAX_MESSAGE_BYTES:
         return message
-    return message[: MAX_MESSAGE_CHARS - 1] + "\u2026"
+    return data[: MAX_MESSAGE_BYTES - 3].decode("utf-8", errors="ignore") + "\u2026"  # ... is 3 bytes
