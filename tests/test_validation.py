@@ -332,3 +332,20 @@ def test_a_message_quoting_the_request_is_cut_to_fit(channel: grpc.Channel) -> N
     details = err.value.details() or ""
     assert err.value.code() == grpc.StatusCode.NOT_FOUND, details
     assert details.startswith("not in the bundle: 000\u00e9\u00e9") and len(details.encode()) <= 1000
+
+
+def test_an_oversized_id_is_not_echoed_and_the_stream_goes_on(live_server: Any) -> None:
+    """A 17 MiB id (the request fits the receive limit, 4x --max-document-bytes) used to be
+    echoed in its ack, which passed the 16 MiB send limit and ended the whole stream."""
+    big = 17 << 20
+    options = [("grpc.max_send_message_length", 2 * big), ("grpc.max_receive_message_length", 2 * big)]
+    items = [
+        pb.IngestRequest(collection=COLLECTION, id="before", text="a document before"),
+        pb.IngestRequest(collection=COLLECTION, id="x" * big, text="a document"),
+        pb.IngestRequest(collection=COLLECTION, id="after", text="a document after"),
+    ]
+    with grpc.insecure_channel(live_server.address, options=options) as ch:
+        acks = list(pb_grpc.CollectionServiceStub(ch).Ingest(iter(items), timeout=120))
+    assert [a.id for a in acks] == ["before", "", "after"]
+    assert acks[1].error.field == "id" and "256" in acks[1].error.message
+    assert not acks[0].HasField("error") and not acks[2].HasField("error")

@@ -16,7 +16,7 @@ import grpc
 
 from protos.embedding.v1 import embedding_pb2 as pb
 from server.errors import InvalidArgument
-from server.ingest import IngestItem, IngestOutcome
+from server.ingest import MAX_COLLECTION_BYTES, MAX_ID_BYTES, IngestItem, IngestOutcome
 from server.runtime import Runtime
 from server.search import FirstPass, SearchQuery
 from server.servicers._convert import item_error, plain_struct, precision_of, prompt_of, struct
@@ -52,10 +52,16 @@ def _ingest_item(request: pb.IngestRequest | UnparsedRequest) -> IngestItem | In
     )
 
 
+def _echo(value: str, limit: int) -> str:
+    """``value`` when within its limit (UTF-8 bytes), else "": a rejected document's oversized
+    id must not make its ack larger than the message limit (which would end the stream)."""
+    return value if len(value) <= limit and len(value.encode("utf-8")) <= limit else ""
+
+
 def _ack(outcome: IngestOutcome) -> pb.IngestAck:
     ack = pb.IngestAck(
-        collection=outcome.item.collection,
-        id=outcome.item.doc_id,
+        collection=_echo(outcome.item.collection, MAX_COLLECTION_BYTES),
+        id=_echo(outcome.item.doc_id, MAX_ID_BYTES),
         content_hash=outcome.content_hash,
         cached=outcome.cached,
         sequence=outcome.sequence,
