@@ -132,6 +132,13 @@ CASES = [
     _embed("prompt_name unknown", "options.prompt_name", prompt_name="nope"),
     _embed("prompt_name too long", "options.prompt_name", "256", prompt_name=LONG),
     _embed("prompt_name NUL", "options.prompt_name", prompt_name="q\x00"),
+    Case(
+        "options not EmbedOptions",
+        "/embedding.v1.EmbeddingService/Embed",
+        pb.EmbedRequest(inputs=["a"]).SerializeToString() + b"\x12\x02\x08\x80",
+        "options",
+    ),
+    Case("not protobuf at all", "/embedding.v1.EmbeddingService/Embed", b"\xff\xff", "request"),
     # --- EmbedStream (ItemError)
     _stream("stream id too long", "id", "256", id=LONG),
     _stream("stream id NUL", "id", id="a\x00"),
@@ -180,6 +187,13 @@ CASES = [
         _deep_metadata_request(150),
         "metadata",
         limit=str(MAX_METADATA_DEPTH),
+    ),
+    Case(
+        "metadata not a Struct",
+        "/embedding.v1.CollectionService/Ingest",
+        pb.IngestRequest(collection=COLLECTION, id="m", text="a document").SerializeToString()
+        + b"\x22\x02\x08\x80",  # metadata: a varint cut short
+        "metadata",
     ),
     # --- Search
     _search("search collection empty", "collection", collection=""),

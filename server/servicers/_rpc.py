@@ -53,6 +53,8 @@ class UnparsedRequest:
     reason: str  # the message type, when the bytes are not its wire format at all
     partial: Any = None
     too_deep: str = ""  # a top-level field nesting messages deeper than protobuf reads
+    broken: str = ""  # a top-level message field whose bytes are not its type ...
+    broken_type: str = ""  # ... which is this
 
     def error(self) -> InvalidArgument:
         if self.field:
@@ -65,6 +67,11 @@ class UnparsedRequest:
                 f"{self.too_deep} is nested too deeply for protobuf to read (metadata may nest at "
                 f"most {MAX_METADATA_DEPTH} levels)",
                 field=self.too_deep,
+            )
+        if self.broken:
+            return InvalidArgument(
+                f"{self.broken} is not a valid {self.broken_type} message (protobuf wire format)",
+                field=self.broken,
             )
         # protobuf's own text is not passed on: it names internals, not the request's fields.
         return InvalidArgument(
@@ -82,7 +89,10 @@ def _parser(cls: type[Message], descriptor: Descriptor) -> Callable[[bytes], Any
             if fault.cleaned is not None:
                 with contextlib.suppress(DecodeError, UnicodeDecodeError, ValueError, RuntimeError):
                     partial = cls.FromString(fault.cleaned)
-            return UnparsedRequest(fault.field, str(descriptor.full_name), partial, fault.too_deep)
+            name = str(descriptor.full_name)
+            return UnparsedRequest(
+                fault.field, name, partial, fault.too_deep, fault.broken, fault.broken_type
+            )
 
     return parse
 

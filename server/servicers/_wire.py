@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import DecodeError
 
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 
@@ -117,20 +119,59 @@ def _walk(descriptor: Descriptor, data: bytes, prefix: str, depth: int = 0) -> t
 @dataclass(frozen=True)
 class Fault:
     """Why a message did not parse: the first string field that is not UTF-8 (``field``), else
-    the top-level field nesting messages deeper than :data:`MAX_DEPTH` (``too_deep``); ``cleaned``
-    is the message without such fields (None when the bytes are not protobuf wire format)."""
+    the top-level field nesting messages deeper than :data:`MAX_DEPTH` (``too_deep``), else the
+    top-level message field whose bytes are not its message (``broken``, with its type);
+    ``cleaned`` is the message without invalid string fields (None when the bytes are not
+    protobuf wire format)."""
 
     field: str
     too_deep: str
     cleaned: bytes | None
+    broken: str = ""
+    broken_type: str = ""
 
 
 def find_fault(descriptor: Descriptor, data: bytes) -> Fault:
     try:
         first, cleaned, nested = _walk(descriptor, data, "")
     except (_Malformed, _TooDeep):
-        return Fault("", "", None)
-    return Fault(first, nested, cleaned)
+        first, cleaned, nested = "", None, ""
+    if first or nested:
+        return Fault(first, nested, cleaned)
+    name, kind, rest = _broken_field(descriptor, data)
+    return Fault("", "", rest, name, kind)
+
+
+def _broken_field(descriptor: Descriptor, data: bytes) -> tuple[str, str, bytes | None]:
+    """(name, message type, the bytes without it) of the first top-level message field that
+    does not parse alone, or ("", "", None) when none can be told (the bytes around the fields
+    are broken)."""
+    fields = {f.number: f for f in descriptor.fields}
+    pos = 0
+    try:
+        while pos < len(data):
+            field_start = pos
+            tag, pos = _varint(data, pos)
+            number, wire = tag >> 3, tag & 7
+            if wire == _VARINT:
+                _, pos = _varint(data, pos)
+            elif wire in (_FIXED64, _FIXED32):
+                pos += 8 if wire == _FIXED64 else 4
+            elif wire == _LENGTH:
+                length, start = _varint(data, pos)
+                pos = start + length
+                field = fields.get(number)
+                if pos > len(data) or field is None or field.message_type is None:
+                    continue
+                try:
+                    message_factory.GetMessageClass(field.message_type).FromString(data[start:pos])
+                except (DecodeError, UnicodeDecodeError, ValueError, RuntimeError):
+                    return field.name, str(field.message_type.full_name), data[:field_start] + data[pos:]
+            else:
+                break
+    except _Malformed:
+        pass
+    return "", "", None
 
 
 def invalid_string_field(descriptor: Descriptor, data: bytes) -> tuple[str, bytes | None]:
