@@ -59,6 +59,15 @@ def check_name(value: str, field: str, *, required: bool = False, max_bytes: int
     return value
 
 
+def check_prompt_name(name: str, prompts: Mapping[str, str], field: str) -> str:
+    """``name`` if it is one of the model's ``prompts`` (name -> text) or "" (none); checked
+    against the name rule first, so the message can quote it."""
+    if check_name(name, field) and name not in prompts:
+        known = ", ".join(sorted(prompts)) or "none"
+        raise InvalidArgument(f"unknown {field} {name!r}; this model has: {known}", field=field)
+    return name
+
+
 def check_count(
     values: Sequence[Any], field: str, *, limit: int, required: bool = True, note: str = ""
 ) -> None:

@@ -21,7 +21,8 @@ from google.protobuf.message import Message
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1 import embedding_pb2_grpc as pb_grpc
 from protos.tei.v1 import tei_pb2
-from server.validation import MAX_METADATA_BYTES, MAX_METADATA_DEPTH
+from server.errors import InvalidArgument
+from server.validation import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, check_metadata
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 COLLECTION = "validation-table"
@@ -363,3 +364,35 @@ def test_an_oversized_id_is_not_echoed_and_the_stream_goes_on(live_server: Any) 
     assert [a.id for a in acks] == ["before", "", "after"]
     assert acks[1].error.field == "id" and "256" in acks[1].error.message
     assert not acks[0].HasField("error") and not acks[2].HasField("error")
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ([1, 2], "must be a JSON object, got an array"),
+        ("text", "must be a JSON object, got a string"),
+        (None, "must be a JSON object, got null"),
+        ({"a": [1.0, {"b": math.nan}]}, "NaN"),
+        ({"a": -math.inf}, "finite"),
+        ({1: "a"}, "keys must be strings"),
+        ({"a": {1, 2}}, "not JSON"),
+    ],
+)
+def test_metadata_rules_on_plain_values(value: object, needle: str) -> None:
+    """The rules an HTTP API applies to parsed JSON too (server.validation takes plain values)."""
+    with pytest.raises(InvalidArgument) as err:
+        check_metadata(value)
+    assert err.value.field == "metadata" and needle in err.value.message
+
+
+def test_metadata_limits_are_inclusive() -> None:
+    deepest: dict[str, Any] = {}
+    for _ in range(MAX_METADATA_DEPTH - 1):
+        deepest = {"a": deepest}
+    assert check_metadata(deepest) is deepest  # MAX_METADATA_DEPTH levels: accepted
+    with pytest.raises(InvalidArgument, match="nested more than"):
+        check_metadata({"a": deepest})
+    largest = {"x": "v" * (MAX_METADATA_BYTES - len('{"x":""}'))}
+    assert check_metadata(largest) is largest
+    with pytest.raises(InvalidArgument, match="more than the limit"):
+        check_metadata({"x": largest["x"] + "v"})

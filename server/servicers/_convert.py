@@ -11,10 +11,9 @@ from google.protobuf import struct_pb2
 from protos.embedding.v1 import embedding_pb2 as pb
 from server.calibration import Calibration
 from server.embedder import EncodeResult, TruncationDirection
-from server.errors import InvalidArgument
 from server.model import ModelSpec
 from server.servicers._status import status_for
-from server.validation import check_name, choice
+from server.validation import check_prompt_name, choice
 from server.vectors import Precision, VectorOptions, check_truncate_dim, postprocess, to_bytes
 
 PRECISION_IN: dict[int, Precision] = {
@@ -38,14 +37,6 @@ def precision_of(value: int, field: str) -> Precision:
     return choice(value, PRECISION_IN, field, "FLOAT32, FLOAT16, INT8 or UBINARY")
 
 
-def prompt_of(name: str, spec: ModelSpec, field: str) -> str:
-    """A prompt name of the model's ("" = none), bounded before it is echoed in a message."""
-    if check_name(name, field) and name not in spec.prompts:
-        known = ", ".join(sorted(spec.prompts)) or "none"
-        raise InvalidArgument(f"unknown {field} {name!r}; this model has: {known}", field=field)
-    return name
-
-
 def vector_options(options: pb.EmbedOptions, spec: ModelSpec) -> VectorOptions:
     """EmbedOptions -> VectorOptions with the documented defaults; InvalidArgument naming the field."""
     return VectorOptions(
@@ -56,7 +47,7 @@ def vector_options(options: pb.EmbedOptions, spec: ModelSpec) -> VectorOptions:
         ),
         normalize=options.normalize if options.HasField("normalize") else True,
         precision=precision_of(options.precision, "options.precision"),
-        prompt_name=prompt_of(options.prompt_name, spec, "options.prompt_name"),
+        prompt_name=check_prompt_name(options.prompt_name, spec.prompts, "options.prompt_name"),
         truncate=options.truncate if options.HasField("truncate") else True,
         truncation_direction=direction_of(options.truncation_direction, "options.truncation_direction"),
     )

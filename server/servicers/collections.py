@@ -19,10 +19,10 @@ from server.errors import InvalidArgument
 from server.ingest import MAX_COLLECTION_BYTES, MAX_ID_BYTES, IngestItem, IngestOutcome
 from server.runtime import Runtime
 from server.search import FirstPass, SearchQuery
-from server.servicers._convert import item_error, plain_struct, precision_of, prompt_of, struct
+from server.servicers._convert import item_error, plain_struct, precision_of, struct
 from server.servicers._rpc import UnparsedRequest, abort
 from server.sync import SyncRequest
-from server.validation import MAX_DELETE_IDS, check_count, check_name, check_unique
+from server.validation import MAX_DELETE_IDS, check_count, check_name, check_prompt_name, check_unique
 from server.vectors import Precision
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class CollectionServicer:
                 first_pass=_FIRST_PASS[precision],
                 rescore_multiplier=request.rescore_multiplier or 4,
                 prompt_name=(
-                    prompt_of(request.prompt_name, self.runtime.spec, "prompt_name")
+                    check_prompt_name(request.prompt_name, self.runtime.spec.prompts, "prompt_name")
                     if request.HasField("prompt_name")
                     else None
                 ),

@@ -25,9 +25,9 @@ from server import __version__
 from server.embedder import EncodeResult, FieldNames, Priority
 from server.errors import InvalidArgument, ServiceError
 from server.runtime import Runtime
-from server.servicers._convert import int8_ranges, item_error, prompt_of, timing, to_protos, vector_options
+from server.servicers._convert import int8_ranges, item_error, timing, to_protos, vector_options
 from server.servicers._rpc import UnparsedRequest, abort, ordered_pipeline
-from server.validation import check_count, check_name, check_text
+from server.validation import check_count, check_name, check_prompt_name, check_text
 from server.vectors import VectorOptions
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ class EmbeddingServicer:
                 raise request.error()
             inputs = list(request.inputs)
             check_inputs(inputs, self.runtime.settings.max_client_batch_size)
-            prompt = prompt_of(request.prompt_name, self.spec, "prompt_name")
+            prompt = check_prompt_name(request.prompt_name, self.spec.prompts, "prompt_name")
             specials = request.add_special_tokens if request.HasField("add_special_tokens") else True
             prefix = self.spec.prompt_text(prompt)
             # Tokenizing and building the reply (up to the message limit) off the event loop.
