@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,13 +23,13 @@ from server.embedder import Embedder, Priority
 from server.errors import InvalidArgument, NotFound, NotReady, PreconditionFailed, ServiceError
 from server.model import ModelSpec
 from server.store import Indexes, StaleCollection, Store, Upsert, VectorsMissing, content_hash
+from server.validation import check_metadata, check_no_nul
 
 log = logging.getLogger(__name__)
 
 # LMDB keys are at most 511 bytes; a document key is collection + NUL + id.
 MAX_COLLECTION_BYTES = 128
 MAX_ID_BYTES = 256
-MAX_METADATA_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -93,11 +92,9 @@ def _validate(item: IngestItem, max_text_bytes: int | None) -> None:
     validate_id(item.doc_id)
     if not item.text.strip():
         raise InvalidArgument("text must not be empty", field="text")
+    check_no_nul(item.text, "text")
     check_text_size(item.text, max_text_bytes)
-    if item.metadata and len(json.dumps(item.metadata)) > MAX_METADATA_BYTES:
-        raise InvalidArgument(
-            f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON", field="metadata"
-        )
+    check_metadata(item.metadata)
 
 
 class Ingestor:

@@ -106,7 +106,7 @@ def test_truncate_true_cuts_and_false_rejects(stub: pb_grpc.EmbeddingServiceStub
         (pb.EmbedRequest(inputs=["x"], options=pb.EmbedOptions(dimensions=0)), "options.dimensions"),
         (pb.EmbedRequest(inputs=["x"], options=pb.EmbedOptions(dimensions=385)), "384"),
         (pb.EmbedRequest(inputs=["x"], options=pb.EmbedOptions(precision=42)), "options.precision"),  # type: ignore[arg-type]
-        (pb.EmbedRequest(inputs=["x"], options=pb.EmbedOptions(prompt_name="query")), "unknown prompt_name"),
+        (pb.EmbedRequest(inputs=["x"], options=pb.EmbedOptions(prompt_name="query")), "options.prompt_name"),
     ],
 )
 def test_bad_requests_are_invalid_argument_naming_the_field(

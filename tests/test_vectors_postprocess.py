@@ -36,7 +36,7 @@ def test_unknown_precision_and_prompt_are_invalid_argument(spec: ModelSpec) -> N
     with pytest.raises(InvalidArgument) as err:
         vector_options(pb.EmbedOptions(precision=99), spec)  # type: ignore[arg-type]
     assert err.value.field == "options.precision"
-    with pytest.raises(InvalidArgument, match="unknown prompt_name 'query'") as err:
+    with pytest.raises(InvalidArgument, match=r"unknown options\.prompt_name 'query'") as err:
         vector_options(pb.EmbedOptions(prompt_name="query"), spec)
     assert err.value.field == "options.prompt_name"
 

@@ -11,10 +11,10 @@ from google.protobuf import struct_pb2
 from protos.embedding.v1 import embedding_pb2 as pb
 from server.calibration import Calibration
 from server.embedder import EncodeResult, TruncationDirection
-from server.errors import InvalidArgument
 from server.model import ModelSpec
 from server.servicers._status import status_for
-from server.vectors import Precision, VectorOptions, check_prompt, check_truncate_dim, postprocess, to_bytes
+from server.validation import check_prompt_name, choice
+from server.vectors import Precision, VectorOptions, check_truncate_dim, postprocess, to_bytes
 
 PRECISION_IN: dict[int, Precision] = {
     pb.PRECISION_UNSPECIFIED: Precision.FLOAT32,
@@ -34,12 +34,7 @@ PRECISION_OUT: dict[Precision, pb.Precision] = {
 def precision_of(value: int, field: str) -> Precision:
     """The Precision enum value, or InvalidArgument naming the field (unknown numbers are not
     silently taken as the default)."""
-    try:
-        return PRECISION_IN[value]
-    except KeyError:
-        raise InvalidArgument(
-            f"{field} {value} is unknown; use FLOAT32, FLOAT16, INT8 or UBINARY", field=field
-        ) from None
+    return choice(value, PRECISION_IN, field, "FLOAT32, FLOAT16, INT8 or UBINARY")
 
 
 def vector_options(options: pb.EmbedOptions, spec: ModelSpec) -> VectorOptions:
@@ -52,19 +47,22 @@ def vector_options(options: pb.EmbedOptions, spec: ModelSpec) -> VectorOptions:
         ),
         normalize=options.normalize if options.HasField("normalize") else True,
         precision=precision_of(options.precision, "options.precision"),
-        prompt_name=check_prompt(options.prompt_name, spec, "options.prompt_name"),
+        prompt_name=check_prompt_name(options.prompt_name, spec.prompts, "options.prompt_name"),
         truncate=options.truncate if options.HasField("truncate") else True,
         truncation_direction=direction_of(options.truncation_direction, "options.truncation_direction"),
     )
 
 
+_DIRECTIONS: dict[int, TruncationDirection] = {
+    pb.TRUNCATION_DIRECTION_UNSPECIFIED: "right",
+    pb.TRUNCATION_DIRECTION_RIGHT: "right",
+    pb.TRUNCATION_DIRECTION_LEFT: "left",
+}
+
+
 def direction_of(value: int, field: str) -> TruncationDirection:
     """The TruncationDirection enum value; an unknown number is refused, never taken as RIGHT."""
-    if value in (pb.TRUNCATION_DIRECTION_UNSPECIFIED, pb.TRUNCATION_DIRECTION_RIGHT):
-        return "right"
-    if value == pb.TRUNCATION_DIRECTION_LEFT:
-        return "left"
-    raise InvalidArgument(f"{field} {value} is unknown; use RIGHT (1) or LEFT (2)", field=field)
+    return choice(value, _DIRECTIONS, field, "RIGHT (1) or LEFT (2)")
 
 
 def int8_ranges(calibration: Calibration, options: VectorOptions) -> tuple[np.ndarray, np.ndarray] | None:
@@ -95,6 +93,23 @@ def timing(result: EncodeResult, characters: int, started_ns: int) -> pb.Timing:
         characters=characters,
         cache_hits=result.cache_hits,
     )
+
+
+def plain_struct(message: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as plain Python values, NaN and Infinity included (json_format refuses those
+    with a ValueError): checking them is server.validation.check_metadata's job."""
+    return {key: _plain_value(value) for key, value in message.fields.items()}
+
+
+def _plain_value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return plain_struct(value.struct_value)
+    if kind == "list_value":
+        return [_plain_value(v) for v in value.list_value.values]
+    if kind in ("number_value", "string_value", "bool_value"):
+        return getattr(value, kind)
+    return None  # null_value, or no kind set
 
 
 def struct(data: dict[str, Any] | None) -> struct_pb2.Struct:

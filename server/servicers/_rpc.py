@@ -28,7 +28,8 @@ from google.protobuf.message import DecodeError, Message
 from server.call_log import FAILURES
 from server.errors import InvalidArgument, NotReady, ServiceError
 from server.servicers._status import status_for
-from server.servicers._wire import invalid_string_field
+from server.servicers._wire import find_fault
+from server.validation import MAX_METADATA_DEPTH
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,11 @@ class UnparsedRequest:
     """
 
     field: str  # path of the first invalid field ("inputs[2]", "metadata.fields[k]"), or ""
-    reason: str
+    reason: str  # the message type, when the bytes are not its wire format at all
     partial: Any = None
+    too_deep: str = ""  # a top-level field nesting messages deeper than protobuf reads
+    broken: str = ""  # a top-level message field whose bytes are not its type ...
+    broken_type: str = ""  # ... which is this
 
     def error(self) -> InvalidArgument:
         if self.field:
@@ -58,8 +62,20 @@ class UnparsedRequest:
                 f"{self.field} is not valid UTF-8 (string fields must be UTF-8, with no lone surrogates)",
                 field=self.field,
             )
+        if self.too_deep:
+            return InvalidArgument(
+                f"{self.too_deep} is nested too deeply for protobuf to read (metadata may nest at "
+                f"most {MAX_METADATA_DEPTH} levels)",
+                field=self.too_deep,
+            )
+        if self.broken:
+            return InvalidArgument(
+                f"{self.broken} is not a valid {self.broken_type} message (protobuf wire format)",
+                field=self.broken,
+            )
+        # protobuf's own text is not passed on: it names internals, not the request's fields.
         return InvalidArgument(
-            f"the request is not a valid protobuf message ({self.reason})", field="request"
+            f"the request is not a valid {self.reason} message (protobuf wire format)", field="request"
         )
 
 
@@ -67,14 +83,16 @@ def _parser(cls: type[Message], descriptor: Descriptor) -> Callable[[bytes], Any
     def parse(data: bytes) -> Any:
         try:
             return cls.FromString(data)
-        except (DecodeError, UnicodeDecodeError, ValueError, RuntimeError) as exc:
-            reason = str(exc)[:200] or type(exc).__name__
-            field, cleaned = invalid_string_field(descriptor, data)
+        except (DecodeError, UnicodeDecodeError, ValueError, RuntimeError):
+            fault = find_fault(descriptor, data)
             partial = None
-            if cleaned is not None:
+            if fault.cleaned is not None:
                 with contextlib.suppress(DecodeError, UnicodeDecodeError, ValueError, RuntimeError):
-                    partial = cls.FromString(cleaned)
-            return UnparsedRequest(field, reason, partial)
+                    partial = cls.FromString(fault.cleaned)
+            name = str(descriptor.full_name)
+            return UnparsedRequest(
+                fault.field, name, partial, fault.too_deep, fault.broken, fault.broken_type
+            )
 
     return parse
 
@@ -157,17 +175,6 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     fault = None if isinstance(exc, ServiceError) else exc
     FAILURES.record(_method.get(), code.name, message if fault is None else repr(exc), fault)
     await context.abort(code, message)
-
-
-def check_text(text: str, field: str) -> None:
-    """Inputs must be non-empty and free of NUL characters (they are almost always a client bug:
-    C strings, binary data sent as text)."""
-    if not text:
-        raise InvalidArgument(f"{field} is empty; send at least one character", field=field)
-    if "\x00" in text:
-        raise InvalidArgument(
-            f"{field} contains a NUL character (U+0000), which is not accepted", field=field
-        )
 
 
 async def ordered_pipeline(

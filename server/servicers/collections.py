@@ -13,16 +13,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 
 from protos.embedding.v1 import embedding_pb2 as pb
 from server.errors import InvalidArgument
-from server.ingest import IngestItem, IngestOutcome
+from server.ingest import MAX_COLLECTION_BYTES, MAX_ID_BYTES, IngestItem, IngestOutcome
 from server.runtime import Runtime
 from server.search import FirstPass, SearchQuery
-from server.servicers._convert import item_error, precision_of, struct
+from server.servicers._convert import item_error, plain_struct, precision_of, struct
 from server.servicers._rpc import UnparsedRequest, abort
 from server.sync import SyncRequest
+from server.validation import MAX_DELETE_IDS, check_count, check_name, check_prompt_name, check_unique
 from server.vectors import Precision
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ def _ingest_item(request: pb.IngestRequest | UnparsedRequest) -> IngestItem | In
         partial = request.partial or pb.IngestRequest()
         item = IngestItem(partial.collection, partial.id, "")
         return IngestOutcome(item, error=request.error())
-    metadata = json_format.MessageToDict(request.metadata) if request.HasField("metadata") else {}
+    # Checked (finite numbers, depth, size) with the rest of the document by the ingestor.
+    metadata = plain_struct(request.metadata) if request.HasField("metadata") else {}
     return IngestItem(
         request.collection,
         request.id,
@@ -51,10 +52,16 @@ def _ingest_item(request: pb.IngestRequest | UnparsedRequest) -> IngestItem | In
     )
 
 
+def _echo(value: str, limit: int) -> str:
+    """``value`` when within its limit (UTF-8 bytes), else "": a rejected document's oversized
+    id must not make its ack larger than the message limit (which would end the stream)."""
+    return value if len(value) <= limit and len(value.encode("utf-8")) <= limit else ""
+
+
 def _ack(outcome: IngestOutcome) -> pb.IngestAck:
     ack = pb.IngestAck(
-        collection=outcome.item.collection,
-        id=outcome.item.doc_id,
+        collection=_echo(outcome.item.collection, MAX_COLLECTION_BYTES),
+        id=_echo(outcome.item.doc_id, MAX_ID_BYTES),
         content_hash=outcome.content_hash,
         cached=outcome.cached,
         sequence=outcome.sequence,
@@ -124,7 +131,11 @@ class CollectionServicer:
                 truncate_dim=request.dimensions if request.HasField("dimensions") else None,
                 first_pass=_FIRST_PASS[precision],
                 rescore_multiplier=request.rescore_multiplier or 4,
-                prompt_name=request.prompt_name if request.HasField("prompt_name") else None,
+                prompt_name=(
+                    check_prompt_name(request.prompt_name, self.runtime.spec.prompts, "prompt_name")
+                    if request.HasField("prompt_name")
+                    else None
+                ),
                 include_text=request.include_text if request.HasField("include_text") else True,
             )
             result = await self.runtime.searcher.search(query)
@@ -159,7 +170,10 @@ class CollectionServicer:
         try:
             if isinstance(request, UnparsedRequest):
                 raise request.error()
-            deleted, sequence = await self.runtime.ingestor.delete(request.collection, list(request.ids))
+            ids = list(request.ids)
+            check_count(ids, "ids", limit=MAX_DELETE_IDS)
+            check_unique(ids, "ids")
+            deleted, sequence = await self.runtime.ingestor.delete(request.collection, ids)
         except Exception as exc:
             await abort(context, exc)
             raise
@@ -174,10 +188,10 @@ class CollectionServicer:
             sync = SyncRequest(
                 collection=request.collection,
                 since_sequence=request.since_sequence,
-                bundle_fingerprint=request.bundle_fingerprint,
+                bundle_fingerprint=check_name(request.bundle_fingerprint, "bundle_fingerprint"),
                 dims=request.dimensions,
                 include_text=request.include_text if request.HasField("include_text") else True,
-                incarnation=request.incarnation,
+                incarnation=check_name(request.incarnation, "incarnation"),
             )
             async for page in self.runtime.syncer.pages(sync):
                 response = pb.SyncVectorsResponse(

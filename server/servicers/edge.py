@@ -13,9 +13,11 @@ from server.edge_bundle import bundle_files
 from server.errors import NotFound
 from server.runtime import Runtime
 from server.servicers._rpc import UnparsedRequest, abort
+from server.validation import check_count, check_name, check_unique
 
 CHUNK_BYTES = 1 << 20  # at most; less when the message limit asks for it
 _CHUNK_OVERHEAD = 4096  # path, offset and tags of a chunk message, with room to spare
+MAX_FILES = 64  # a bundle has a handful of files
 
 
 class EdgeServicer:
@@ -28,11 +30,16 @@ class EdgeServicer:
         try:
             if isinstance(request, UnparsedRequest):
                 raise request.error()
+            files = list(request.files)
+            check_count(files, "files", limit=MAX_FILES, required=False)
+            for i, name in enumerate(files):
+                check_name(name, f"files[{i}]", required=True)
+            check_unique(files, "files")
             edge = self.runtime.edge
             await edge.refit_if_due()
             bundle = edge.bundle
             try:
-                names = bundle_files(bundle, list(request.files))
+                names = bundle_files(bundle, files)
             except KeyError as exc:
                 raise NotFound(str(exc.args[0]), field="files") from exc
             manifest_json = await asyncio.to_thread((bundle.directory / "manifest.json").read_text, "utf-8")

@@ -26,8 +26,9 @@ from server.embedder import EncodeResult, FieldNames, Priority
 from server.errors import InvalidArgument, ServiceError
 from server.runtime import Runtime
 from server.servicers._convert import int8_ranges, item_error, timing, to_protos, vector_options
-from server.servicers._rpc import UnparsedRequest, abort, check_text, ordered_pipeline
-from server.vectors import VectorOptions, check_prompt
+from server.servicers._rpc import UnparsedRequest, abort, ordered_pipeline
+from server.validation import check_count, check_name, check_prompt_name, check_text
+from server.vectors import VectorOptions
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,7 @@ async def encode(
 
 
 def check_inputs(inputs: list[str], limit: int, field: str = "inputs") -> None:
-    if not inputs:
-        raise InvalidArgument(f"{field} is empty; send at least one input", field=field)
-    if len(inputs) > limit:
-        raise InvalidArgument(
-            f"{field} has {len(inputs)} items, more than the limit of {limit} (--max-client-batch-size)",
-            field=field,
-        )
+    check_count(inputs, field, limit=limit, note="--max-client-batch-size")
     for i, text in enumerate(inputs):
         check_text(text, f"{field}[{i}]")
 
@@ -161,6 +156,11 @@ class EmbeddingServicer:
         else:
             request_id = request.id
         try:
+            try:
+                check_name(request_id, "id")
+            except InvalidArgument:
+                request_id = ""  # not echoed: the response must stay small
+                raise
             if isinstance(request, UnparsedRequest):
                 raise request.error()
             if isinstance(item.options, ServiceError):
@@ -191,7 +191,7 @@ class EmbeddingServicer:
                 raise request.error()
             inputs = list(request.inputs)
             check_inputs(inputs, self.runtime.settings.max_client_batch_size)
-            prompt = check_prompt(request.prompt_name, self.spec, "prompt_name")
+            prompt = check_prompt_name(request.prompt_name, self.spec.prompts, "prompt_name")
             specials = request.add_special_tokens if request.HasField("add_special_tokens") else True
             prefix = self.spec.prompt_text(prompt)
             # Tokenizing and building the reply (up to the message limit) off the event loop.

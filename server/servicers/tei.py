@@ -25,8 +25,9 @@ from server import __version__
 from server.embedder import Priority
 from server.errors import InvalidArgument, PreconditionFailed
 from server.runtime import Runtime
-from server.servicers._rpc import UnparsedRequest, abort, check_text, ordered_pipeline
+from server.servicers._rpc import UnparsedRequest, abort, ordered_pipeline
 from server.tei import Direction, TeiTokenizer, TokenVectors, empty_input
+from server.validation import check_count, check_name, check_text, choice
 from server.vectors import check_truncate_dim, postprocess
 
 R = TypeVar("R")
@@ -76,20 +77,18 @@ class TeiServicer:
     # --- validation shared by the embedding RPCs -----------------------------------------------
 
     def _direction(self, value: int) -> Direction:
-        try:
-            return DIRECTIONS[value]
-        except KeyError:
-            raise InvalidArgument(
-                f"truncation_direction {value} is unknown; use TRUNCATION_DIRECTION_RIGHT (0) or "
-                "TRUNCATION_DIRECTION_LEFT (1)",
-                field="truncation_direction",
-            ) from None
+        return choice(
+            value,
+            DIRECTIONS,
+            "truncation_direction",
+            "TRUNCATION_DIRECTION_RIGHT (0) or TRUNCATION_DIRECTION_LEFT (1)",
+        )
 
     def _prompt(self, request: Any) -> str:
         """The prompt name when set (TEI: set to a name the model lacks, even "", is an error)."""
         if not request.HasField("prompt_name"):
             return ""
-        name = str(request.prompt_name)
+        name = check_name(str(request.prompt_name), "prompt_name")
         if name not in self.spec.prompts:
             known = ", ".join(sorted(self.spec.prompts)) or "it has none"
             raise InvalidArgument(
@@ -266,7 +265,12 @@ class TeiServicer:
 
     async def _decode(self, request: Any) -> pb.DecodeResponse:
         request = _parsed(request)
-        text = await asyncio.to_thread(self.tokenizer.decode, list(request.ids), request.skip_special_tokens)
+        ids = list(request.ids)
+        # Tokenize answers at most about TEI's character limit of tokens (plus a prompt and
+        # special tokens); the limit keeps the decoded text well inside a reply.
+        limit = self.tokenizer.char_limit + self.spec.max_tokens
+        check_count(ids, "ids", limit=limit, required=False, note="max_input_length * 251")
+        text = await asyncio.to_thread(self.tokenizer.decode, ids, request.skip_special_tokens)
         return pb.DecodeResponse(text=text)
 
     async def Tokenize(self, request: Any, context: grpc.aio.ServicerContext) -> pb.EncodeResponse:
