@@ -128,7 +128,8 @@ def test_invalid_utf8_from_a_raw_client_is_invalid_argument(channel: grpc.Channe
 
 def test_oversized_message_is_resource_exhausted(stub: pb_grpc.EmbeddingServiceStub) -> None:
     with pytest.raises(grpc.RpcError) as err:
-        stub.Embed(pb.EmbedRequest(inputs=["x" * (17 * 1024 * 1024)]), timeout=30)
+        # Over the receive limit (Settings.max_receive_bytes: 4 x --max-document-bytes + 1 MiB = 33 MiB).
+        stub.Embed(pb.EmbedRequest(inputs=["x" * (34 * 1024 * 1024)]), timeout=30)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
