@@ -1,8 +1,13 @@
 """kill -9 during a long ingest, several times at random moments: every acknowledged document
-survives, the store opens cleanly, and sending everything again embeds only the lost tail."""
+survives, the store opens cleanly, and sending everything again embeds only the lost tail. Then
+kill -9 after deletes and updates were acknowledged but never saved into the index file: the
+restarted server loads the older file and brings it up to date with the store (deleted documents
+gone, updated ones found by their new text)."""
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -41,9 +46,11 @@ def _ingest_until_killed(
     address: str, process: subprocess.Popen[bytes], kill_at_ack: int, delay_s: float
 ) -> tuple[list[pb.IngestAck], bool]:
     """Stream every doc; SIGKILL the server ``delay_s`` after ack number ``kill_at_ack``.
+    Returns the acks and whether the stream finished before the kill.
 
     Counting acks (not seconds from the start) keeps the kill inside the ingest however fast
     the encoder is; the extra delay lands it at a random point of the server's next commit.
+    Only the kill may end the stream early: any other error fails the test.
     """
     acks = []
     timer = threading.Timer(delay_s, process.kill)
@@ -56,8 +63,12 @@ def _ingest_until_killed(
                 if len(acks) == kill_at_ack:
                     timer.start()
             finished = True
-        except grpc.RpcError:
-            pass
+        except grpc.RpcError as exc:
+            killed = timer.finished.is_set()  # the timer ran process.kill()
+            if not killed or exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise AssertionError(
+                    f"the ingest failed without the kill: {exc.code()} {exc.details()}"
+                ) from exc
         finally:
             if not timer.is_alive() and not timer.finished.is_set():
                 process.kill()  # the ingest outran the timer: kill now, still mid-test
@@ -94,7 +105,7 @@ def test_kill_9_during_ingest_loses_no_acknowledged_document(tmp_path: Path) -> 
             acks, finished = _ingest_until_killed(
                 server.address, server.process, int(rng.integers(1, N // 2)), float(rng.uniform(0, 0.05))
             )
-            assert server.process.wait(60) is not None
+            assert server.process.wait(60) == -signal.SIGKILL
         for ack in acks:
             assert not ack.HasField("error")
             if ack.id in acked:  # acknowledged before a previous kill: a cache hit now, same sequence
@@ -105,15 +116,57 @@ def test_kill_9_during_ingest_loses_no_acknowledged_document(tmp_path: Path) -> 
         assert stored >= len(acked)  # the unacknowledged tail may be there too, never less
     assert kills >= 2  # the random moments really interrupted the ingest
 
-    with running_server(data) as server:
+    # Every document once more: the acknowledged ones are hits; the index file is saved at
+    # start-up only (long save interval), so deletes and updates acknowledged afterwards are in
+    # the store's change log alone when the server is killed.
+    deleted = [d[0] for d in _docs()[:10]]
+    updated = {
+        d[0]: f"Revised note {i}: lighthouses keep a fog horn, version {i * 31}."
+        for i, d in enumerate(_docs()[10:20])
+    }
+    with running_server(data, "--index-save-interval-s", "3600") as server:
         channel, service = stub(server.address)
         with channel:
             final = list(service.Ingest(iter(requests(COLLECTION, _docs())), timeout=300))
-        assert len(final) == N and all(a.cached for a in final if a.id in acked)
-        assert all(a.content_hash == acked[a.id][0] for a in final if a.id in acked)
+            assert len(final) == N and all(a.cached for a in final if a.id in acked)
+            assert all(a.content_hash == acked[a.id][0] for a in final if a.id in acked)
+            reply = service.Delete(pb.DeleteRequest(collection=COLLECTION, ids=deleted), timeout=60)
+            assert reply.deleted == len(deleted)
+            changes: list[tuple[str, str, dict[str, object]]] = [
+                (doc_id, text, {}) for doc_id, text in updated.items()
+            ]
+            update_acks = list(service.Ingest(iter(requests(COLLECTION, changes)), timeout=120))
+            assert len(update_acks) == len(changes) and not any(a.HasField("error") for a in update_acks)
+            head = max(a.sequence for a in update_acks)
+        saved = _saved_sequence(data)
+        server.process.kill()
+        assert server.process.wait(60) == -signal.SIGKILL
+    assert saved < reply.sequence < head  # the file predates the deletes and updates
+
+    with running_server(data) as server:
+        log = server.log()
+        # The older file was loaded and reconciled with the store up to its head, not rebuilt
+        # from scratch (which would hide a reconcile that misses changes).
+        assert f"index '{COLLECTION}' loaded at sequence {head}" in log, log[-2000:]
+        assert "building it from the store" not in log
         exact = search(server.address, COLLECTION, "sourdough", k=N, exact=True)
         approx = search(server.address, COLLECTION, "sourdough", k=N)
-        assert len(exact.hits) == N and len(approx.hits) == N  # the index caught up with the store
+        assert len(exact.hits) == len(approx.hits) == N - len(deleted)
+        for doc_id, text, _ in _docs()[:10]:  # a deleted document's own text no longer finds it
+            hits = search(server.address, COLLECTION, text, k=5, prompt_name="").hits
+            assert len(hits) == 5 and doc_id not in {h.id for h in hits}
+        for doc_id, text in updated.items():  # an updated document is found by its new text
+            hit = search(server.address, COLLECTION, text, k=1, prompt_name="").hits[0]
+            assert hit.id == doc_id and hit.score > 0.99 and hit.text == text
         doc_id, text, _ = _docs()[123]
         assert search(server.address, COLLECTION, text, k=1, prompt_name="").hits[0].id == doc_id
-    assert _check_store(data, {a.id: (a.content_hash, a.sequence) for a in final}) == N
+    survivors = {
+        a.id: (a.content_hash, a.sequence) for a in final if a.id not in deleted and a.id not in updated
+    }
+    assert _check_store(data, survivors) == N - len(deleted)
+
+
+def _saved_sequence(data: Path) -> int:
+    """The change-log sequence the saved index file of the collection reflects."""
+    (sidecar,) = (data / "indexes").glob("*.json")
+    return int(json.loads(sidecar.read_text())["sequence"])

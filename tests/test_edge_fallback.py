@@ -1,8 +1,12 @@
-"""auto search: local when the evidence is strong, the server when weak; degraded when it fails."""
+"""auto search (edge_client/policy.py), one test per branch: local when the evidence is strong;
+the server when the index is empty, stale (synced too long ago, or for another bundle), the top
+score is below the threshold, the top scores are tied, comprehensive results are asked for, or
+no bundle is installed; the local answer flagged degraded when the server then fails."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,11 +21,14 @@ from tests.server_harness import free_port
 SAMPLE = Path(__file__).resolve().parent.parent / "server" / "samples" / "sample_corpus.jsonl"
 
 
+def _rows() -> list[dict[str, str]]:
+    return [json.loads(line) for line in SAMPLE.read_text().splitlines()]
+
+
 @pytest.fixture(scope="module")
 def edge_home(live_server: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     collection = f"edge-fallback-{uuid.uuid4().hex[:8]}"
-    rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()]
-    ingest(live_server.address, collection, [(r["_id"], f"{r['title']} {r['text']}", {}) for r in rows])
+    ingest(live_server.address, collection, [(r["_id"], f"{r['title']} {r['text']}", {}) for r in _rows()])
     home = tmp_path_factory.mktemp("edge-fallback")
     with EdgeClient(home, server=live_server.address) as client:
         client.init()
@@ -111,3 +118,71 @@ def test_query_cache_serves_repeats(live_server: Any, edge_home: tuple[Path, str
         client.embed_query("a", 128)
         client.embed_query("b", 128)
         assert client.embed_query("honeybee dance", 128) is not first  # evicted (LRU of 2)
+
+
+def test_auto_asks_the_server_when_the_index_is_stale(live_server: Any, edge_home: tuple[Path, str]) -> None:
+    home, collection = edge_home
+    query = "why can't light escape a black hole"  # answered locally by a fresh index (above)
+    with EdgeClient(home, server=live_server.address, policy=Policy(max_staleness_s=0.0)) as client:
+        result = client.search(query, collection=collection, k=3)
+    assert result.source == "server" and not result.degraded
+    assert (result.reason or "").startswith("local index is stale (last synced")
+    assert result.results[0].id == "astro-1"
+
+
+def test_auto_asks_the_server_when_the_index_was_synced_for_another_bundle(
+    live_server: Any, edge_home: tuple[Path, str], tmp_path: Path
+) -> None:
+    home, collection = edge_home
+    copy = tmp_path / "home"
+    shutil.copytree(home, copy)  # the shared home stays as it is
+    with EdgeClient(copy, server=live_server.address) as client:
+        client.index(collection).set_state("bundle_fingerprint", "edge-0000000000000000")
+        result = client.search("why can't light escape a black hole", collection=collection, k=3)
+    assert result.source == "server" and not result.degraded
+    assert result.reason == "local index was built with another edge bundle (sync again)"
+    assert result.results[0].id == "astro-1"
+
+
+def test_auto_asks_the_server_when_the_top_scores_are_tied(
+    live_server: Any, edge_home: tuple[Path, str]
+) -> None:
+    """Two different contents with the same vector tie; two documents of one content do not.
+
+    The model's tokenizer is uncased, so a text and its upper-case copy embed to the same vector
+    while their content hashes differ: two points of the index, a real tie."""
+    home, _ = edge_home
+    collection = f"edge-tied-{uuid.uuid4().hex[:8]}"
+    docs: list[tuple[str, str, dict[str, Any]]] = [
+        (r["_id"], f"{r['title']} {r['text']}", {}) for r in _rows()
+    ]
+    (tied_id, tied_text, _), (twin_id, twin_text, _) = docs[0], docs[1]
+    extra: list[tuple[str, str, dict[str, Any]]] = [
+        ("shouted", tied_text.upper(), {}),  # another content, the same vector
+        ("twin-copy", twin_text, {}),  # the same content: one point, two documents
+    ]
+    ingest(live_server.address, collection, [*docs, *extra])
+    with EdgeClient(home, server=live_server.address) as client:
+        client.sync(collection)
+        local = client.search(tied_text, collection=collection, k=3, mode="local")
+        tied = client.search(tied_text, collection=collection, k=3)
+        twins = client.search(twin_text, collection=collection, k=3)
+    first, second = local.results[:2]
+    assert {first.id, second.id} == {tied_id, "shouted"}
+    assert first.vector_key != second.vector_key and abs(first.score - second.score) < 0.005
+    assert tied.source == "server" and not tied.degraded
+    assert (tied.reason or "").startswith("top local scores are tied within")
+    assert {h.id for h in tied.results[:2]} == {tied_id, "shouted"}
+    assert (twins.source, twins.degraded, twins.reason) == ("local", False, None)
+    assert {h.id for h in twins.results[:2]} == {twin_id, "twin-copy"}
+
+
+def test_auto_asks_the_server_without_a_bundle(
+    live_server: Any, edge_home: tuple[Path, str], tmp_path: Path
+) -> None:
+    _, collection = edge_home
+    with EdgeClient(tmp_path, server=live_server.address) as client:  # never initialized
+        result = client.search("volcano eruption", collection=collection, k=3)
+    assert result.source == "server" and not result.degraded
+    assert (result.reason or "").startswith("no local bundle")
+    assert result.results[0].id == "geo-1"

@@ -1,15 +1,15 @@
 """A dedicated server with small limits: auth, overload, metrics, deadlines dropping queued
-work, a killed and a hung worker, and the SIGTERM drain. (The shared live_server must not be
-killed.) It runs the ONNX backend with two workers: supervision does not depend on the backend,
-ONNX workers restart in seconds, and the same server checks ``--backend onnx`` against the
-torch live_server."""
+work, a killed and a hung worker, search priority over a bulk ingest. (The shared live_server
+must not be killed; the SIGTERM drain is tests/test_server_lifecycle.py's.) It runs the ONNX
+backend with two workers: supervision does not depend on the backend, ONNX workers restart in
+seconds, and the same server checks ``--backend onnx`` against the torch live_server."""
 
 from __future__ import annotations
 
-import queue
-import signal
+import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1 import embedding_pb2_grpc as pb_grpc
+from tests._collections import requests
 from tests.server_harness import ServerProcess, free_port, running_server
 
 TOKEN = "s3cret-token"
@@ -42,7 +43,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
         "--max-batch-tokens", "1024",
         "--metrics-port", str(metrics_port),
         "--auth-token", TOKEN,
-        "--grace-seconds", "60",
         "--batch-timeout-s", "10",
     ) as proc:  # fmt: skip
         yield proc, metrics_port
@@ -107,7 +107,7 @@ def test_onnx_workers_match_the_torch_server(
 ) -> None:
     texts = ["A man is eating food.", "A man is eating a piece of bread.", "The new movie is awesome."]
     info = stub.Info(pb.InfoRequest(), timeout=10, metadata=AUTH)
-    assert (info.backend, info.workers, info.dtype) == ("onnx", 2, "float32")
+    assert (info.backend, info.workers, info.dtype, info.compiled) == ("onnx", 2, "float32", False)
     onnx = vectors(stub.Embed(pb.EmbedRequest(inputs=texts), timeout=60, metadata=AUTH))
     with grpc.insecure_channel(live_server.address) as channel:
         torch = vectors(
@@ -208,21 +208,47 @@ def test_hung_worker_times_out_the_call_and_is_replaced(
     wait_all_workers_ready(server[1])
 
 
-def test_sigterm_finishes_the_stream_in_flight_then_exits_zero(
-    server: tuple[ServerProcess, int], stub: pb_grpc.EmbeddingServiceStub
-) -> None:
-    outgoing: queue.Queue[pb.EmbedStreamRequest | None] = queue.Queue()
-    replies = stub.EmbedStream(iter(outgoing.get, None), timeout=300, metadata=AUTH)
-    outgoing.put(pb.EmbedStreamRequest(id="0", input="before the signal"))
-    assert next(replies).id == "0"  # the stream is established and working
-    server[0].process.send_signal(signal.SIGTERM)
-    for i in range(1, 11):
-        outgoing.put(pb.EmbedStreamRequest(id=str(i), input=f"during the drain {i}"))
-    outgoing.put(None)
-    rest = list(replies)
-    assert [r.id for r in rest] == [str(i) for i in range(1, 11)]
-    assert all(r.HasField("embedding") for r in rest)
-    assert server[0].process.wait(timeout=120) == 0
+def test_a_search_during_a_bulk_ingest_is_answered_before_it(server: tuple[ServerProcess, int]) -> None:
+    """Search queries are INTERACTIVE, ingestion BULK (server/batching.py): a query submitted
+    behind a queued commit of bulk items is embedded before them."""
+    proc, metrics_port = server
+    tag = uuid.uuid4().hex
+    bulk: list[tuple[str, str, dict[str, Any]]] = [(f"b{i}", f"{tag} {i} {LONG}", {}) for i in range(120)]
+    with grpc.insecure_channel(proc.address) as channel:
+        collections = pb_grpc.CollectionServiceStub(channel)
+        small: list[tuple[str, str, dict[str, Any]]] = [
+            ("volcano", f"Volcanoes erupt lava and ash {tag}.", {}),
+            ("tea", f"Green tea {tag}.", {}),
+        ]
+        list(collections.Ingest(iter(requests(f"prio-{tag}", small)), timeout=120, metadata=AUTH))
+        acks: list[pb.IngestAck] = []
+
+        def ingest() -> None:
+            acks.extend(collections.Ingest(iter(requests(f"bulk-{tag}", bulk)), timeout=600, metadata=AUTH))
+
+        ingesting = threading.Thread(target=ingest)
+        ingesting.start()
+        try:
+            deadline = time.monotonic() + 120
+            while metric(scrape(metrics_port), "embed_queue_depth") < len(bulk) // 2:
+                assert time.monotonic() < deadline and ingesting.is_alive(), "the bulk items never queued"
+                time.sleep(0.02)  # polling an observable condition, bounded by the deadline
+            search = pb.SearchRequest(collection=f"prio-{tag}", query=f"lava {tag}", k=1)
+            hit = collections.Search(search, timeout=120, metadata=AUTH).hits[0]
+            still_queued = metric(scrape(metrics_port), "embed_queue_depth")
+            acked = len(acks)
+            assert hit.id == "volcano"
+            # The Ingest call commits what it has read so far (its first commit may be a single
+            # document), then submits the next commit's items at once, so at least half of the
+            # bulk was queued in one commit when the search came. Jumping the queue, the query
+            # was answered while some of those items still waited and that commit was not
+            # acknowledged. In arrival order, every item queued before the query would have
+            # been taken first, so bulk items could still be queued only if a later commit had
+            # submitted them, after this one was acknowledged (half the bulk or more).
+            assert still_queued > 0 and acked < len(bulk) // 2, (still_queued, acked)
+        finally:
+            ingesting.join(timeout=600)
+    assert [a.id for a in acks] == [d[0] for d in bulk] and not any(a.cached for a in acks)
 
 
 def test_the_server_log_has_no_traceback(server: tuple[ServerProcess, int]) -> None:
