@@ -1,10 +1,13 @@
 """The torch path at bfloat16, compiled (what AMX/AVX512-BF16 hosts run by default), on a
-dedicated server without the query cache: a text gets the same vector alone or in a batch of
-mixed lengths, as a query (Embed) and as a document (Ingest)."""
+dedicated server without the query cache: inductor really compiled the model (its kernels are in
+the server's fresh inductor cache), the compiled model computes the eager model's vectors, and a
+text gets the same vector alone or in a batch of mixed lengths, as a query (Embed) and as a
+document (Ingest). tests/test_backend_compile.py has the failed-compile fallback."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -29,7 +32,12 @@ MIXED = [
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def inductor_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("inductor")  # empty: nothing compiled earlier is reused
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, inductor_cache: Path) -> Iterator[ServerProcess]:
     with running_server(
         tmp_path_factory.mktemp("bf16") / "data",
         "--backend", "torch",
@@ -37,6 +45,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         "--compile", "on",
         "--workers", "1",
         "--query-cache-size", "0",  # every call computes: alone really is alone
+        env={"TORCHINDUCTOR_CACHE_DIR": str(inductor_cache)},
     ) as proc:  # fmt: skip
         yield proc
 
@@ -49,6 +58,29 @@ def stub(server: ServerProcess) -> Iterator[pb_grpc.EmbeddingServiceStub]:
 
 def vectors(reply: pb.EmbedResponse) -> np.ndarray:
     return np.stack([np.frombuffer(v.data, "<f4") for v in reply.embeddings])
+
+
+# This caught the compile that never ran: the compiled model was assigned to sentence-
+# transformers' Transformer.auto_model, a read-only property (of .model) since version 6, so
+# forward kept calling the eager .model while the worker reported compiled=True.
+def test_compiled_workers_say_so_and_match_the_eager_server(
+    stub: pb_grpc.EmbeddingServiceStub,
+    server: ServerProcess,
+    inductor_cache: Path,
+    live_server: ServerProcess,
+) -> None:
+    info = stub.Info(pb.InfoRequest(), timeout=10)
+    assert info.compiled and "torch.compile failed" not in server.log()
+    assert [p for p in inductor_cache.rglob("*") if p.is_file()]  # inductor generated the model's kernels
+    compiled = vectors(stub.Embed(pb.EmbedRequest(inputs=MIXED), timeout=300))
+    with grpc.insecure_channel(live_server.address) as channel:  # the harness: --compile off
+        eager_stub = pb_grpc.EmbeddingServiceStub(channel)
+        eager_info = eager_stub.Info(pb.InfoRequest(), timeout=10)
+        request = pb.EmbedRequest(inputs=MIXED)
+        eager = vectors(eager_stub.Embed(request, timeout=300))
+    assert eager_info.backend == "torch" and not eager_info.compiled
+    # bf16 compiled against the eager model at its own dtype: rounding, nothing more.
+    assert float((compiled * eager).sum(axis=1).min()) >= 0.99
 
 
 def test_bf16_queries_are_the_same_alone_and_in_a_batch(stub: pb_grpc.EmbeddingServiceStub) -> None:
