@@ -21,7 +21,7 @@ from google.protobuf.json_format import MessageToDict
 from edge_client._download import Progress, Waiting, install_bundle
 from edge_client._sync import SyncReport, sync_collection
 from edge_client._transport import open_channel
-from edge_client.errors import BundleError, NotInitialized, ServerError, ServerUnavailable
+from edge_client.errors import BundleError, InvalidInput, NotInitialized, ServerError, ServerUnavailable
 from edge_client.index import Hit, LocalIndex
 from edge_client.policy import Policy, fit_threshold, weak_evidence
 from embedcore import BundleError as BundleFormatError
@@ -227,13 +227,15 @@ class EdgeClient:
         return report
 
     def add(self, paths: Iterable[Path | str], *, collection: str) -> int:
-        """Embed local text files (one document per paragraph, id ``PATH#N``) into the index."""
+        """Embed local text files (one document per paragraph, id ``PATH#N``) into the index.
+        InvalidInput names the first paragraph with a NUL character (nothing is added)."""
         ids: list[str] = []
         texts: list[str] = []
         metadata: list[dict[str, Any]] = []
         for raw in paths:
             path = Path(raw).resolve()
             for n, paragraph in enumerate(split_paragraphs(path.read_text(encoding="utf-8"))):
+                check_text(paragraph, f"{path}#{n}")
                 ids.append(f"{path}#{n}")
                 texts.append(paragraph)
                 metadata.append({"path": str(path), "paragraph": n})
@@ -273,6 +275,7 @@ class EdgeClient:
         return vector
 
     def search_local(self, text: str, *, collection: str, k: int = 10) -> list[Hit]:
+        check_text(text, "query")
         index = self.index(collection)
         return index.search(self.embed_query(text, index.dims), k)
 
@@ -307,9 +310,11 @@ class EdgeClient:
         comprehensive: bool = False,
         timeout: float | None = None,
     ) -> SearchResult:
-        """Search ``collection``: locally, on the server, or ``auto`` (see edge_client.policy)."""
+        """Search ``collection``: locally, on the server, or ``auto`` (see edge_client.policy).
+        InvalidInput for an empty query or one with a NUL character, in every mode."""
         if mode not in ("local", "server", "auto"):
             raise ValueError(f"mode must be local, server or auto, got {mode!r}")
+        check_text(text, "query")
         if mode == "server":
             hits = self.search_server(text, collection=collection, k=k, timeout=timeout)
             return SearchResult(hits, "server")
@@ -346,3 +351,12 @@ class EdgeClient:
             "threshold": index.get_state("threshold"),
             "bundle": self.bundle.fingerprint,
         }
+
+
+def check_text(text: str, what: str) -> None:
+    """The server's input rule (server.validation.check_text), applied before embedding: the
+    edge tokenizer would drop a NUL and answer for another text."""
+    if not text:
+        raise InvalidInput(f"{what} is empty; send at least one character")
+    if "\x00" in text:
+        raise InvalidInput(f"{what} contains a NUL character (U+0000), which is not accepted")

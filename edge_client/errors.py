@@ -2,6 +2,7 @@
 
 EdgeError
 ├── NotInitialized        no bundle installed yet: run ``edge-client init --server HOST:PORT``
+├── InvalidInput          a query or document text the server would refuse too (empty, NUL)
 ├── BundleError           the bundle is unusable
 │   └── BundleIntegrityError   a file's size or sha256 differs from the manifest
 ├── LocalIndexError       the local index is missing, corrupt or built for another bundle
@@ -19,6 +20,11 @@ class EdgeError(Exception):
 
 class NotInitialized(EdgeError):
     """No edge bundle is installed in this home directory."""
+
+
+class InvalidInput(EdgeError, ValueError):
+    """A text the server refuses as well (empty, or with a NUL character): refused here too,
+    instead of being embedded as something else (the tokenizer drops NUL characters)."""
 
 
 class BundleError(EdgeError):

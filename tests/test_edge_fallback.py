@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from edge_client import EdgeClient, Policy
+from edge_client import EdgeClient, InvalidInput, Policy
 from edge_client.cli import main as edge_main
 from tests._collections import ingest
 from tests.server_harness import free_port
@@ -186,3 +186,23 @@ def test_auto_asks_the_server_without_a_bundle(
     assert result.source == "server" and not result.degraded
     assert (result.reason or "").startswith("no local bundle")
     assert result.results[0].id == "geo-1"
+
+
+def test_a_query_or_paragraph_the_server_refuses_is_refused_locally_too(
+    live_server: Any, edge_home: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The edge tokenizer drops NUL: "he\x00llo" would be searched as "hello" locally while the
+    server refuses it. Every mode refuses it (and an empty query) before embedding."""
+    home, collection = edge_home
+    bad = tmp_path / "bad.txt"
+    bad.write_text("fine paragraph\n\nbro\x00ken paragraph\n", encoding="utf-8")
+    with EdgeClient(home, server=live_server.address) as client:
+        for mode in ("local", "auto", "server"):
+            with pytest.raises(InvalidInput, match=r"query contains a NUL character"):
+                client.search("he\x00llo", collection=collection, mode=mode)
+            with pytest.raises(InvalidInput, match="query is empty"):
+                client.search("", collection=collection, mode=mode)
+        before = len(client.index(collection))
+        with pytest.raises(InvalidInput, match=r"bad.txt#1 contains a NUL character"):
+            client.add([bad], collection=collection)
+        assert len(client.index(collection)) == before  # nothing added
