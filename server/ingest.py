@@ -123,6 +123,7 @@ class ReadAhead(Generic[T]):
         self.max_items, self.max_bytes = max_items, max_bytes
         self._items: collections.deque[tuple[T, int]] = collections.deque()
         self.bytes = 0  # held now
+        self.peak_bytes = 0  # the most held at once
         self._closed = False
         self._changed = asyncio.Event()
 
@@ -140,6 +141,7 @@ class ReadAhead(Generic[T]):
             await self._changed.wait()
         self._items.append((item, size))
         self.bytes += size
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
         self._changed.set()
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ import grpc
 from protos.embedding.v1 import embedding_pb2 as pb
 from server.errors import InvalidArgument
 from server.ingest import MAX_COLLECTION_BYTES, MAX_ID_BYTES, IngestItem, IngestOutcome, ReadAhead, footprint
+from server.memory import release_freed_memory
 from server.runtime import Runtime
 from server.search import FirstPass, SearchQuery
 from server.servicers._convert import item_error, plain_struct, precision_of, struct
@@ -27,6 +28,9 @@ from server.vectors import Precision
 
 log = logging.getLogger(__name__)
 
+# A stream whose read-ahead held this much returns freed memory to the OS when it ends (a
+# malloc_trim costs milliseconds: not after every small stream).
+_TRIM_AFTER_BYTES = 1 << 20
 _FIRST_PASS: dict[Precision, FirstPass] = {
     Precision.FLOAT32: "float",
     Precision.INT8: "int8",
@@ -113,9 +117,12 @@ class CollectionServicer:
         except Exception as exc:
             await abort(context, exc)
         finally:
-            # A cancelled or failed stream lets go of everything it read ahead at once.
+            # A cancelled or failed stream lets go of everything it read ahead at once, and a
+            # stream that held large documents hands the freed pages back to the OS.
             reader.cancel()
             ahead.clear()
+            if ahead.peak_bytes >= _TRIM_AFTER_BYTES:
+                asyncio.get_running_loop().run_in_executor(None, release_freed_memory)
 
     async def Search(self, request: Any, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         started = time.perf_counter_ns()
