@@ -1,5 +1,6 @@
-"""A small real filesystem for disk-full tests: a tmpfs of a given size (the tests run as root;
-a loop device would do the same, tmpfs needs no image file)."""
+"""Helpers of the fault tests: a small real filesystem for disk-full tests (a tmpfs of a given
+size: the tests run as root; a loop device would do the same, tmpfs needs no image file), and
+the encoder workers of a server process."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import psutil
 
 
 @contextmanager
@@ -38,3 +41,13 @@ def fill(path: Path, chunk: int = 1 << 20) -> int:
                 block = block[:chunk]
     finally:
         os.close(fd)
+
+
+def encoder_workers(pid: int) -> list[psutil.Process]:
+    """The encoder worker processes of server ``pid`` (multiprocessing's resource tracker, which
+    outlives its parent for a moment, is not one)."""
+    return [
+        child
+        for child in psutil.Process(pid).children(recursive=True)
+        if "resource_tracker" not in " ".join(child.cmdline())
+    ]

@@ -24,6 +24,7 @@ import psutil
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1.embedding_pb2_grpc import CollectionServiceStub
 from server.store import open_store
+from tests._small_fs import encoder_workers
 from tests.server_harness import running_server
 
 MIB = 1 << 20
@@ -151,7 +152,7 @@ def test_large_document_streams_bounded_memory_cancel_and_sigterm(tmp_path: Path
 
         # 2. SIGTERM in the middle of such a stream: drains within the grace period, every
         # step of the shutdown runs (workers gone), exit code 0.
-        workers = psutil.Process(pid).children(recursive=True)
+        workers = encoder_workers(pid)
         assert workers
         mid = threading.Event()
         second: list[list[str]] = []
