@@ -41,15 +41,11 @@ from typing import Any
 import grpc
 import numpy as np
 import psutil
+from _common import OFFLINE_ENV, REPO
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks._common import OFFLINE_ENV  # noqa: E402
-from protos.embedding.v1 import embedding_pb2 as pb  # noqa: E402
-from protos.embedding.v1 import embedding_pb2_grpc as rpc  # noqa: E402
-from server.launch import free_port, serve_command, wait_serving  # noqa: E402
+from protos.embedding.v1 import embedding_pb2 as pb
+from protos.embedding.v1 import embedding_pb2_grpc as rpc
+from server.launch import free_port, serve_command, wait_serving
 
 MIB = 1 << 20
 RESULTS = REPO / "benchmarks" / "results"
