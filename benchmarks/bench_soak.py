@@ -91,12 +91,14 @@ def _call(counts: Counts, op: str, fn: Callable[[], None]) -> None:
         counts.add(op, code.name if code is not None else "UNKNOWN")
 
 
-def _loop(stop: threading.Event, counts: Counts, op: str, fn: Callable[[], None]) -> None:
+def _loop(stop: threading.Event, counts: Counts, op: str, fn: Callable[[], None], pause: float) -> None:
     while not stop.is_set():
         _call(counts, op, fn)
+        stop.wait(pause)  # pacing: interactive calls go first in the encoder queue, so unpaced
+        # they would starve the ingest streams (measured: 1 small ingest in 3 minutes)
 
 
-def _load(address: str, stop: threading.Event, counts: Counts) -> list[threading.Thread]:
+def _load(address: str, stop: threading.Event, counts: Counts, pause: float) -> list[threading.Thread]:
     channel = grpc.insecure_channel(
         address,
         options=[("grpc.max_send_message_length", 64 * MIB), ("grpc.max_receive_message_length", 64 * MIB)],
@@ -159,16 +161,17 @@ def _load(address: str, stop: threading.Event, counts: Counts) -> list[threading
     # unthrottled, would be most of the calls.
     ingest_small()
     ingest_large()
-    work: list[tuple[str, Callable[[], None]]] = [
-        ("ingest-small", ingest_small),
-        ("ingest-large", ingest_large),
-        ("search", search),
-        ("embed", embed),
-        ("embed-stream", embed_stream),
-        ("cancel", cancels),
+    work: list[tuple[str, Callable[[], None], float]] = [
+        ("ingest-small", ingest_small, 0.0),
+        ("ingest-large", ingest_large, 0.0),
+        ("search", search, pause),
+        ("embed", embed, pause),
+        ("embed-stream", embed_stream, pause),
+        ("cancel", cancels, pause),
     ]
     threads = [
-        threading.Thread(target=_loop, args=(stop, counts, op, fn), name=op, daemon=True) for op, fn in work
+        threading.Thread(target=_loop, args=(stop, counts, op, fn, wait), name=op, daemon=True)
+        for op, fn, wait in work
     ]
     for thread in threads:
         thread.start()
@@ -288,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--sample-s", type=float, default=2.0)
     parser.add_argument(
+        "--pause-s", type=float, default=0.5, help="pause between interactive calls of one thread"
+    )
+    parser.add_argument(
         "--warmup-fraction", type=float, default=0.25, help="share of the run before the slope"
     )
     parser.add_argument("--server-args", default="--workers 2 --compile off", help="extra `serve` flags")
@@ -302,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             counts, samples = Counts(), list[Any]()
             sampler = threading.Thread(target=_sample, args=(process, done, options.sample_s, samples))
             sampler.start()
-            threads = _load(address, stop, counts)
+            threads = _load(address, stop, counts, options.pause_s)
             stop.wait(options.minutes * 60)  # the run's length
             stop.set()
             for thread in threads:
