@@ -158,18 +158,64 @@ class EdgeClient:
             try:
                 self._bundle = EdgeBundle.load(self.home / "bundle")
             except BundleFormatError as exc:
-                raise NotInitialized(
-                    f"no usable edge bundle in {self.home} ({exc}); run `edge-client init --server HOST:PORT`"
-                ) from exc
+                if not (self.home / "bundle").exists():
+                    raise NotInitialized(
+                        f"no edge bundle in {self.home}; run `edge-client init --server HOST:PORT`"
+                    ) from exc
+                self._bundle = self._refetch_bundle(str(exc))
         return self._bundle
+
+    def _refetch_bundle(self, why: str) -> EdgeBundle:
+        """The installed bundle is damaged: fetch it again from the server (it is a copy of
+        the server's); NotInitialized when there is no server to fetch it from."""
+        self._bundle = None
+        if not self.server and self._channel is None:
+            raise NotInitialized(
+                f"the edge bundle in {self.home} is damaged ({why}); "
+                "run `edge-client init --server HOST:PORT`"
+            )
+        log.warning(
+            "the edge bundle in %s is damaged (%s); fetching it again from the server", self.home, why
+        )
+        try:
+            return self.init()
+        except ServerError as exc:
+            raise NotInitialized(
+                f"the edge bundle in {self.home} is damaged ({why}) and could not be fetched again: {exc}"
+            ) from exc
+
+    def _embed(self, texts: list[str], dims: int, kind: str) -> np.ndarray:
+        """The bundle's vectors for ``texts``; a bundle whose model file turns out damaged
+        (ONNX Runtime cannot load it) is fetched again once."""
+        try:
+            return self.bundle.embed(texts, dims, kind=kind, int8=self.int8, threads=self.threads)
+        except BundleFormatError as exc:
+            self._refetch_bundle(str(exc))
+            return self.bundle.embed(texts, dims, kind=kind, int8=self.int8, threads=self.threads)
 
     def index(self, collection: str) -> LocalIndex:
         if collection not in self._indexes:
             dims = self.dims or self.bundle.manifest.default_dims
-            self._indexes[collection] = LocalIndex(
-                self.home / "collections" / collection, dims=dims, dtype=self.dtype
-            )
+            index = LocalIndex(self.home / "collections" / collection, dims=dims, dtype=self.dtype)
+            self._indexes[collection] = index
+            if index.lost_local:  # their vectors were in a damaged file: embed their texts again
+                self._upsert_local(index, *map(list, zip(*index.lost_local, strict=True)))
+                index.lost_local = []
+                index.save()
         return self._indexes[collection]
+
+    def _upsert_local(
+        self, index: LocalIndex, ids: list[str], texts: list[str], metadata: list[dict[str, Any]]
+    ) -> None:
+        # The same text embedded by the same bundle and graph is the same vector: shared.
+        model = f"local:{self.bundle.fingerprint}:{'int8' if self.int8 else 'fp32'}:"
+        contents = [model + hashlib.sha256(text.encode("utf-8")).hexdigest() for text in texts]
+        for start in range(0, len(ids), 256):
+            part = slice(start, start + 256)
+            vectors = self._embed(texts[part], index.dims, "document")
+            index.upsert(
+                ids[part], vectors, texts[part], metadata[part], source="local", contents=contents[part]
+            )
 
     def close(self) -> None:
         for index in self._indexes.values():
@@ -242,17 +288,7 @@ class EdgeClient:
         if not ids:
             return 0
         index = self.index(collection)
-        # The same text embedded by the same bundle and graph is the same vector: shared.
-        model = f"local:{self.bundle.fingerprint}:{'int8' if self.int8 else 'fp32'}:"
-        contents = [model + hashlib.sha256(text.encode("utf-8")).hexdigest() for text in texts]
-        for start in range(0, len(ids), 256):
-            part = slice(start, start + 256)
-            vectors = self.bundle.embed(
-                texts[part], index.dims, kind="document", int8=self.int8, threads=self.threads
-            )
-            index.upsert(
-                ids[part], vectors, texts[part], metadata[part], source="local", contents=contents[part]
-            )
+        self._upsert_local(index, ids, texts, metadata)
         index.save()
         fit_threshold(index)
         return len(ids)
@@ -265,9 +301,7 @@ class EdgeClient:
         if cached is not None:
             self._cache.move_to_end(key)
             return cached
-        vector: np.ndarray = self.bundle.embed(
-            [text], dims, kind="query", int8=self.int8, threads=self.threads
-        )[0]
+        vector: np.ndarray = self._embed([text], dims, "query")[0]
         if self._cache_size:
             self._cache[key] = vector
             if len(self._cache) > self._cache_size:

@@ -13,14 +13,19 @@ from the vectors it holds; a graph walk that comes back short is redone as an ex
 
 Saves are atomic: the index files of a new generation are written beside the old ones, then one
 sqlite commit records the generation together with the documents, then the old files go; a
-crash leaves the previous state whole. The index is reopened from disk in memory on start
-(never a memory-mapped view: adding to a view segfaults).
+crash leaves the previous state whole. Damaged files (a vector file cut short or garbage, a
+sqlite file that is not a database) are set aside as ``*.damaged`` with a warning and the index
+starts again: synced documents are synced again, local ones embedded again (:attr:`lost_local`).
+The index is reopened from disk in memory on start (never a memory-mapped view: adding to a
+view segfaults).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -36,6 +41,8 @@ import onnxruntime  # noqa: F401
 from usearch.index import Index  # isort: skip
 
 from edge_client.errors import LocalIndexError
+
+log = logging.getLogger(__name__)
 
 DTYPES = ("f16", "i8", "b1")
 RESCORE_MULTIPLIER = 8  # b1 candidates per result, rescored with f16
@@ -99,9 +106,15 @@ class LocalIndex:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(directory / "docs.sqlite")
-        self.db.executescript(_SCHEMA)
-        _migrate(self.db)
+        # Documents added locally whose vectors were lost with a damaged index file: the
+        # client embeds them again (their texts are in sqlite); synced ones are synced again.
+        self.lost_local: list[tuple[str, str, dict[str, Any]]] = []
+        self.recovered = ""  # what was damaged and set aside at open ("" when nothing)
+        try:
+            self.db = self._connect()
+        except sqlite3.DatabaseError as exc:  # not a database, malformed: set it all aside
+            self._set_aside(f"its sqlite file is damaged ({exc})", self.directory.glob("*"))
+            self.db = self._connect()
         stored_dims, stored_dtype = self.get_state("dims"), self.get_state("dtype")
         if stored_dims and (int(stored_dims) != dims or stored_dtype != dtype):
             # Another layout on disk: the caller asked for a different one, so start afresh.
@@ -111,8 +124,11 @@ class LocalIndex:
         self.set_state("dtype", dtype)
         self.db.commit()
         self.generation = int(self.get_state("generation", "0"))
-        self.index = self._open(self._path(dtype), dtype)
-        self.rescore = self._open(self._path("f16"), "f16") if dtype == "b1" else None
+        try:
+            self.index = self._open(self._path(dtype), dtype)
+            self.rescore = self._open(self._path("f16"), "f16") if dtype == "b1" else None
+        except LocalIndexError as exc:
+            self._recover_vectors(str(exc))
         self.removed_since_build = int(self.get_state("removed_since_build", "0"))
         self.rebuilds = 0
         self._documents = self._count()
@@ -127,14 +143,58 @@ class LocalIndex:
         metric = "hamming" if dtype == "b1" else "cos"
         return Index(ndim=self.dims, metric=metric, dtype=dtype)
 
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.directory / "docs.sqlite")
+        try:
+            db.executescript(_SCHEMA)
+            _migrate(db)
+            db.execute("SELECT count(*) FROM docs").fetchone()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
     def _open(self, path: Path, dtype: str) -> Index:
         index = self._new(dtype)
         if path.exists():
             try:
                 index.load(str(path))
             except Exception as exc:  # usearch raises RuntimeError/ValueError on a bad file
-                raise LocalIndexError(f"cannot load {path}: {exc}; delete it and sync again") from exc
+                raise LocalIndexError(f"cannot load {path}: {exc}") from exc
+            vectors = int(self.db.execute("SELECT count(*) FROM vectors").fetchone()[0])
+            if len(index) != vectors:
+                raise LocalIndexError(f"{path} holds {len(index)} vectors, the documents {vectors}")
+        elif self.generation and self.db.execute("SELECT 1 FROM vectors LIMIT 1").fetchone():
+            raise LocalIndexError(f"{path} is missing")
         return index
+
+    def _set_aside(self, why: str, files: Iterable[Path]) -> None:
+        """Rename ``files`` to ``*.damaged`` (replacing older ones), with a warning."""
+        log.warning("local index %s: %s; setting it aside and rebuilding", self.directory, why)
+        self.recovered = why
+        for path in list(files):
+            if path.is_file() and not path.name.endswith(".damaged"):
+                os.replace(path, path.with_name(path.name + ".damaged"))
+
+    def _recover_vectors(self, why: str) -> None:
+        """A vector file is damaged: set the files aside, forget the synced documents and the
+        sync state (the next sync fetches everything again) and keep the texts of the local
+        documents in :attr:`lost_local` for the client to embed again."""
+        self._set_aside(f"a vector file is damaged ({why})", self.directory.glob("vectors.*.usearch"))
+        self.lost_local = [
+            (str(doc_id), str(text or ""), json.loads(meta) if meta else {})
+            for doc_id, text, meta in self.db.execute(
+                "SELECT id, text, metadata FROM docs WHERE source = 'local' ORDER BY key"
+            )
+        ]
+        # The bundle and collection stay: the next sync starts at sequence 0 without a reset
+        # (a reset would drop the local documents that are about to be embedded again).
+        kept = {name: self.get_state(name) for name in ("bundle_fingerprint", "collection")}
+        self.reset()
+        for name, value in kept.items():
+            if value:
+                self.set_state(name, value)
+        self.db.commit()
 
     def _indexes(self) -> list[tuple[Index, str]]:
         return [(self.index, self.dtype)] + ([(self.rescore, "f16")] if self.rescore is not None else [])

@@ -215,19 +215,26 @@ class EdgeBundle:
         return cls(directory, manifest, projection)
 
     def encoder(self, *, int8: bool = True, threads: int = 0) -> OnnxEncoder:
-        """The ONNX encoder (int8 graph when asked for and present), built once per setting."""
+        """The ONNX encoder (int8 graph when asked for and present), built once per setting.
+        BundleError when a file cannot be loaded (damaged with its size intact: sizes are
+        checked at :meth:`load`, contents here)."""
         use_int8 = int8 and bool(self.manifest.onnx_int8)
         key = (use_int8, threads)
         if key not in self._encoders:
             name = self.manifest.onnx_int8 if use_int8 else self.manifest.onnx_fp32
-            self._encoders[key] = OnnxEncoder(
-                self.directory / name,
-                self.directory / self.manifest.tokenizer,
-                max_tokens=self.manifest.max_tokens,
-                pooling=self.manifest.pooling,
-                normalize=self.manifest.normalize,
-                threads=threads,
-            )
+            try:
+                self._encoders[key] = OnnxEncoder(
+                    self.directory / name,
+                    self.directory / self.manifest.tokenizer,
+                    max_tokens=self.manifest.max_tokens,
+                    pooling=self.manifest.pooling,
+                    normalize=self.manifest.normalize,
+                    threads=threads,
+                )
+            except Exception as exc:  # ONNX Runtime or tokenizers on a damaged file (sizes match)
+                raise BundleError(
+                    f"cannot load the bundle's model {name}: {type(exc).__name__}: {exc}"
+                ) from exc
         return self._encoders[key]
 
     def prompt(self, name: str) -> str:

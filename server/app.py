@@ -9,7 +9,7 @@ Start-up order (grpc.health.v1 is the lifecycle):
 3. install the servicers and report SERVING.
 On SIGTERM: NOT_SERVING, the server stops accepting calls, in-flight calls drain for
 ``grace_seconds``, then background tasks stop, indexes are saved, the store and the pool close,
-and the process exits 0.
+and the process exits 0 (1 when the final index save could not be written).
 """
 
 from __future__ import annotations
@@ -121,8 +121,9 @@ async def start_grpc(settings: Settings) -> GrpcServer:
     return grpc_server
 
 
-async def serve(settings: Settings, *, embedder: Embedder | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then drain and return (see the module docstring).
+async def serve(settings: Settings, *, embedder: Embedder | None = None) -> bool:
+    """Run until SIGTERM/SIGINT, then drain and return (see the module docstring): True, or
+    False when the final index save could not be written (logged; exit code 1).
     StartupError (one line) for a configuration that cannot start: checked before binding."""
     spec = load_spec(settings.model)
     check_tls(settings)
@@ -155,7 +156,7 @@ async def serve(settings: Settings, *, embedder: Embedder | None = None) -> None
                 await building
             await embedder.close()
             await grpc_server.server.stop(0)
-            return
+            return True
         runtime = building.result()  # raises what start-up raised
     except BaseException:
         stopping.cancel()
@@ -168,6 +169,9 @@ async def serve(settings: Settings, *, embedder: Embedder | None = None) -> None
     await stopping
     log.info("draining (up to %.0fs)", settings.grace_seconds)
     await grpc_server.set_serving(False)
-    await grpc_server.server.stop(settings.grace_seconds)
-    await runtime.close()
+    try:
+        await grpc_server.server.stop(settings.grace_seconds)
+    finally:  # the runtime is closed even if the drain fails
+        saved = await runtime.close()
     log.info("stopped")
+    return saved

@@ -4,18 +4,23 @@ Ingest validates a batch of documents, embeds only the texts the store has not s
 hash), commits the batch in one LMDB transaction, then brings the indexes up to date.
 
 The caller acknowledges a document only after :meth:`Ingestor.process` returned it, i.e. after
-the transaction holding it committed. Memory stays bounded because the caller hands over at most
-``ingest_commit_docs`` documents at a time and reads ahead at most ``ingest_max_pending``.
+the transaction holding it committed. Memory stays bounded because the caller reads ahead
+through a :class:`ReadAhead` (at most ``ingest_max_pending`` documents and
+``ingest_max_pending_bytes``) and hands over batches of at most ``ingest_commit_docs`` documents
+and ``ingest_commit_bytes`` (one larger document goes alone).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import json
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -26,6 +31,8 @@ from server.store import Indexes, StaleCollection, Store, Upsert, VectorsMissing
 from server.validation import check_metadata, check_no_nul
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # LMDB keys are at most 511 bytes; a document key is collection + NUL + id.
 MAX_COLLECTION_BYTES = 128
@@ -95,6 +102,79 @@ def _validate(item: IngestItem, max_text_bytes: int | None) -> None:
     check_no_nul(item.text, "text")
     check_text_size(item.text, max_text_bytes)
     check_metadata(item.metadata)
+
+
+def footprint(item: IngestItem | IngestOutcome) -> int:
+    """Bytes an item holds while it waits: its text as Python keeps it (1 to 4 bytes per
+    character) and its metadata (as JSON, close to what the dict holds)."""
+    if isinstance(item, IngestOutcome):
+        item = item.item
+    metadata = len(json.dumps(item.metadata, default=str)) if item.metadata else 0
+    return sys.getsizeof(item.text) + metadata
+
+
+class ReadAhead(Generic[T]):
+    """One stream's read-ahead: FIFO bounded in items and in bytes. :meth:`put` waits while
+    either bound is reached (the reader then stops reading, so gRPC flow control holds the
+    client); an item larger than the byte bound is let in alone, once the queue is empty.
+    Event-loop only (not thread-safe)."""
+
+    def __init__(self, max_items: int, max_bytes: int) -> None:
+        self.max_items, self.max_bytes = max_items, max_bytes
+        self._items: collections.deque[tuple[T, int]] = collections.deque()
+        self.bytes = 0  # held now
+        self.peak_bytes = 0  # the most held at once
+        self._closed = False
+        self._changed = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _fits(self, size: int) -> bool:
+        if not self._items:
+            return True
+        return len(self._items) < self.max_items and self.bytes + size <= self.max_bytes
+
+    async def put(self, item: T, size: int) -> None:
+        while not self._fits(size):
+            self._changed.clear()
+            await self._changed.wait()
+        self._items.append((item, size))
+        self.bytes += size
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
+        self._changed.set()
+
+    def close(self) -> None:
+        """No more items: :meth:`batch` returns what is left, then None."""
+        self._closed = True
+        self._changed.set()
+
+    async def batch(self, max_items: int, max_bytes: int) -> list[T] | None:
+        """Wait for items and take the oldest ones, at most ``max_items`` and ``max_bytes`` (at
+        least one); None once closed and empty."""
+        while not self._items:
+            if self._closed:
+                return None
+            self._changed.clear()
+            await self._changed.wait()
+        out: list[T] = []
+        taken = 0
+        while self._items and len(out) < max_items:
+            item, size = self._items[0]
+            if out and taken + size > max_bytes:
+                break
+            self._items.popleft()
+            out.append(item)
+            taken += size
+        self.bytes -= taken
+        self._changed.set()
+        return out
+
+    def clear(self) -> None:
+        """Drop everything held (a cancelled stream)."""
+        self._items.clear()
+        self.bytes = 0
+        self._changed.set()
 
 
 class Ingestor:

@@ -48,19 +48,34 @@ class Runtime:
     tokens: TokenInspector
     tasks: list[asyncio.Task[None]] = field(default_factory=list)  # background work, stopped at close
 
-    async def close(self) -> None:
-        """Stop background tasks, save the indexes, close the store, then stop the pool."""
+    async def close(self) -> bool:
+        """Stop background tasks, save the indexes, close the store, then stop the pool. Every
+        step runs even when an earlier one fails (each failure is logged), so the store and the
+        workers are always released. Returns False when the final index save could not be
+        written (the indexes are then rebuilt from the store at the next start)."""
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                try:
+                    await task
+                except Exception:
+                    log.exception("background task %s had failed", task.get_name())
+        saved = True
         try:
             await asyncio.to_thread(self.indexes.save_all)
-        except OSError:
+        except Exception:  # a full disk: OSError from numpy, RuntimeError from usearch
+            saved = False
             log.exception("saving the vector indexes at shutdown failed; they are rebuilt from the store")
-        await asyncio.to_thread(self.store.close)
-        await self.embedder.close()
+        try:
+            await asyncio.to_thread(self.store.close)
+        except Exception:
+            log.exception("closing the store failed")
+        try:
+            await self.embedder.close()
+        except Exception:
+            log.exception("stopping the encoder pool failed")
+        return saved
 
 
 def create_embedder(settings: Settings, spec: ModelSpec) -> Embedder:
@@ -160,13 +175,14 @@ def _warm_indexes(store: Store, indexes: Indexes, fingerprint: str) -> None:
 
 async def _save_indexes_periodically(runtime: Runtime) -> None:
     """Indexes are caches of the store (a restart replays the change log), so they are saved
-    on a timer, not after every call. A failed save is logged and retried next time."""
+    on a timer, not after every call. A failed save (a full disk) is logged and retried next
+    time: this task ends only when cancelled."""
     while True:
         await asyncio.sleep(runtime.settings.index_save_interval_s)  # the save timer, not a wait
         try:
             saved = await asyncio.to_thread(runtime.indexes.save_all)
-        except Exception:
-            log.exception("saving the vector indexes failed; retrying at the next interval")
+        except Exception as exc:
+            log.warning("saving the vector indexes failed (%s); retrying at the next interval", exc)
             continue
         if saved:
             log.debug("saved %d changed vector indexes", saved)

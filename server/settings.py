@@ -63,6 +63,13 @@ class Settings:
     )
     ingest_commit_docs: int = _opt(256, "documents per LMDB commit during Ingest (acks follow each commit)")
     ingest_max_pending: int = _opt(1024, "documents read ahead per Ingest stream before pushing back")
+    # Items alone do not bound memory: 1024 read-ahead documents of 1 MB are 1 GB per stream.
+    ingest_max_pending_bytes: int = _opt(
+        32 * 1024 * 1024, "bytes of documents read ahead per Ingest stream before pushing back"
+    )
+    ingest_commit_bytes: int = _opt(
+        16 * 1024 * 1024, "bytes of documents per LMDB commit during Ingest (a larger one alone)"
+    )
     # A larger document must still arrive to get its in-band ItemError (gRPC refuses a message
     # over its receive limit by ending the whole stream), so requests may be up to
     # max_receive_bytes: four times this.
@@ -202,6 +209,8 @@ class Settings:
             "store_map_size_mb",
             "ingest_commit_docs",
             "ingest_max_pending",
+            "ingest_max_pending_bytes",
+            "ingest_commit_bytes",
             "search_max_k",
             "index_save_interval_s",
         )

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(str(exc), 2)
     try:
-        asyncio.run(serve(settings))
+        clean = asyncio.run(serve(settings))
     except (ModelNotFoundError, StartupError) as exc:
         return _fail(str(exc), 2)
     except WorkerFailed as exc:  # an encoder worker could not load the model
@@ -45,4 +45,4 @@ def run(args: argparse.Namespace) -> int:
     except (StoreError, OSError) as exc:  # past the start-up checks (e.g. the disk filled up)
         log.debug("start-up failed", exc_info=exc)
         return _fail(f"{exc} (--log-level DEBUG shows where)", 1)
-    return 0
+    return 0 if clean else 1  # not clean: the final index save failed (logged)

@@ -16,7 +16,8 @@ import grpc
 
 from protos.embedding.v1 import embedding_pb2 as pb
 from server.errors import InvalidArgument
-from server.ingest import MAX_COLLECTION_BYTES, MAX_ID_BYTES, IngestItem, IngestOutcome
+from server.ingest import MAX_COLLECTION_BYTES, MAX_ID_BYTES, IngestItem, IngestOutcome, ReadAhead, footprint
+from server.memory import release_freed_memory
 from server.runtime import Runtime
 from server.search import FirstPass, SearchQuery
 from server.servicers._convert import item_error, plain_struct, precision_of, struct
@@ -27,12 +28,14 @@ from server.vectors import Precision
 
 log = logging.getLogger(__name__)
 
+# A stream whose read-ahead held this much returns freed memory to the OS when it ends (a
+# malloc_trim costs milliseconds: not after every small stream).
+_TRIM_AFTER_BYTES = 1 << 20
 _FIRST_PASS: dict[Precision, FirstPass] = {
     Precision.FLOAT32: "float",
     Precision.INT8: "int8",
     Precision.UBINARY: "ubinary",
 }
-_END = object()
 
 
 def _ingest_item(request: pb.IngestRequest | UnparsedRequest) -> IngestItem | IngestOutcome:
@@ -79,8 +82,12 @@ class CollectionServicer:
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.IngestAck]:
         settings = self.runtime.settings
-        # Bounded read-ahead: when full, we stop reading and gRPC flow control holds the client.
-        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=settings.ingest_max_pending)
+        ingestor = self.runtime.ingestor
+        # Bounded read-ahead (items and bytes): when full, we stop reading and gRPC flow control
+        # holds the client.
+        ahead: ReadAhead[IngestItem | IngestOutcome] = ReadAhead(
+            settings.ingest_max_pending, settings.ingest_max_pending_bytes
+        )
 
         async def read() -> None:
             try:
@@ -88,32 +95,34 @@ class CollectionServicer:
                     # Converted (and an oversized text refused) as it arrives: the read-ahead
                     # holds domain items, never a large request message.
                     parsed = _ingest_item(request)
+                    del request
                     if isinstance(parsed, IngestItem):
-                        parsed = self.runtime.ingestor.screen(parsed)
-                    await queue.put(parsed)
+                        parsed = ingestor.screen(parsed)
+                    await ahead.put(parsed, footprint(parsed))
             finally:
-                await queue.put(_END)
+                ahead.close()
 
         reader = asyncio.create_task(read())
         try:
-            done = False
-            while not done:
-                batch = [await queue.get()]
-                while len(batch) < settings.ingest_commit_docs and not queue.empty():
-                    batch.append(queue.get_nowait())
-                if batch[-1] is _END:
-                    batch.pop()
-                    done = True
-                parsed: list[IngestItem | IngestOutcome] = batch
-                items = [p for p in parsed if isinstance(p, IngestItem)]
-                stored = iter(await self.runtime.ingestor.process(items) if items else [])
-                for p in parsed:
+            while (
+                batch := await ahead.batch(settings.ingest_commit_docs, settings.ingest_commit_bytes)
+            ) is not None:
+                items = [p for p in batch if isinstance(p, IngestItem)]
+                stored = iter(await ingestor.process(items) if items else [])
+                del items
+                for p in batch:
                     yield _ack(next(stored) if isinstance(p, IngestItem) else p)
+                del batch, stored
             await reader  # surfaces a broken client stream
         except Exception as exc:
             await abort(context, exc)
         finally:
+            # A cancelled or failed stream lets go of everything it read ahead at once, and a
+            # stream that held large documents hands the freed pages back to the OS.
             reader.cancel()
+            ahead.clear()
+            if ahead.peak_bytes >= _TRIM_AFTER_BYTES:
+                asyncio.get_running_loop().run_in_executor(None, release_freed_memory)
 
     async def Search(self, request: Any, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         started = time.perf_counter_ns()

@@ -4,6 +4,7 @@ from server.store.index import CollectionIndex, Indexes
 from server.store.lmdb_store import (
     Change,
     CollectionRow,
+    DiskFull,
     StaleCollection,
     Store,
     StoreError,
@@ -18,6 +19,7 @@ __all__ = [
     "CollectionIndex",
     "CollectionMeta",
     "CollectionRow",
+    "DiskFull",
     "DocRecord",
     "Indexes",
     "StaleCollection",

@@ -19,6 +19,7 @@ lock (no add while saving); callers run these methods off the event loop (usearc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -94,19 +95,33 @@ class CollectionIndex:
 
     def load(self, store: Store) -> bool:
         """Load the saved index if it was made for this model and layout, and reconcile it with
-        the store's documents; False (nothing changed) when there is none to load."""
+        the store's documents; False (nothing changed) when there is none to load. Damaged
+        files (cut short, garbage: usearch raises, numpy raises) are set aside with a warning
+        and False is returned: the index is a cache, rebuilt from the store."""
         try:
             meta = json.loads(self.meta_path.read_text())
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError) as exc:
+            self._set_aside([self.meta_path], exc)
+            return False
+        if not isinstance(meta, dict) or {k: meta.get(k) for k in self._header()} != self._header():
+            return False  # another model or layout (or not our sidecar): rebuilt, then replaced
+        try:
             generation = int(meta["generation"])
+            sequence = int(meta["sequence"])
             table = np.load(self._file(generation, "groups.npz"))
             keys, hashes, next_key = table["keys"], table["hashes"], int(table["next_key"])
-        except (OSError, ValueError, KeyError):
-            return False
-        if {k: meta.get(k) for k in self._header()} != self._header():
-            return False
-        path = self._file(generation, "usearch")
-        restored = Index.restore(str(path), view=False) if path.is_file() else None
-        if restored is None or len(restored) != len(keys):
+            path = self._file(generation, "usearch")
+            expected = meta.get("bytes")
+            if expected is not None and path.is_file() and path.stat().st_size != int(expected):
+                raise ValueError(f"{path.name} has {path.stat().st_size} bytes, saved with {expected}")
+            restored = Index.restore(str(path), view=False) if path.is_file() else None
+            if restored is None or len(restored) != len(keys) or restored.ndim != self.ndim:
+                raise ValueError(f"{path.name} is missing or does not match its groups table")
+        except Exception as exc:  # any damage of a cache file means: rebuild it
+            files = [self.meta_path, *self.stem.parent.glob(f"{self.stem.name}.*.*")]
+            self._set_aside(files, exc)
             return False
         with self.lock:
             self.index = restored
@@ -114,8 +129,29 @@ class CollectionIndex:
             self.generation = generation
             self.dirty = False
             self._reconcile(store)
-            self.dirty = self.dirty or self.sequence != int(meta["sequence"])
+            self.dirty = self.dirty or self.sequence != sequence
         return True
+
+    def _set_aside(self, files: list[Path], exc: BaseException) -> None:
+        """Rename damaged index files to ``*.damaged`` (kept for a post-mortem, replacing older
+        ones) so they are neither read again nor in the way of the rebuilt index."""
+        log.warning(
+            "index %r: its files in %s are damaged (%s: %s); setting them aside as *.damaged and "
+            "rebuilding the index from the store",
+            self.collection,
+            self.stem.parent,
+            type(exc).__name__,
+            str(exc)[:200],
+        )
+        for path in files:
+            if path.suffix == ".damaged":
+                continue
+            try:
+                os.replace(path, path.with_name(path.name + ".damaged"))
+            except FileNotFoundError:
+                pass
+            except OSError as err:  # cannot rename: the rebuilt index's save overwrites it
+                log.warning("could not set %s aside: %s", path, err)
 
     def build(self, store: Store) -> None:
         """From scratch: one vector per distinct content of the live documents. The new graph is
@@ -238,15 +274,24 @@ class CollectionIndex:
                 return False
             self.stem.parent.mkdir(parents=True, exist_ok=True)
             generation = self.generation + 1
-            self.index.save(str(self._file(generation, "usearch")))
-            keys, hashes = self.groups.table()
-            with self._file(generation, "groups.npz").open("wb") as handle:
-                np.savez(handle, keys=keys, hashes=hashes, next_key=np.uint64(self.groups.next_key))
+            written = [self._file(generation, "usearch"), self._file(generation, "groups.npz")]
             meta_tmp = self.meta_path.with_suffix(".json.tmp")
-            meta_tmp.write_text(
-                json.dumps({**self._header(), "sequence": self.sequence, "generation": generation})
-            )
-            os.replace(meta_tmp, self.meta_path)
+            try:
+                self.index.save(str(written[0]))
+                keys, hashes = self.groups.table()
+                with written[1].open("wb") as handle:
+                    np.savez(handle, keys=keys, hashes=hashes, next_key=np.uint64(self.groups.next_key))
+                meta = {**self._header(), "sequence": self.sequence, "generation": generation}
+                meta["bytes"] = written[0].stat().st_size  # a file cut short is found at load
+                meta_tmp.write_text(json.dumps(meta))
+                os.replace(meta_tmp, self.meta_path)
+            except BaseException:
+                # A full disk (usearch: RuntimeError, numpy: OSError): the partial files of the
+                # new generation would only hold on to the space; the previous one stays valid.
+                for path in (*written, meta_tmp):
+                    with contextlib.suppress(OSError):
+                        path.unlink(missing_ok=True)
+                raise
             self.generation = generation
             self.dirty = False
             _remove_stale(self.stem, keep={self.path, self._file(generation, "groups.npz")})

@@ -18,9 +18,11 @@ Named databases:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from typing import Any, TypeVar
 import lmdb
 import numpy as np
 
+from server.errors import StorageFull
 from server.store import records as rec
 from server.store.records import CollectionMeta, DocRecord
 
@@ -42,6 +45,29 @@ T = TypeVar("T")
 
 class StoreError(Exception):
     """The store cannot be opened or used as asked."""
+
+
+class DiskFull(StorageFull, StoreError):
+    """The disk holding the store has no room for a write; nothing of it was stored. A
+    :class:`~server.errors.StorageFull` (RESOURCE_EXHAUSTED) for clients, a StoreError for tools."""
+
+
+# Below this many free bytes, an LMDB write failure is put down to the full disk: LMDB reports
+# ENOSPC at commit as EIO ("mdb_txn_commit: Input/output error", py-lmdb 3.0), and the file
+# then grew until the disk was full, so a real full disk shows (almost) nothing free.
+FULL_DISK_FREE_BYTES = 64 << 20
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes free for this process on the filesystem holding ``path`` (None: cannot tell)."""
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def _mib(n: int | None) -> str:
+    return "unknown" if n is None else f"{n / (1 << 20):.1f} MiB"
 
 
 class StaleCollection(StoreError):
@@ -172,9 +198,11 @@ class Store:
         self._lock_file.write(f"{os.getpid()}\n")
         self._lock_file.flush()
         self._rw = _RWLock()
-        self.env = lmdb.open(
-            str(self.path / "lmdb"), map_size=map_size, max_dbs=len(_DBS), subdir=True, readahead=False
-        )
+        try:
+            self.env = self._open_env(map_size)
+        except BaseException:
+            self._lock_file.close()
+            raise
         try:
             self._db = {name: self.env.open_db(name.encode()) for name in _DBS}
             self._check_format()
@@ -184,6 +212,35 @@ class Store:
             raise
 
     # -- plumbing ------------------------------------------------------------------------------
+
+    def _damaged(self, why: str) -> StoreError:
+        return StoreError(
+            f"the store in {self.path} is damaged ({why}) and was not opened. Restore the data "
+            f"directory from a backup, or move {self.path} aside to start with an empty store "
+            "(its documents must then be ingested again; the indexes and the edge bundle are "
+            "rebuilt from the store)"
+        )
+
+    def _open_env(self, map_size: int) -> Any:
+        """Open the LMDB environment; StoreError (what to do) when its file is damaged. A file
+        cut short is checked before any page past the two meta pages is read: LMDB maps the
+        file, so reading a missing page is SIGBUS, not an error."""
+        data = self.path / "lmdb" / "data.mdb"
+        size = data.stat().st_size if data.is_file() else None
+        if size is not None and size < 2 * 4096:  # an empty file would be taken for a new store
+            raise self._damaged(f"{data} has {size} bytes, fewer than LMDB's two meta pages")
+        try:
+            env = lmdb.open(
+                str(self.path / "lmdb"), map_size=map_size, max_dbs=len(_DBS), subdir=True, readahead=False
+            )
+        except (lmdb.InvalidError, lmdb.CorruptedError, lmdb.VersionMismatchError, lmdb.PanicError) as exc:
+            raise self._damaged(str(exc)) from None
+        if size is not None:
+            needed = (int(env.info()["last_pgno"]) + 1) * int(env.stat()["psize"])
+            if size < needed:
+                env.close()
+                raise self._damaged(f"{data} has {size:,} bytes, its pages need {needed:,}: it was cut short")
+        return env
 
     def _check_format(self) -> None:
         def check(txn: Any) -> None:
@@ -212,16 +269,58 @@ class Store:
             self._lock_file.close()
 
     def _write(self, fn: Callable[[Any], T]) -> T:
-        """Run ``fn`` in one write transaction; a full map is grown and ``fn`` retried."""
+        """Run ``fn`` in one write transaction; a full map is grown and ``fn`` retried.
+        DiskFull (nothing written) when the disk has no room for the transaction."""
         with self._rw.exclusive():
             while True:
                 try:
                     with self.env.begin(write=True) as txn:
                         return fn(txn)
                 except lmdb.MapFullError:
-                    size = int(self.env.info()["map_size"]) * 2
-                    log.info("LMDB map full; growing it to %d MiB", size >> 20)
-                    self.env.set_mapsize(size)
+                    self._grow_map()
+                except (lmdb.Error, OSError) as exc:
+                    full = self._disk_full(exc)
+                    if full is None:
+                        raise
+                    raise full from exc
+
+    def _grow_map(self) -> None:
+        """Double the map (sparse: no disk is used until pages are written); DiskFull when the
+        map is already larger than the whole filesystem, where a bigger one cannot be filled."""
+        size = int(self.env.info()["map_size"]) * 2
+        try:
+            total = shutil.disk_usage(self.path).total
+        except OSError:
+            total = None
+        if total is not None and size > 2 * total:
+            raise self._full_error(f"the store's map is full and {size >> 21} MiB is beyond the disk")
+        log.info("LMDB map full; growing it to %d MiB", size >> 20)
+        try:
+            self.env.set_mapsize(size)
+        except lmdb.Error as exc:
+            raise self._full_error(f"growing the store's map to {size >> 20} MiB failed ({exc})") from exc
+
+    def _disk_full(self, exc: BaseException) -> DiskFull | None:
+        """The DiskFull that ``exc`` (a failed write) stands for, or None for another fault."""
+        if isinstance(exc, OSError):
+            return self._full_error(str(exc)) if exc.errno in (errno.ENOSPC, errno.EDQUOT) else None
+        free = free_bytes(self.path)
+        text = str(exc)
+        if "No space" in text or "Disk quota" in text:
+            return self._full_error(text)
+        if ("Input/output error" in text or isinstance(exc, lmdb.DiskError)) and (
+            free is not None and free < FULL_DISK_FREE_BYTES
+        ):
+            return self._full_error(text)
+        return None
+
+    def _full_error(self, detail: str) -> DiskFull:
+        free = free_bytes(self.path)
+        log.warning("store write refused, the disk is full (%s free): %s", _mib(free), detail)
+        return DiskFull(
+            f"the disk holding the data directory {self.path.parent} is full ({_mib(free)} free); "
+            "this write was not stored: free some space there (or move --data-dir) and send it again"
+        )
 
     def _read(self, fn: Callable[[Any], T]) -> T:
         with self._rw.shared(), self.env.begin() as txn:
