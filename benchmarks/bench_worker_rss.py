@@ -1,7 +1,7 @@
 """Encoder worker memory against items served: RSS per worker after each round of SciFact
 documents, its slope after warm-up (MiB per 1,000 items) and the throughput.
 
-Starts the real pool in this process (``PoolEmbedder``: the server's worker processes, batcher
+Starts the real pool in this process (``EncoderPool``: the server's worker processes, batcher
 and settings) and embeds the next ``--per-round`` corpus documents per round as BULK calls of
 256 documents, as Ingest sends them. After each round it reads each worker's RSS twice: at once
 ("busy": a batch's freed activations may still be resident) and after ``--settle-s`` without

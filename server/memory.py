@@ -18,7 +18,8 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
+def find_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
     name = ctypes.util.find_library("c")
     if not name:
         return None
@@ -30,7 +31,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
-_TRIM = _malloc_trim()
+_TRIM = find_malloc_trim()
 
 
 def release_freed_memory() -> bool:

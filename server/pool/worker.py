@@ -17,7 +17,6 @@ that its RSS grows with every new batch shape.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import multiprocessing as mp
 import signal
@@ -31,20 +30,12 @@ from typing import Any
 import numpy as np
 
 from server.errors import WorkerFailed
+from server.memory import find_malloc_trim
 from server.pool.backends import BackendConfig
 
 log = logging.getLogger(__name__)
 
 _IDLE_TRIM_S = 1.0  # no batch for this long: trim now rather than after the next batches
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
-        return trim
-    except (OSError, AttributeError):
-        return None
 
 
 class HeapTrimmer:
@@ -61,7 +52,7 @@ class HeapTrimmer:
 
     def __init__(self, every_tokens: int, trim: Callable[[int], int] | None = None) -> None:
         self.every_tokens = every_tokens
-        self._trim = (trim or _malloc_trim()) if every_tokens > 0 else None
+        self._trim = (trim or find_malloc_trim()) if every_tokens > 0 else None
         self._since = 0
 
     @property
