@@ -107,6 +107,10 @@ class Settings:
     max_wait_ms: float = _opt(5.0, "longest a request waits for a batch to fill")
     max_client_batch_size: int = _opt(512, "most inputs in one Embed request")
     max_stream_in_flight: int = _opt(256, "items per stream being embedded at once (backpressure)")
+    # Items alone do not bound memory: 256 stream items of 10 MB are 2.5 GB per stream.
+    max_stream_bytes: int = _opt(
+        32 * 1024 * 1024, "bytes of requests per EmbedStream or tei.v1 stream being worked on at once"
+    )
     max_queue_items: int = _opt(
         20000,
         "inputs waiting for the encoder pool; past it unary calls get RESOURCE_EXHAUSTED, "
@@ -199,6 +203,7 @@ class Settings:
             "max_input_chars",
             "max_client_batch_size",
             "max_stream_in_flight",
+            "max_stream_bytes",
             "max_queue_items",
             "max_message_bytes",
             "max_document_bytes",

@@ -59,3 +59,32 @@ async def test_an_error_propagates_and_cancels_the_rest() -> None:
         async for r in ordered_pipeline(requests(), handle, max_in_flight=4):
             got.append(r)
     assert got == [0, 1]
+
+
+async def test_reads_at_most_max_bytes_ahead_and_lets_one_large_item_in_alone() -> None:
+    """256 items of 10 MB would be 2.5 GB in flight: the window is bounded in bytes too."""
+    sizes = [4, 4, 4, 20, 4, 4]  # the 20-byte item is over the whole budget of 10
+    read: list[int] = []
+    release = asyncio.Event()
+
+    async def requests() -> AsyncIterator[int]:
+        for i in range(len(sizes)):
+            read.append(i)
+            yield i
+
+    async def handle(i: int) -> int:
+        if i == 0:
+            await release.wait()
+        return i
+
+    out = ordered_pipeline(requests(), handle, max_in_flight=100, max_bytes=10, size=lambda i: sizes[i])
+
+    async def next_result() -> int:
+        return await anext(out)
+
+    first = asyncio.create_task(next_result())
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert read == [0, 1, 2]  # 4 + 4 in flight; the third (4 more) waits for room
+    release.set()
+    assert [await first] + [r async for r in out] == list(range(len(sizes)))

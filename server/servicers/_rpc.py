@@ -177,37 +177,78 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     await context.abort(code, message)
 
 
+class ByteBudget:
+    """At most ``limit`` bytes held at once; one item larger than the limit is let in alone
+    (it has already arrived: the bound is on what is read after it)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._changed = asyncio.Condition()
+
+    async def acquire(self, size: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.held == 0 or self.held + size <= self.limit)
+            self.held += size
+
+    async def release(self, size: int) -> None:
+        async with self._changed:
+            self.held -= size
+            self._changed.notify_all()
+
+
+def request_bytes(request: Any) -> int:
+    """A received request's size on the wire (its parsed part for an UnparsedRequest)."""
+    message = request.partial if isinstance(request, UnparsedRequest) else request
+    size = getattr(message, "ByteSize", None)
+    return int(size()) if callable(size) else 0
+
+
 async def ordered_pipeline(
     requests: AsyncIterator[T],
     handle: Callable[[T], Coroutine[Any, Any, R]],
     max_in_flight: int,
+    *,
+    max_bytes: int = 0,
+    size: Callable[[T], int] = request_bytes,
 ) -> AsyncIterator[R]:
-    """Run ``handle`` on each request concurrently (at most ``max_in_flight`` at once) and yield
-    results in request order. While the window is full the reader stops reading, so gRPC flow
-    control blocks the client's send and memory stays flat. If ``handle`` raises, the exception
-    propagates (after cancelling the rest); callers that want in-band errors catch inside it.
+    """Run ``handle`` on each request concurrently (at most ``max_in_flight`` at once, and at
+    most ``max_bytes`` of requests by ``size`` when > 0) and yield results in request order.
+    While the window is full the reader stops reading, so gRPC flow control blocks the client's
+    send and memory stays bounded (256 items of 10 MB would be 2.5 GB without the byte bound). If
+    ``handle`` raises, the exception propagates (after cancelling the rest); callers that want
+    in-band errors catch inside it.
     """
     slots = asyncio.Semaphore(max_in_flight)
-    pending: asyncio.Queue[asyncio.Task[R] | None] = asyncio.Queue()
+    budget = ByteBudget(max_bytes) if max_bytes > 0 else None
+    pending: asyncio.Queue[tuple[asyncio.Task[R], int] | None] = asyncio.Queue()
 
     async def read() -> None:
         try:
             async for request in requests:
                 await slots.acquire()
-                pending.put_nowait(asyncio.create_task(handle(request)))
+                cost = size(request) if budget else 0
+                if budget:
+                    await budget.acquire(cost)
+                pending.put_nowait((asyncio.create_task(handle(request)), cost))
+                del request  # held by the task only: released with it
         finally:
             pending.put_nowait(None)
 
     reader = asyncio.create_task(read())
     try:
         while True:
-            task = await pending.get()
-            if task is None:
+            entry = await pending.get()
+            if entry is None:
                 break
+            task, cost = entry
             try:
                 result = await task
             finally:
                 slots.release()
+                if budget:
+                    await budget.release(cost)
+            del task  # the request it held goes now, not after the next item
             yield result
         await reader  # surface a read error (the client's stream broke)
     finally:
@@ -217,4 +258,4 @@ async def ordered_pipeline(
         while not pending.empty():
             leftover = pending.get_nowait()
             if leftover is not None:
-                leftover.cancel()
+                leftover[0].cancel()

@@ -26,7 +26,7 @@ from server.embedder import EncodeResult, FieldNames, Priority
 from server.errors import InvalidArgument, ServiceError
 from server.runtime import Runtime
 from server.servicers._convert import int8_ranges, item_error, timing, to_protos, vector_options
-from server.servicers._rpc import UnparsedRequest, abort, ordered_pipeline
+from server.servicers._rpc import UnparsedRequest, abort, ordered_pipeline, request_bytes
 from server.validation import check_count, check_name, check_prompt_name, check_text
 from server.vectors import VectorOptions
 
@@ -180,8 +180,13 @@ class EmbeddingServicer:
     async def EmbedStream(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EmbedStreamResponse]:
+        settings = self.runtime.settings
         async for response in ordered_pipeline(
-            self._with_options(requests), self._stream_item, self.runtime.settings.max_stream_in_flight
+            self._with_options(requests),
+            self._stream_item,
+            settings.max_stream_in_flight,
+            max_bytes=settings.max_stream_bytes,
+            size=lambda item: request_bytes(item.request),
         ):
             yield response
 

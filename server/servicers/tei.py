@@ -334,8 +334,9 @@ class TeiServicer:
         """One response per request, in order; the first error ends the stream with its status,
         as TEI's streams do."""
         try:
+            settings = self.runtime.settings
             async for response in ordered_pipeline(
-                requests, handle, self.runtime.settings.max_stream_in_flight
+                requests, handle, settings.max_stream_in_flight, max_bytes=settings.max_stream_bytes
             ):
                 yield response
         except Exception as exc:
