@@ -97,7 +97,25 @@ class Settings:
     max_batch_tokens: int = _opt(
         4096, "token budget of one model batch (padded tokens; GPU hosts: raise it, e.g. 32768)"
     )
-    max_wait_ms: float = _opt(5.0, "longest a request waits for a batch to fill")
+    max_wait_ms: float = _opt(
+        5.0, "longest bulk work (ingestion) waits for a batch to fill; interactive inputs never wait"
+    )
+    # While interactive inputs wait in the worker queue, a bulk batch holds at most this many
+    # padded tokens, so the next worker to free up comes back to them soon.
+    contended_batch_tokens: int = _opt(
+        512, "token budget of a bulk batch taken while interactive inputs wait in the worker queue"
+    )
+    interactive_lane: str = _opt(
+        "auto",
+        "compute interactive inputs (Embed, EmbedStream, TEI, Search queries) in the server "
+        "process on ONNX Runtime, beside the workers, so they never wait behind bulk batches "
+        "(auto: on with CPU workers; kept only where its vectors match the workers', cosine >= 0.999)",
+        choices=("auto", "on", "off"),
+    )
+    interactive_lane_tokens: int = _opt(
+        1024, "padded tokens the interactive lane holds queued; past it interactive inputs go to the workers"
+    )
+    interactive_lane_threads: int = _opt(1, "threads of the interactive lane (one ONNX Runtime run each)")
     max_client_batch_size: int = _opt(512, "most inputs in one Embed request")
     max_stream_in_flight: int = _opt(256, "items per stream being embedded at once (backpressure)")
     max_queue_items: int = _opt(
@@ -189,6 +207,9 @@ class Settings:
             )
         positive = (
             "max_batch_tokens",
+            "contended_batch_tokens",
+            "interactive_lane_tokens",
+            "interactive_lane_threads",
             "max_input_chars",
             "max_client_batch_size",
             "max_stream_in_flight",
