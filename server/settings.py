@@ -87,9 +87,13 @@ class Settings:
     workers: int = _opt(
         0, "CPU worker processes (0 = auto: one per core, at most 4; GPU hosts: one per device)"
     )
+    # off by measurement (README, Latency: AVX2 EPYC, 2 loaded cores, fp32, one thread): a
+    # model took 448 s to load compiled vs 31 s eager, and batch times were within noise
+    # (compiled / eager 0.69-1.24 by shape and round; one short query 1.19x slower).
     compile: str = _opt(
-        "auto",
-        "torch.compile the model in each worker (auto: on for the torch backend on CPU)",
+        "off",
+        "torch.compile the model in each worker (auto: on for the torch backend on CPU); costs "
+        "minutes of start-up per worker",
         choices=("auto", "on", "off"),
     )
     # 4096 measured fastest on a 2-core AMX CPU (3.4x in-process ST vs 3.0x at 8192, 3.2x at

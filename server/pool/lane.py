@@ -13,8 +13,10 @@ same vectors), the fp32 graph for ``--backend torch`` (cosine 0.9999998 to torch
 on STS-B sentences). :meth:`InteractiveLane.agreement` measures the agreement with the workers
 at start-up; the pool keeps the lane only at cosine >= :data:`MIN_COSINE`.
 
-A call goes to the lane only while the lane's queue has room for it (``--interactive-lane-tokens``);
-otherwise to the workers' queue as INTERACTIVE work, so a stream of inputs uses both.
+Where an interactive call goes (:meth:`EncoderPool._route`): the lane when a lane thread is
+free; else the workers when one of them is idle (concurrent queries use every core); else the
+lane while its queue has room (``--interactive-lane-tokens``: the workers are busy, likely
+with bulk work); else the workers' queue, ahead of bulk work.
 """
 
 from __future__ import annotations
@@ -71,6 +73,12 @@ class InteractiveLane:
         self.scheduler = Scheduler(max_batch_tokens=max_tokens, max_wait_ms=0, max_queue_items=max_tokens)
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="interactive-lane")
         self._tasks: list[asyncio.Task[None]] = []
+        self.busy = 0  # runners computing a batch now
+
+    @property
+    def idle(self) -> bool:
+        """A runner is free: a call queued now starts at once."""
+        return self.busy < self.threads and not self.scheduler.depth()
 
     def start(self) -> None:
         self._tasks = [
@@ -103,6 +111,7 @@ class InteractiveLane:
             if not batch:
                 continue
             started = time.perf_counter_ns()
+            self.busy += 1
             try:
                 out, inference_ns = await loop.run_in_executor(
                     self._executor, self._forward, *pad_batch(batch, self.pad_id)
@@ -113,6 +122,8 @@ class InteractiveLane:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 continue
+            finally:
+                self.busy -= 1
             for row, item in enumerate(batch):
                 if not item.future.done():
                     item.future.set_result((out[row], started - item.enqueued_ns, inference_ns))

@@ -115,6 +115,7 @@ class EncoderPool:
             contended_batch_tokens=settings.contended_batch_tokens,
         )
         self.lane: InteractiveLane | None = None
+        self._busy = 0  # workers computing a batch now
         devices = worker_devices(settings)
         cpu_workers = sum(d == "cpu" for d in devices)
         threads = settings.threads_per_worker or max(1, usable_cores() // max(cpu_workers, 1))
@@ -315,6 +316,7 @@ class EncoderPool:
             metrics.BATCH_SIZE.observe(len(batch))
             metrics.BATCH_TOKENS.observe(int(ids.size))
             started = time.perf_counter_ns()
+            self._busy += 1
             try:
                 out = await loop.run_in_executor(worker.io, worker.run_blocking, ids, mask, types, timeout)
             except WorkerFailed as exc:
@@ -324,6 +326,8 @@ class EncoderPool:
                     if not item.future.done():
                         item.future.set_exception(WorkerFailed(exc.message))
                 continue
+            finally:
+                self._busy -= 1
             metrics.ITEMS.labels(batch[0].priority.name.lower()).inc(len(batch))
             for row, item in enumerate(batch):
                 if not item.future.done():
@@ -377,6 +381,16 @@ class EncoderPool:
         )
         return await asyncio.to_thread(check)
 
+    def _route(self, prepared: Prepared, priority: Priority) -> Scheduler:
+        """The queue of this call: see :mod:`server.pool.lane` for the order."""
+        lane = self.lane
+        if lane is None or priority is not Priority.INTERACTIVE or not lane.accepts(prepared.tokens):
+            return self.scheduler
+        if lane.idle:
+            return lane.scheduler
+        workers_idle = self._busy < len(self.workers) and not self.scheduler.depth()
+        return self.scheduler if workers_idle else lane.scheduler
+
     async def encode_tokens(
         self, prepared: Prepared, *, priority: Priority = Priority.INTERACTIVE, wait: bool | None = None
     ) -> EncodeResult:
@@ -385,10 +399,7 @@ class EncoderPool:
             raise NotReady("the encoder pool is still starting")
         loop = asyncio.get_running_loop()
         items = [Item(ids=t.ids, priority=priority, future=loop.create_future()) for t in prepared.tokens]
-        lane = self.lane
-        scheduler = self.scheduler
-        if lane is not None and priority is Priority.INTERACTIVE and lane.accepts(prepared.tokens):
-            scheduler = lane.scheduler
+        scheduler = self._route(prepared, priority)
         try:
             if scheduler is not self.scheduler:
                 scheduler.submit(items)  # accepts(): it fits
