@@ -133,12 +133,6 @@ class Scheduler:
             len(w.items) for waiters in self._waiters.values() for w in waiters if not w.admitted.done()
         )
 
-    def queued_tokens(self, priority: Priority | None = None) -> int:
-        """Tokens (unpadded) of the items waiting for a worker."""
-        if priority is not None:
-            return self._tokens[priority]
-        return sum(self._tokens.values())
-
     def contended(self) -> bool:
         """Interactive work is queued or was submitted within :data:`CONTENDED_WINDOW_S`."""
         recent = time.perf_counter_ns() - self._last_interactive_ns < CONTENDED_WINDOW_S * 1e9

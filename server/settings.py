@@ -116,10 +116,10 @@ class Settings:
         "(auto: on with CPU workers; kept only where its vectors match the workers', cosine >= 0.999)",
         choices=("auto", "on", "off"),
     )
-    interactive_lane_tokens: int = _opt(
-        1024, "padded tokens the interactive lane holds queued; past it interactive inputs go to the workers"
+    interactive_lane_tokens: int = _opt(1024, "token budget of one interactive-lane batch (padded tokens)")
+    interactive_lane_threads: int = _opt(
+        0, "interactive-lane threads, one single-threaded ONNX Runtime run each (0 = one per CPU worker)"
     )
-    interactive_lane_threads: int = _opt(1, "threads of the interactive lane (one ONNX Runtime run each)")
     max_client_batch_size: int = _opt(512, "most inputs in one Embed request")
     max_stream_in_flight: int = _opt(256, "items per stream being embedded at once (backpressure)")
     max_queue_items: int = _opt(
@@ -203,6 +203,11 @@ class Settings:
                 raise ValueError(f"--{_flag(f.name)} must be one of {', '.join(choices)}")
         if self.dtype == "int8" and self.backend != "onnx":
             raise ValueError("--dtype int8 needs --backend onnx (the int8 graph is an ONNX export)")
+        if self.interactive_lane_threads < 0:
+            raise ValueError(
+                "--interactive-lane-threads must be 0 (auto) or positive, "
+                f"got {self.interactive_lane_threads}"
+            )
         if self.workers < 0:
             raise ValueError(f"--workers must be 0 (auto) or positive, got {self.workers}")
         if self.worker_trim_tokens < 0:
@@ -213,7 +218,6 @@ class Settings:
             "max_batch_tokens",
             "contended_batch_tokens",
             "interactive_lane_tokens",
-            "interactive_lane_threads",
             "max_input_chars",
             "max_client_batch_size",
             "max_stream_in_flight",

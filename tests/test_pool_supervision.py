@@ -44,6 +44,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
         "--auth-token", TOKEN,
         "--grace-seconds", "60",
         "--batch-timeout-s", "10",
+        "--interactive-lane", "off",  # these tests supervise the workers: calls must reach them
     ) as proc:  # fmt: skip
         yield proc, metrics_port
 

@@ -13,10 +13,11 @@ same vectors), the fp32 graph for ``--backend torch`` (cosine 0.9999998 to torch
 on STS-B sentences). :meth:`InteractiveLane.agreement` measures the agreement with the workers
 at start-up; the pool keeps the lane only at cosine >= :data:`MIN_COSINE`.
 
-Where an interactive call goes (:meth:`EncoderPool._route`): the lane when a lane thread is
-free; else the workers when one of them is idle (concurrent queries use every core); else the
-lane while its queue has room (``--interactive-lane-tokens``: the workers are busy, likely
-with bulk work); else the workers' queue, ahead of bulk work.
+While the lane is on, every interactive input goes to it and bulk work to the workers: one
+route per kind of work, so an input gets the same vector from Embed, EmbedStream or TEI, alone
+or in any batch (the lane's ORT fp32 and the workers' torch fp32 differ by ~1e-5 per element,
+which a mixed route would show). Its queue has the workers' bounds and rules
+(``--max-queue-items``: unary calls fail fast, streams wait for room).
 """
 
 from __future__ import annotations
@@ -60,25 +61,21 @@ class InteractiveLane:
     """A :class:`~server.batching.Scheduler` of its own drained by ``threads`` ORT runners.
 
     Items are :class:`~server.batching.Item`; each future gets (raw vector row, queue_ns,
-    inference_ns), as from a worker. ``max_tokens``: padded tokens queued at most (see
-    :meth:`accepts`), also the budget of one lane batch.
+    inference_ns), as from a worker. ``max_tokens``: the padded-token budget of one lane batch.
     """
 
-    def __init__(self, model: OnnxModel, pad_id: int, *, max_tokens: int, threads: int) -> None:
+    def __init__(
+        self, model: OnnxModel, pad_id: int, *, max_tokens: int, threads: int, max_queue_items: int
+    ) -> None:
         self.model = model
         self.pad_id = pad_id
-        self.max_tokens = max_tokens
         self.threads = threads
-        # max_wait 0: interactive batches never wait to fill (see server.batching).
-        self.scheduler = Scheduler(max_batch_tokens=max_tokens, max_wait_ms=0, max_queue_items=max_tokens)
+        # Interactive batches never wait to fill (see server.batching): max_wait is not used.
+        self.scheduler = Scheduler(
+            max_batch_tokens=max_tokens, max_wait_ms=0, max_queue_items=max_queue_items
+        )
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="interactive-lane")
         self._tasks: list[asyncio.Task[None]] = []
-        self.busy = 0  # runners computing a batch now
-
-    @property
-    def idle(self) -> bool:
-        """A runner is free: a call queued now starts at once."""
-        return self.busy < self.threads and not self.scheduler.depth()
 
     def start(self) -> None:
         self._tasks = [
@@ -94,11 +91,6 @@ class InteractiveLane:
                 await task
         self._executor.shutdown(wait=False)
 
-    def accepts(self, tokens: Sequence[Tokens]) -> bool:
-        """The call's inputs fit the lane's queue now (padded tokens, queued work included)."""
-        cost = sum(padded_width(len(t.ids)) for t in tokens)
-        return bool(tokens) and self.scheduler.queued_tokens() + cost <= self.max_tokens
-
     def _forward(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> tuple[np.ndarray, int]:
         t0 = time.perf_counter_ns()
         out = self.model.raw(ids, mask, types)
@@ -111,7 +103,6 @@ class InteractiveLane:
             if not batch:
                 continue
             started = time.perf_counter_ns()
-            self.busy += 1
             try:
                 out, inference_ns = await loop.run_in_executor(
                     self._executor, self._forward, *pad_batch(batch, self.pad_id)
@@ -122,8 +113,6 @@ class InteractiveLane:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 continue
-            finally:
-                self.busy -= 1
             for row, item in enumerate(batch):
                 if not item.future.done():
                     item.future.set_result((out[row], started - item.enqueued_ns, inference_ns))
@@ -145,7 +134,11 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float((l2_normalize(a) * l2_normalize(b)).sum(axis=1).min())
 
 
-def load_lane(spec: ModelSpec, graph: Path, pad_id: int, *, max_tokens: int, threads: int) -> InteractiveLane:
+def load_lane(
+    spec: ModelSpec, graph: Path, pad_id: int, *, max_tokens: int, threads: int, max_queue_items: int
+) -> InteractiveLane:
     """Open ``graph`` with single-threaded runs (blocking: call it off the event loop)."""
     model = OnnxModel(graph, pooling=spec.pooling, normalize=spec.normalize, threads=1)
-    return InteractiveLane(model, pad_id, max_tokens=max_tokens, threads=threads)
+    return InteractiveLane(
+        model, pad_id, max_tokens=max_tokens, threads=threads, max_queue_items=max_queue_items
+    )

@@ -8,8 +8,8 @@ items' futures. A dead or hung worker fails the items of its batch with WorkerFa
 watched on the event loop, so ``embed_workers_ready`` drops at once); queued items wait for
 the restart instead of failing.
 
-Interactive calls go to the :mod:`~server.pool.lane` (ONNX Runtime in this process) while it
-has room, else to the workers' queue ahead of bulk work (see :mod:`server.batching`).
+Interactive calls go to the :mod:`~server.pool.lane` (ONNX Runtime in this process) while it is
+on, else to the workers' queue ahead of bulk work (see :mod:`server.batching`).
 """
 
 from __future__ import annotations
@@ -115,7 +115,6 @@ class EncoderPool:
             contended_batch_tokens=settings.contended_batch_tokens,
         )
         self.lane: InteractiveLane | None = None
-        self._busy = 0  # workers computing a batch now
         devices = worker_devices(settings)
         cpu_workers = sum(d == "cpu" for d in devices)
         threads = settings.threads_per_worker or max(1, usable_cores() // max(cpu_workers, 1))
@@ -190,7 +189,8 @@ class EncoderPool:
             graph,
             self.pad_id,
             max_tokens=settings.interactive_lane_tokens,
-            threads=settings.interactive_lane_threads,
+            threads=settings.interactive_lane_threads or cpu_worker_count(settings),
+            max_queue_items=settings.max_queue_items,
         )
         probes = await self.tokenize(list(PROBES))
         mine = await asyncio.to_thread(lane.compute, probes.tokens)
@@ -316,7 +316,6 @@ class EncoderPool:
             metrics.BATCH_SIZE.observe(len(batch))
             metrics.BATCH_TOKENS.observe(int(ids.size))
             started = time.perf_counter_ns()
-            self._busy += 1
             try:
                 out = await loop.run_in_executor(worker.io, worker.run_blocking, ids, mask, types, timeout)
             except WorkerFailed as exc:
@@ -326,8 +325,6 @@ class EncoderPool:
                     if not item.future.done():
                         item.future.set_exception(WorkerFailed(exc.message))
                 continue
-            finally:
-                self._busy -= 1
             metrics.ITEMS.labels(batch[0].priority.name.lower()).inc(len(batch))
             for row, item in enumerate(batch):
                 if not item.future.done():
@@ -381,16 +378,6 @@ class EncoderPool:
         )
         return await asyncio.to_thread(check)
 
-    def _route(self, prepared: Prepared, priority: Priority) -> Scheduler:
-        """The queue of this call: see :mod:`server.pool.lane` for the order."""
-        lane = self.lane
-        if lane is None or priority is not Priority.INTERACTIVE or not lane.accepts(prepared.tokens):
-            return self.scheduler
-        if lane.idle:
-            return lane.scheduler
-        workers_idle = self._busy < len(self.workers) and not self.scheduler.depth()
-        return self.scheduler if workers_idle else lane.scheduler
-
     async def encode_tokens(
         self, prepared: Prepared, *, priority: Priority = Priority.INTERACTIVE, wait: bool | None = None
     ) -> EncodeResult:
@@ -399,11 +386,13 @@ class EncoderPool:
             raise NotReady("the encoder pool is still starting")
         loop = asyncio.get_running_loop()
         items = [Item(ids=t.ids, priority=priority, future=loop.create_future()) for t in prepared.tokens]
-        scheduler = self._route(prepared, priority)
+        # One route per kind of work (server.pool.lane): interactive to the lane while it is on.
+        lane = self.lane
+        scheduler = (
+            lane.scheduler if lane is not None and priority is Priority.INTERACTIVE else self.scheduler
+        )
         try:
-            if scheduler is not self.scheduler:
-                scheduler.submit(items)  # accepts(): it fits
-            elif wait if wait is not None else priority is Priority.BULK:
+            if wait if wait is not None else priority is Priority.BULK:
                 step = scheduler.max_queue_items  # a bigger bulk call is queued in parts
                 for start in range(0, len(items), step):
                     await scheduler.submit_waiting(items[start : start + step])
