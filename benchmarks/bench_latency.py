@@ -323,7 +323,8 @@ def main() -> int:
             docs = fresh[(r * 3) * args.ingest_docs : (r * 3 + 1) * args.ingest_docs]
             ingest_rates.setdefault("alone", []).append(ours.ingest(f"alone-{r}", docs, 0))
             for conc in CONCURRENCY:
-                docs = fresh[(r * 3 + conc // 4 + 1) * args.ingest_docs :][: args.ingest_docs]
+                slot = r * 3 + 1 + CONCURRENCY.index(conc)  # this round's own slices
+                docs = fresh[slot * args.ingest_docs :][: args.ingest_docs]
                 sample, rate = during_ingest(ours, docs, f"busy-{r}-{conc}", texts, conc, args.busy_qps)
                 rows.setdefault(f"ours Embed during ingest c={conc}", []).append(sample)
                 ingest_rates.setdefault(f"with queries c={conc}", []).append(rate)
