@@ -87,11 +87,11 @@ class Settings:
     workers: int = _opt(
         0, "CPU worker processes (0 = auto: one per core, at most 4; GPU hosts: one per device)"
     )
-    # off by measurement (README, Latency: AVX2 EPYC, 2 loaded cores, fp32, one thread): a
-    # model took 448 s to load compiled vs 31 s eager, and batch times were within noise
-    # (compiled / eager 0.69-1.24 by shape and round; one short query 1.19x slower).
+    # auto by measurement (README, Interactive latency: AVX2 EPYC, 2 loaded cores, fp32, one
+    # thread, 3 alternating rounds): a 16 x 256-token batch took 0.50-0.88x the eager time
+    # compiled, every round; other shapes within noise; but loading took 448 s vs 31 s eager.
     compile: str = _opt(
-        "off",
+        "auto",
         "torch.compile the model in each worker (auto: on for the torch backend on CPU); costs "
         "minutes of start-up per worker",
         choices=("auto", "on", "off"),
