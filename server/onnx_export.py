@@ -67,20 +67,11 @@ def exporter_version() -> str:
     return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
 
 
-def export_dir(spec: ModelSpec, cache_dir: Path) -> Path:
-    """``cache_dir/<model fingerprint>-<exporter version>/``: where :func:`ensure_onnx` exports."""
-    return cache_dir / f"{spec.fingerprint}-{exporter_version()}".replace("/", "_").replace("@", "-")
-
-
-def is_exported(spec: ModelSpec, cache_dir: Path, *, int8: bool = True) -> bool:
-    target = export_dir(spec, cache_dir)
-    return (target / FP32_NAME).is_file() and (not int8 or (target / INT8_NAME).is_file())
-
-
 def ensure_onnx(spec: ModelSpec, cache_dir: Path, *, int8: bool = True) -> Path:
     """``cache_dir/<model fingerprint>-<exporter version>/`` with model.onnx (+ int8), made once."""
-    target = export_dir(spec, cache_dir)
-    if is_exported(spec, cache_dir, int8=int8):
+    key = f"{spec.fingerprint}-{exporter_version()}".replace("/", "_").replace("@", "-")
+    target = cache_dir / key
+    if (target / FP32_NAME).is_file() and (not int8 or (target / INT8_NAME).is_file()):
         return target
     log.info("exporting %s to ONNX in %s (once per model and exporter version)", spec.fingerprint, target)
     export_onnx(spec, target, int8=int8)

@@ -35,7 +35,7 @@ from server.embedder import ComputeInfo, EncodeResult, FieldNames, Prepared, Pri
 from server.errors import NotReady, ServiceError, WorkerFailed
 from server.hardware import usable_cores
 from server.model import ModelSpec
-from server.onnx_export import ensure_onnx, export_dir, is_exported, onnx_cache_dir
+from server.onnx_export import FP32_NAME, INT8_NAME, ensure_onnx, exporter_version, onnx_cache_dir
 from server.pool.backends import BackendConfig
 from server.pool.lane import MIN_COSINE, PROBES, InteractiveLane, lane_graph, load_lane, min_cosine
 from server.pool.worker import WorkerHandle
@@ -175,8 +175,12 @@ class EncoderPool:
         settings = self.settings
         cache = onnx_cache_dir(settings)
         int8 = settings.backend == "onnx"
-        if is_exported(self.spec, cache, int8=int8):
-            directory = export_dir(self.spec, cache)
+        # ensure_onnx's own directory name: when the graphs are there it only checks them; an
+        # export imports torch, so it runs in a child process (torch stays out of this one).
+        key = f"{self.spec.fingerprint}-{exporter_version()}".replace("/", "_").replace("@", "-")
+        names = [FP32_NAME, *([INT8_NAME] if int8 else [])]
+        if all((cache / key / name).is_file() for name in names):
+            directory = await asyncio.to_thread(ensure_onnx, self.spec, cache, int8=int8)
         else:
             with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as export:
                 directory = await asyncio.get_running_loop().run_in_executor(
