@@ -94,9 +94,13 @@ class Settings:
     workers: int = _opt(
         0, "CPU worker processes (0 = auto: one per core, at most 4; GPU hosts: one per device)"
     )
+    # auto by measurement (README, Interactive latency: AVX2 EPYC, 2 loaded cores, fp32, one
+    # thread, 3 alternating rounds): a 16 x 256-token batch took 0.50-0.88x the eager time
+    # compiled, every round; other shapes within noise; but loading took 448 s vs 31 s eager.
     compile: str = _opt(
         "auto",
-        "torch.compile the model in each worker (auto: on for the torch backend on CPU)",
+        "torch.compile the model in each worker (auto: on for the torch backend on CPU); costs "
+        "minutes of start-up per worker",
         choices=("auto", "on", "off"),
     )
     # 4096 measured fastest on a 2-core AMX CPU (3.4x in-process ST vs 3.0x at 8192, 3.2x at
@@ -104,7 +108,25 @@ class Settings:
     max_batch_tokens: int = _opt(
         4096, "token budget of one model batch (padded tokens; GPU hosts: raise it, e.g. 32768)"
     )
-    max_wait_ms: float = _opt(5.0, "longest a request waits for a batch to fill")
+    max_wait_ms: float = _opt(
+        5.0, "longest bulk work (ingestion) waits for a batch to fill; interactive inputs never wait"
+    )
+    # While interactive inputs wait in the worker queue, a bulk batch holds at most this many
+    # padded tokens, so the next worker to free up comes back to them soon.
+    contended_batch_tokens: int = _opt(
+        512, "token budget of a bulk batch taken while interactive inputs wait in the worker queue"
+    )
+    interactive_lane: str = _opt(
+        "auto",
+        "compute interactive inputs (Embed, EmbedStream, TEI, Search queries) in the server "
+        "process on ONNX Runtime, beside the workers, so they never wait behind bulk batches "
+        "(auto: on with CPU workers; kept only where its vectors match the workers', cosine >= 0.999)",
+        choices=("auto", "on", "off"),
+    )
+    interactive_lane_tokens: int = _opt(1024, "token budget of one interactive-lane batch (padded tokens)")
+    interactive_lane_threads: int = _opt(
+        0, "interactive-lane threads, one single-threaded ONNX Runtime run each (0 = one per CPU worker)"
+    )
     max_client_batch_size: int = _opt(512, "most inputs in one Embed request")
     max_stream_in_flight: int = _opt(256, "items per stream being embedded at once (backpressure)")
     # Items alone do not bound memory: 256 stream items of 10 MB are 2.5 GB per stream.
@@ -192,6 +214,11 @@ class Settings:
                 raise ValueError(f"--{_flag(f.name)} must be one of {', '.join(choices)}")
         if self.dtype == "int8" and self.backend != "onnx":
             raise ValueError("--dtype int8 needs --backend onnx (the int8 graph is an ONNX export)")
+        if self.interactive_lane_threads < 0:
+            raise ValueError(
+                "--interactive-lane-threads must be 0 (auto) or positive, "
+                f"got {self.interactive_lane_threads}"
+            )
         if self.workers < 0:
             raise ValueError(f"--workers must be 0 (auto) or positive, got {self.workers}")
         if self.worker_trim_tokens < 0:
@@ -200,6 +227,8 @@ class Settings:
             )
         positive = (
             "max_batch_tokens",
+            "contended_batch_tokens",
+            "interactive_lane_tokens",
             "max_input_chars",
             "max_client_batch_size",
             "max_stream_in_flight",

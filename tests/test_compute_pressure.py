@@ -49,6 +49,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
         "--query-cache-size", "0",  # every call computes: alone really is alone
         "--metrics-port", str(metrics_port),
         "--batch-timeout-s", "600",  # a stopped worker is not restarted during a test
+        "--interactive-lane", "off",  # these tests are about the workers' queue
     ) as proc:  # fmt: skip
         yield proc, metrics_port
 

@@ -44,6 +44,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
         "--metrics-port", str(metrics_port),
         "--auth-token", TOKEN,
         "--batch-timeout-s", "10",
+        "--interactive-lane", "off",  # these tests supervise the workers: calls must reach them
     ) as proc:  # fmt: skip
         yield proc, metrics_port
 

@@ -7,6 +7,9 @@ items' futures. A dead or hung worker fails the items of its batch with WorkerFa
 (UNAVAILABLE, retryable) and is restarted, also when it dies idle (its process sentinel is
 watched on the event loop, so ``embed_workers_ready`` drops at once); queued items wait for
 the restart instead of failing.
+
+Interactive calls go to the :mod:`~server.pool.lane` (ONNX Runtime in this process) while it is
+on, else to the workers' queue ahead of bulk work (see :mod:`server.batching`).
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import contextlib
 import functools
 import json
 import logging
+import multiprocessing as mp
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +35,9 @@ from server.embedder import ComputeInfo, EncodeResult, FieldNames, Prepared, Pri
 from server.errors import NotReady, ServiceError, WorkerFailed
 from server.hardware import usable_cores
 from server.model import ModelSpec
-from server.onnx_export import onnx_cache_dir
+from server.onnx_export import FP32_NAME, INT8_NAME, ensure_onnx, exporter_version, onnx_cache_dir
 from server.pool.backends import BackendConfig
+from server.pool.lane import MIN_COSINE, PROBES, InteractiveLane, lane_graph, load_lane, min_cosine
 from server.pool.worker import WorkerHandle
 from server.settings import Settings
 from server.tokenization import TextTokenizer, field_names
@@ -106,7 +112,9 @@ class EncoderPool:
             max_wait_ms=settings.max_wait_ms,
             max_queue_items=settings.max_queue_items,
             on_depth=_report_depth,
+            contended_batch_tokens=settings.contended_batch_tokens,
         )
+        self.lane: InteractiveLane | None = None
         devices = worker_devices(settings)
         cpu_workers = sum(d == "cpu" for d in devices)
         threads = settings.threads_per_worker or max(1, usable_cores() // max(cpu_workers, 1))
@@ -156,6 +164,59 @@ class EncoderPool:
             asyncio.create_task(self._dispatch(w), name=f"dispatch-{w.index}") for w in self.workers
         ]
         self._started = True
+        if self.settings.interactive_lane == "on" or (
+            self.settings.interactive_lane == "auto" and all(w.device == "cpu" for w in self.workers)
+        ):
+            self.lane = await self._start_lane()
+
+    async def _start_lane(self) -> InteractiveLane | None:
+        """Open the lane's graph (exporting it once, in a child process: torch stays out of this
+        one) and keep the lane if its vectors agree with the workers' (cosine >= MIN_COSINE)."""
+        settings = self.settings
+        cache = onnx_cache_dir(settings)
+        int8 = settings.backend == "onnx"
+        # ensure_onnx's own directory name: when the graphs are there it only checks them; an
+        # export imports torch, so it runs in a child process (torch stays out of this one).
+        key = f"{self.spec.fingerprint}-{exporter_version()}".replace("/", "_").replace("@", "-")
+        names = [FP32_NAME, *([INT8_NAME] if int8 else [])]
+        if all((cache / key / name).is_file() for name in names):
+            directory = await asyncio.to_thread(ensure_onnx, self.spec, cache, int8=int8)
+        else:
+            with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as export:
+                directory = await asyncio.get_running_loop().run_in_executor(
+                    export, functools.partial(ensure_onnx, self.spec, cache, int8=int8)
+                )
+        graph = lane_graph(settings.backend, settings.dtype, directory)
+        lane = await asyncio.to_thread(
+            load_lane,
+            self.spec,
+            graph,
+            self.pad_id,
+            max_tokens=settings.interactive_lane_tokens,
+            threads=settings.interactive_lane_threads or cpu_worker_count(settings),
+            max_queue_items=settings.max_queue_items,
+        )
+        probes = await self.tokenize(list(PROBES))
+        mine = await asyncio.to_thread(lane.compute, probes.tokens)
+        workers = (await self.encode_tokens(probes, priority=Priority.INTERACTIVE)).vectors
+        agreement = min_cosine(mine, workers)
+        if agreement < MIN_COSINE:
+            message = (
+                f"interactive lane off: {graph.name} agrees with the workers' vectors only to cosine "
+                f"{agreement:.5f} (< {MIN_COSINE})"
+            )
+            if settings.interactive_lane == "on":
+                raise RuntimeError(f"{message}; use --interactive-lane auto or off")
+            log.warning("%s", message)
+            return None
+        lane.start()
+        log.info(
+            "interactive lane on: %s, %d thread(s), cosine to the workers >= %.6f",
+            graph.name,
+            lane.threads,
+            agreement,
+        )
+        return lane
 
     def _report_ready(self) -> None:
         metrics.WORKERS_READY.set(sum(w.ready for w in self.workers))
@@ -187,6 +248,8 @@ class EncoderPool:
             return
         self._closed = True
         self.scheduler.close()
+        if self.lane is not None:
+            await self.lane.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -327,18 +390,23 @@ class EncoderPool:
             raise NotReady("the encoder pool is still starting")
         loop = asyncio.get_running_loop()
         items = [Item(ids=t.ids, priority=priority, future=loop.create_future()) for t in prepared.tokens]
+        # One route per kind of work (server.pool.lane): interactive to the lane while it is on.
+        lane = self.lane
+        scheduler = (
+            lane.scheduler if lane is not None and priority is Priority.INTERACTIVE else self.scheduler
+        )
         try:
             if wait if wait is not None else priority is Priority.BULK:
-                step = self.scheduler.max_queue_items  # a bigger bulk call is queued in parts
+                step = scheduler.max_queue_items  # a bigger bulk call is queued in parts
                 for start in range(0, len(items), step):
-                    await self.scheduler.submit_waiting(items[start : start + step])
+                    await scheduler.submit_waiting(items[start : start + step])
             else:
-                self.scheduler.submit(items)
+                scheduler.submit(items)
             results = await asyncio.gather(*(item.future for item in items))
         except BaseException:
             for item in items:  # the call is over (error, deadline, cancel): drop its queued work
                 item.future.cancel()
-            self.scheduler.discard(items)
+            scheduler.discard(items)
             raise
         raw = np.asarray(
             np.stack([r[0] for r in results]) if results else np.zeros((0, self.spec.dimension)), np.float32
