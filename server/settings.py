@@ -94,13 +94,14 @@ class Settings:
     workers: int = _opt(
         0, "CPU worker processes (0 = auto: one per core, at most 4; GPU hosts: one per device)"
     )
-    # auto by measurement (README, Interactive latency: AVX2 EPYC, 2 loaded cores, fp32, one
-    # thread, 3 alternating rounds): a 16 x 256-token batch took 0.50-0.88x the eager time
-    # compiled, every round; other shapes within noise; but loading took 448 s vs 31 s eager.
+    # off by default, by measurement (README, Interactive latency: AVX2 EPYC, 2 loaded cores,
+    # fp32, one thread, 3 alternating rounds): a 16 x 256-token batch took 0.50-0.88x the eager
+    # time compiled, other shapes within noise, but a worker took 448 s to load vs 31 s eager,
+    # at every start and every restart of a worker; queries run on the interactive lane anyway.
     compile: str = _opt(
-        "auto",
-        "torch.compile the model in each worker (auto: on for the torch backend on CPU); costs "
-        "minutes of start-up per worker",
+        "off",
+        "torch.compile the model in each worker (auto: on for the torch backend on CPU): bulk "
+        "batches up to 2x faster after minutes of start-up per worker (and per restart)",
         choices=("auto", "on", "off"),
     )
     # 4096 measured fastest on a 2-core AMX CPU (3.4x in-process ST vs 3.0x at 8192, 3.2x at
