@@ -345,7 +345,8 @@ class Indexes:
                 self._indexes[collection] = index
         applied = index.catch_up(self.store)
         if applied:
-            log.info("index %r caught up with %d changes", collection, applied)
+            # debug: every Search and Ingest catches up; at INFO it was a line per call
+            log.debug("index %r caught up with %d changes", collection, applied)
         return index
 
     def save_all(self) -> int:
