@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pytest
 
 from server.store import Indexes, Upsert, content_hash, open_store
 
@@ -223,33 +220,3 @@ def test_shared_vectors_follow_updates_deletes_restarts_and_a_replaced_store(tmp
         assert found(index, other, "t0") == ["x"]
     finally:
         other.close()
-
-
-def test_callers_catching_up_during_a_rebuild_keep_the_old_graph_and_rebuild_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An ingest and a search that both find the index worn start one rebuild, not two."""
-    rng = np.random.default_rng(1)
-    store = open_store(tmp_path)
-    try:
-        store.upsert(_docs(_unit(rng, 400)), fingerprint=FP, dimension=DIMS)
-        index = _indexes(store, tmp_path).get("c")
-        store.delete("c", [f"d{i}" for i in range(300)])  # 300 removals: past 256 and 25%
-        entered, release = threading.Event(), threading.Event()
-        build = index.build
-
-        def slow_build(s: Any) -> None:
-            entered.set()
-            assert release.wait(30)
-            build(s)
-
-        monkeypatch.setattr(index, "build", slow_build)
-        first = threading.Thread(target=index.catch_up, args=(store,))
-        first.start()
-        assert entered.wait(30)  # the first caller is rebuilding
-        assert index.catch_up(store) == 0  # the second returns at once, on the old graph
-        release.set()
-        first.join(30)
-        assert index.rebuilds == 1 and not index.rebuilding and len(index.index) == 100
-    finally:
-        store.close()

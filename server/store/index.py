@@ -67,7 +67,6 @@ class CollectionIndex:
         self.dirty = True  # changed since the last save
         self.removed_since_build = 0
         self.rebuilds = 0
-        self.rebuilding = False  # one rebuild at a time: concurrent catch_ups keep the old graph
 
     @property
     def path(self) -> Path:
@@ -200,22 +199,17 @@ class CollectionIndex:
                 self._apply(store, changes)
                 applied += len(changes)
                 self.sequence = changes[-1].sequence
-            worn = not self.rebuilding and self.removed_since_build >= max(
+            worn = self.removed_since_build >= max(
                 REBUILD_MIN_REMOVED, REBUILD_AFTER_REMOVED_FRACTION * len(self.index)
             )
-            self.rebuilding = self.rebuilding or worn
         if worn:
             log.info(
                 "index %r: %d removals since it was built; rebuilding it",
                 self.collection,
                 self.removed_since_build,
             )
-            try:
-                self.build(store)
-                self.rebuilds += 1
-            finally:
-                with self.lock:
-                    self.rebuilding = False
+            self.build(store)
+            self.rebuilds += 1
             self.catch_up(store)  # whatever was committed during the rebuild
         return applied
 
