@@ -68,6 +68,7 @@ class ServerProcess:
     address: str
     pid: int
     log: Path
+    process: subprocess.Popen[bytes] | None = None  # to signal it and read its exit code
 
 
 @contextmanager
@@ -98,7 +99,7 @@ def server_process(data_dir: Path, *args: str, timeout: float = 600) -> Iterator
             wait_serving(address, process, timeout)
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}:\n{log_path.read_text()[-3000:]}") from exc
-        yield ServerProcess(address, process.pid, log_path)
+        yield ServerProcess(address, process.pid, log_path, process)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)

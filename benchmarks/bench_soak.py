@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import random
 import shlex
 import signal
@@ -33,19 +32,17 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 import psutil
-from _common import OFFLINE_ENV, REPO
+from _common import REPO, server_process
 
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1 import embedding_pb2_grpc as rpc
-from server.launch import free_port, serve_command, wait_serving
 
 MIB = 1 << 20
 RESULTS = REPO / "benchmarks" / "results"
@@ -263,29 +260,6 @@ def _table(rows: list[dict[str, Any]], counts: Counts, shutdown: dict[str, Any])
 # --- main ------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _server(data_dir: Path, args: list[str]) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log_path = data_dir.parent / f"server-{port}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            serve_command(port, data_dir, *args),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **OFFLINE_ENV},
-            cwd=REPO,
-        )
-    try:
-        wait_serving(address, process, 600)
-        yield process, address, log_path
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=20.0)
@@ -303,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         data_dir = options.data_dir or Path(tmp) / "data"
         server_args = shlex.split(options.server_args)
-        with _server(data_dir, server_args) as (process, address, log_path):
+        with server_process(data_dir, *server_args) as server:
+            process, address, log_path = server.process, server.address, server.log
+            assert process is not None
             stop, done = threading.Event(), threading.Event()
             counts, samples = Counts(), list[Any]()
             sampler = threading.Thread(target=_sample, args=(process, done, options.sample_s, samples))
