@@ -199,9 +199,7 @@ class CollectionIndex:
                 self._apply(store, changes)
                 applied += len(changes)
                 self.sequence = changes[-1].sequence
-            worn = self.removed_since_build >= max(
-                REBUILD_MIN_REMOVED, REBUILD_AFTER_REMOVED_FRACTION * len(self.index)
-            )
+            worn = self._worn()
         if worn:
             log.info(
                 "index %r: %d removals since it was built; rebuilding it",
@@ -212,6 +210,13 @@ class CollectionIndex:
             self.rebuilds += 1
             self.catch_up(store)  # whatever was committed during the rebuild
         return applied
+
+    def _worn(self) -> bool:
+        """(lock held) Removals since the build have reached the rebuild threshold: the graph's
+        recall is no longer trusted (searches scan exactly until the rebuild replaces it)."""
+        return self.removed_since_build >= max(
+            REBUILD_MIN_REMOVED, REBUILD_AFTER_REMOVED_FRACTION * len(self.index)
+        )
 
     def _apply(self, store: Store, changes: list[Change]) -> None:
         for c in changes:
@@ -246,7 +251,9 @@ class CollectionIndex:
             # k distinct vectors carry at least k documents, so they hold the k best documents.
             wanted = min(k, distinct)
             vector = np.asarray(query, np.float32)
-            found = self.index.search(vector, wanted)
+            # A graph worn by removals (a rebuild is due or running: other callers keep
+            # removing from it meanwhile) lost recall: scan exactly until it is replaced.
+            found = self.index.search(vector, wanted, exact=self._worn())
             if len(found.keys) < wanted:
                 # HNSW can strand nodes after removals (updates are remove + add), so a graph
                 # walk may come back short; a user asking for k gets k, from an exact scan.
