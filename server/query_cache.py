@@ -19,21 +19,21 @@ from typing import Protocol
 import numpy as np
 
 from server import metrics
-from server.embedder import ComputeInfo, EncodeResult, FieldNames, Prepared, Priority, TruncationDirection
+from server.embedder import (
+    ComputeInfo,
+    Embedder,
+    EncodeResult,
+    FieldNames,
+    Prepared,
+    Priority,
+    TruncationDirection,
+)
 from server.errors import ServiceError
 from server.model import ModelSpec
 
 
-class TokenEmbedder(Protocol):
-    """What the cache needs of the encoder: tokenizing apart from computing."""
-
-    spec: ModelSpec
-
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    def describe(self) -> ComputeInfo: ...
+class TokenEmbedder(Embedder, Protocol):
+    """What the cache needs of the encoder: the Embedder, plus tokenizing apart from computing."""
 
     async def tokenize(
         self,
@@ -48,28 +48,6 @@ class TokenEmbedder(Protocol):
     async def encode_tokens(
         self, prepared: Prepared, *, priority: Priority = Priority.INTERACTIVE, wait: bool | None = None
     ) -> EncodeResult: ...
-
-    async def encode(
-        self,
-        texts: Sequence[str],
-        *,
-        prompt_name: str = "",
-        truncate: bool = True,
-        truncation_direction: TruncationDirection = "right",
-        priority: Priority = Priority.INTERACTIVE,
-        wait: bool | None = None,
-        field: FieldNames = "inputs",
-    ) -> EncodeResult: ...
-
-    async def validate(
-        self,
-        texts: Sequence[str],
-        *,
-        prompt_name: str = "",
-        truncate: bool = True,
-        truncation_direction: TruncationDirection = "right",
-        field: FieldNames = "inputs",
-    ) -> list[ServiceError | None]: ...
 
 
 class CachedEmbedder:
