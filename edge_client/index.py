@@ -10,6 +10,8 @@ dtypes: ``f16`` (default, metric cos), ``i8`` (metric cos: ip would give unscale
 second index beside it). Updates are remove + add, and usearch's graph loses recall as removals
 pile up, so once removals since the last build reach a share of the vectors the graph is rebuilt
 from the vectors it holds; a graph walk that comes back short is redone as an exact scan.
+Vectors go in through :func:`embedcore.ann.add_reachable`: usearch's parallel add can leave a
+node no walk reaches (a 140-point index missed 1-2 of 100 documents' own texts at k=1).
 
 Saves are atomic: the index files of a new generation are written beside the old ones, then one
 sqlite commit records the generation together with the documents, then the old files go; a
@@ -41,13 +43,12 @@ import onnxruntime  # noqa: F401
 from usearch.index import Index  # isort: skip
 
 from edge_client.errors import LocalIndexError
+from embedcore.ann import add_reachable
 
 log = logging.getLogger(__name__)
 
 DTYPES = ("f16", "i8", "b1")
 RESCORE_MULTIPLIER = 8  # b1 candidates per result, rescored with f16
-_MIN_WALK = 16  # results a search walks for at least (see search)
-_EXACT_BELOW = 20_000  # vectors: an index this small is scanned exactly (see _walk)
 # The server's rule (server/store/index.py), for the same reason: after many small updates a
 # patched graph missed a document the server ranked 2nd from the local top-50 (recall@10 0.985
 # against 0.995 for a fresh build of the same vectors).
@@ -298,7 +299,7 @@ class LocalIndex:
         if fresh:
             new_keys = np.asarray([vkeys[j] for j in fresh], dtype=np.uint64)
             batch = vectors[[rows[j] for j in fresh]]
-            self.index.add(new_keys, self._vectors_for(batch, self.dtype))
+            add_reachable(self.index, new_keys, self._vectors_for(batch, self.dtype))
             if self.rescore is not None:
                 self.rescore.add(new_keys, batch)
             self.db.executemany(
@@ -394,7 +395,10 @@ class LocalIndex:
         if len(keys):
             vectors = np.asarray(source.get(keys, dtype="f32"), dtype=np.float32).reshape(len(keys), -1)
             for index, dtype in fresh:
-                index.add(keys, self._vectors_for(vectors, dtype))
+                if index is fresh[0][0]:  # the searched graph
+                    add_reachable(index, keys, self._vectors_for(vectors, dtype))
+                else:  # rescoring vectors, read by key only
+                    index.add(keys, self._vectors_for(vectors, dtype))
         self.index = fresh[0][0]
         self.rescore = fresh[1][0] if len(fresh) > 1 else None
         self.removed_since_build = 0
@@ -411,10 +415,7 @@ class LocalIndex:
         wanted = min(k, distinct)
         query = np.asarray(vector, dtype=np.float32).reshape(1, self.dims)
         if self.rescore is None:
-            # A graph walk for 1-2 results settles on a near neighbour more often than one asked
-            # for a few more (a 140-point index once missed 2 of 100 documents' own texts at k=1).
-            walk = min(max(wanted, _MIN_WALK), distinct)
-            keys, distances = self._walk(self.index, self._vectors_for(query, self.dtype), walk)
+            keys, distances = self._walk(self.index, self._vectors_for(query, self.dtype), wanted)
             keys, scores = keys[:wanted], 1.0 - distances[:wanted]
         else:
             candidates, _ = self._walk(
@@ -429,10 +430,7 @@ class LocalIndex:
     def _walk(self, index: Index, query: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """(keys, distances) of the ``count`` nearest (fewer only when the index holds fewer)."""
         count = min(count, len(index))
-        # A small index is scanned exactly (cheap at this size): a graph walk there saved
-        # little and missed 1-2 of 100 documents' own vectors in a 140-point index now and
-        # then (tests/test_edge_index.py, in a full run).
-        found = index.search(query, count, exact=len(index) <= _EXACT_BELOW)
+        found = index.search(query, count)
         if len(np.asarray(found.keys).reshape(-1)) < count:
             # HNSW strands nodes after removals: a short walk is redone as an exact scan, so
             # asking for k gives k.

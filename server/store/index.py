@@ -15,6 +15,8 @@ a crash leaves the previous pair or the new one, never a mix.
 usearch rejects a duplicate key, so a changed vector is remove + add; adding to a
 memory-mapped view crashes, so indexes are always loaded. Every call on one index holds its
 lock (no add while saving); callers run these methods off the event loop (usearch holds the GIL).
+Vectors go in through :func:`embedcore.ann.add_reachable`: usearch's parallel add can leave a
+node no graph walk reaches (CI: a unique document among duplicates missed itself at k=1).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 import onnxruntime  # noqa: F401
 from usearch.index import Index
 
+from embedcore.ann import add_reachable
 from server.store import records as rec
 from server.store.groups import ContentGroups
 from server.store.lmdb_store import Change, Store
@@ -237,7 +240,9 @@ class CollectionIndex:
     @staticmethod
     def _add(index: Index, store: Store, groups: list[tuple[int, bytes]]) -> None:
         keys = np.asarray([key for key, _ in groups], dtype=np.uint64)
-        index.add(keys, store.vectors([chash for _, chash in groups]))
+        reinserted = add_reachable(index, keys, store.vectors([chash for _, chash in groups]))
+        if reinserted:
+            log.debug("index: re-inserted %d of %d vectors a parallel add stranded", reinserted, len(keys))
 
     # -- search and save ------------------------------------------------------------------------
 
