@@ -155,14 +155,28 @@ def _unary(table: ServiceTable, service: str, method: str) -> Callable[..., Any]
 
 
 def _streaming(table: ServiceTable, service: str, method: str) -> Callable[..., Any]:
-    async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def behavior(request: Any, context: grpc.aio.ServicerContext) -> None:
         _method.set(f"/{service}/{method}")
         try:
             handler = getattr(table.lookup(service), method)
         except ServiceError as exc:
             await abort(context, exc)
-        async for response in handler(request, context):
-            yield response
+        responses: AsyncIterator[Any] = handler(request, context)
+        try:
+            async for response in responses:
+                # Written here rather than yielded to gRPC: when the client cancels or goes away
+                # while a message is being sent, core rejects the write (ExecuteBatchError, a
+                # grpc.aio.InternalError). Raised from a generator gRPC logs it as an ERROR with a
+                # traceback (grpc/grpc#32551); nobody is left to answer, so the call just ends.
+                try:
+                    await context.write(response)
+                except grpc.aio.InternalError as exc:
+                    log.debug("/%s/%s: the client left mid-stream (%s)", service, method, exc)
+                    return
+        finally:
+            aclose = getattr(responses, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     return behavior
 
