@@ -28,6 +28,7 @@ def _fail(message: str, code: int) -> int:
 def run(args: argparse.Namespace) -> int:
     from server.app import serve
     from server.errors import WorkerFailed
+    from server.memory import return_large_blocks_at_once
     from server.model import ModelNotFoundError
     from server.preflight import StartupError
     from server.store import StoreError
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
         settings = settings_module.from_args(args)
     except ValueError as exc:
         return _fail(str(exc), 2)
+    return_large_blocks_at_once()  # before the first large document arrives
     try:
         clean = asyncio.run(serve(settings))
     except (ModelNotFoundError, StartupError) as exc:

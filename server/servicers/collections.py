@@ -122,6 +122,9 @@ class CollectionServicer:
             reader.cancel()
             ahead.clear()
             if ahead.peak_bytes >= _TRIM_AFTER_BYTES:
+                # Trimmed once the reader has ended: until then it may hold the request it was
+                # converting, and the pages under it would stay behind.
+                await asyncio.wait([reader])
                 asyncio.get_running_loop().run_in_executor(None, release_freed_memory)
 
     async def Search(self, request: Any, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
