@@ -117,11 +117,10 @@ class Settings:
     contended_batch_tokens: int = _opt(
         512, "token budget of a bulk batch taken while interactive inputs wait in the worker queue"
     )
-    # Off by default until a defect is found: with the lane on, tests/test_index_rebuild_live.py
-    # saw a search by a document's own text miss it entirely (top score 0.77), 2 runs of 2; with
-    # the lane off it passes. Opt in with auto/on.
+    # On again (auto) since 970f541: the search that missed a document's own text with the lane
+    # on was usearch stranding a node added by a parallel add (USearch #735), not the lane.
     interactive_lane: str = _opt(
-        "off",
+        "auto",
         "compute interactive inputs (Embed, EmbedStream, TEI, Search queries) in the server "
         "process on ONNX Runtime, beside the workers, so they never wait behind bulk batches "
         "(auto: on with CPU workers; kept only where its vectors match the workers', cosine >= 0.999)",
