@@ -1,8 +1,9 @@
 """The OpenAI-compatible HTTP API, driven by the real ``openai`` client against a real server
 (real model) whose gRPC API answers the same inputs: every vector must be gRPC ``Embed``'s.
 
-One server for the module (bearer token, small size limits so 413 is cheap to reach); a second
-one, with TLS, is started in the test that watches start-up (503 until SERVING)."""
+One server (tests/conftest.py ``http_server``, shared with tests/test_http_tei.py: a bearer token,
+small size limits so 413 is cheap to reach); a second one, with TLS, is started in the test that
+watches start-up (503 until SERVING)."""
 
 from __future__ import annotations
 
@@ -25,26 +26,20 @@ from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1 import embedding_pb2_grpc as pb_grpc
 from server.launch import serve_command
 from tests._certs import make_pki
-from tests.server_harness import FAST_START, ServerProcess, free_port, running_server
+from tests.conftest import HTTP_BODY_LIMIT as BODY_LIMIT
+from tests.conftest import HTTP_MAX_BATCH as MAX_BATCH
+from tests.conftest import HTTP_MAX_INPUT_CHARS as MAX_INPUT_CHARS
+from tests.conftest import HTTP_TOKEN as TOKEN
+from tests.conftest import HttpServerProcess
+from tests.server_harness import FAST_START, ServerProcess, free_port
 
-TOKEN = "http-test-token"
-MAX_INPUT_CHARS = 5000
-MAX_BATCH = 32
-# max_receive_bytes = max(--max-message-bytes, 4 * --max-document-bytes + 1 MiB) = 2 MiB
-BODY_LIMIT = 2 * 1024 * 1024
 FOOD = "A man is eating food."
 TEXTS = ["The cat sits on the mat.", "Quantum tunnelling in semiconductors.", "A recipe for bread.", FOOD]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, int]]:
-    http_port = free_port()
-    args = ("--http-port", str(http_port), "--max-input-chars", str(MAX_INPUT_CHARS),
-            "--max-client-batch-size", str(MAX_BATCH), "--max-document-bytes", str(256 * 1024),
-            "--max-message-bytes", str(1024 * 1024))  # fmt: skip
-    data = tmp_path_factory.mktemp("http") / "data"
-    with running_server(data, *args, env={"EMBED_AUTH_TOKEN": TOKEN}) as process:
-        yield process, http_port
+def server(http_server: HttpServerProcess) -> tuple[ServerProcess, int]:
+    return http_server.process, http_server.http_port
 
 
 @pytest.fixture(scope="module")
