@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -271,3 +272,15 @@ def test_tls_and_503_until_serving(tmp_path: Path) -> None:
     finally:
         process.terminate()
         assert process.wait(60) == 0, log_path.read_text()[-3000:]
+
+
+def test_the_listening_socket_turns_nagle_off_on_every_connection() -> None:
+    """asyncio disables Nagle only on connections of an IPPROTO_TCP listener; with protocol 0
+    (socket.create_server) every keep-alive response waited 44 ms for a delayed ACK."""
+    from server.http.server import bind
+    from server.settings import Settings
+
+    sock = bind(Settings(http_port=free_port()))
+    with sock:
+        assert sock.proto == socket.IPPROTO_TCP
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
