@@ -151,6 +151,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                  *args.server_arg]  # fmt: skip
         server = stack.enter_context(server_process(Path(tmp) / "data", *flags))
         base = f"http://127.0.0.1:{http_port}/v1/embeddings"
+        ours = httpx.get(f"http://127.0.0.1:{http_port}/info", timeout=60).json()
+        compute = {k: ours[k] for k in ("model_id", "model_dtype", "max_batch_tokens")} | {"flags": flags}
         targets = [
             Target("ours gRPC Embed", grpc_embed(server.address), "grpc"),
             Target("ours HTTP /v1/embeddings float", openai_embeddings(base, "m", "float"), "http"),
@@ -190,7 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["cosine_to_grpc"] = {t.name: mean_cosine(vectors[t.name], reference) for t in targets[1:]}
             rounds.append(result)
             print(f"round {r + 1}/{args.rounds} done (load {result['load_avg']:.1f})", flush=True)
-    return {"targets": [t.name for t in targets], "rounds": rounds, "failed": failed}
+    return {"targets": [t.name for t in targets], "rounds": rounds, "failed": failed, "ours": compute}
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
@@ -243,6 +245,8 @@ def report(
             f"{fmt_spread(row.get('p95_ms'), '.1f')} | {fmt_spread(row.get('p50_x_grpc'))} | "
             f"{fmt_spread(row.get('p50_x_infinity'))} |"
         )
+    ours = results["ours"]
+    print(f"\nours: {ours['model_id']} at {ours['model_dtype']}, flags {' '.join(ours['flags'])}")
     for name, reason in results["failed"].items():
         print(f"- {name}: not measured ({reason})")
     cosines = {
