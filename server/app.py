@@ -4,7 +4,7 @@ Start-up order (grpc.health.v1 is the lifecycle):
 1. build the grpc.aio server, register every service (each call answers UNAVAILABLE "starting"
    until the runtime is installed), health (NOT_SERVING), reflection; bind the port and start;
    from here on a probe gets NOT_SERVING, never a refused connection; with --http-port, the
-   HTTP API (server.http, same event loop) binds and answers 503 the same way;
+   HTTP API (server.http, same event loop) is bound just before, answering 503 the same way;
 2. open the store and catch the indexes up, start and warm the encoder workers, load the int8
    calibration, load or build the edge bundle (off the event loop);
 3. install the servicers (and the HTTP routes' runtime) and report SERVING.
@@ -138,17 +138,18 @@ async def serve(settings: Settings, *, embedder: Embedder | None = None) -> bool
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    grpc_server = await start_grpc(settings)
-    log.info("listening on %s:%d (model %s); starting up", settings.host, grpc_server.port, spec.fingerprint)
     http_server: HttpServer | None = None
-    if settings.http_port:
+    if settings.http_port:  # first: once gRPC answers, so does HTTP (both 503/NOT_SERVING)
         from server.http import start_http  # FastAPI and uvicorn only when the HTTP API is on
 
-        try:
-            http_server = await start_http(settings)
-        except BaseException:
-            await grpc_server.server.stop(0)
-            raise
+        http_server = await start_http(settings)
+    try:
+        grpc_server = await start_grpc(settings)
+    except BaseException:
+        if http_server is not None:
+            await http_server.stop()
+        raise
+    log.info("listening on %s:%d (model %s); starting up", settings.host, grpc_server.port, spec.fingerprint)
     if settings.metrics_port:
         from server.metrics import start_metrics_server
 

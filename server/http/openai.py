@@ -38,6 +38,7 @@ router = APIRouter(prefix="/v1")
 
 # Token ids decoded on the event loop up to this many (a few milliseconds); more off it.
 _INLINE_DECODE_IDS = 4096
+_STARTED = int(time.time())  # "created" of the model entry: when this process loaded the module
 
 
 class EmbeddingsRequest(BaseModel):
@@ -48,7 +49,7 @@ class EmbeddingsRequest(BaseModel):
     input: str | list[str] | list[int] | list[list[int]]
     model: str
     dimensions: Annotated[int, Field(strict=True)] | None = None
-    encoding_format: Literal["float", "base64"] = "float"
+    encoding_format: Literal["float", "base64"] | None = "float"  # null: float, as unset
     user: str | None = None
 
 
@@ -82,7 +83,7 @@ async def create_embeddings(request: EmbeddingsRequest, rt: Annotated[Runtime, D
         rt.embedder, texts, options, max_inputs=rt.settings.max_client_batch_size, field="input"
     )
     vectors = np.ascontiguousarray(embedded.vectors, dtype="<f4")
-    if request.encoding_format == "base64":
+    if request.encoding_format == "base64":  # None and "float": JSON numbers
         data: list[dict[str, object]] = [
             {"object": "embedding", "index": i, "embedding": base64.b64encode(row.tobytes()).decode("ascii")}
             for i, row in enumerate(vectors)
@@ -107,6 +108,3 @@ async def list_models(rt: Annotated[Runtime, Depends(runtime)]) -> Response:
         "data": [{"id": rt.spec.model_id, "object": "model", "created": _STARTED, "owned_by": "embedstream"}],
     }
     return json_response(200, orjson.dumps(body))
-
-
-_STARTED = int(time.time())  # "created" of the model entry: when this process loaded the module
