@@ -60,3 +60,15 @@ def test_openai_codes_and_dialects() -> None:
     _, raw = error_body(errors.Overloaded("x"), Dialect.OPENAI)
     assert orjson.loads(raw)["error"]["type"] == "rate_limit_error"
     assert dialect_of("/v1/embeddings") is Dialect.OPENAI and dialect_of("/embed") is Dialect.TEI
+
+
+def test_the_server_imports_without_the_http_stack() -> None:
+    """FastAPI and uvicorn load only when --http-port is set (server.app imports server.http in
+    serve)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, server.app, server.cli; sys.exit(any(m in sys.modules for m in ('fastapi', 'uvicorn')))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
