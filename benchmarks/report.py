@@ -32,6 +32,8 @@ COMMANDS = {
     "bench_index_updates-random64": "python benchmarks/bench_index_updates.py --random-dim 64 --limit 5000",
     "bench_edge": "python benchmarks/bench_edge.py --cache .scratch/edge --measure-install edge",
     "bench_adaptor_min_docs": "python benchmarks/bench_adaptor_min_docs.py --cache .scratch/edge",
+    "bench_http_fp32": "python benchmarks/bench_http.py --rounds 4 --server-arg=--dtype=float32",
+    "bench_http": "python benchmarks/bench_http.py --rounds 4",
 }
 
 
@@ -301,6 +303,50 @@ def min_docs(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def http_api(data: dict[str, Any]) -> list[str]:
+    """bench_http: /v1/embeddings beside gRPC Embed and Infinity's /embeddings."""
+    s = data["settings"]
+    ours = data.get("ours") or {"model_id": "the default model", "model_dtype": "its default dtype"}
+    lines = [
+        f"{len(data['rounds'])} rounds; throughput: {s['limit']} SciFact documents per round, {s['batch']} per "
+        f"request, {s['concurrency']} client threads; latency: {s['queries']} STS-B sentences, one per request, "
+        f"one at a time (client side, vectors decoded). Ours: {ours['model_id']} at {ours['model_dtype']}, "
+        "query cache off. min / median / max over rounds; ratios within a round.",
+        "",
+        "| engine | docs/s | x gRPC Embed | x Infinity | single query p50 ms | p95 ms | p50 x gRPC | p50 x Infinity |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in data["summary"].items():
+        lines.append(
+            f"| {name} | {spread(row['docs_per_s'], '.1f')} | {spread(row['rate_x_grpc'])} | "
+            f"{spread(row['rate_x_infinity'])} | {spread(row.get('p50_ms'), '.1f')} | "
+            f"{spread(row.get('p95_ms'), '.1f')} | {spread(row.get('p50_x_grpc'))} | "
+            f"{spread(row.get('p50_x_infinity'))} |"
+        )
+    lines.append("")
+    for name, reason in data["failed"].items():
+        lines.append(f"- {name}: not measured ({reason})")
+    http = data["summary"].get("ours HTTP /v1/embeddings float")
+    if http:
+        lines += [
+            f"- goal HTTP within 1.2x of gRPC per call: single-query p50 x {spread(http.get('p50_x_grpc'))}, "
+            f"throughput x {spread(http['rate_x_grpc'])}",
+            f"- goal HTTP ahead of Infinity: throughput x {spread(http['rate_x_infinity'])}, "
+            f"single-query p50 x {spread(http.get('p50_x_infinity'))}",
+        ]
+    cosines = {
+        n: min(r["cosine_to_grpc"][n] for r in data["rounds"]) for n in data["rounds"][0]["cosine_to_grpc"]
+    }
+    lines.append(
+        "- lowest per-round mean cosine to gRPC Embed's vectors: "
+        + ", ".join(f"{n} {c:.5f}" for n, c in cosines.items())
+    )
+    lines.append(
+        "- 1-min load average per round: " + ", ".join(f"{r['load_avg']:.1f}" for r in data["rounds"])
+    )
+    return lines
+
+
 # block -> (results file, renderer, whether its figures are timings)
 BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]], bool]] = {
     "throughput": ("bench_throughput", throughput, True),
@@ -311,6 +357,8 @@ BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]], bool]] = {
     "edge-quality": ("bench_edge", edge_quality, False),
     "edge-latency": ("bench_edge", edge_latency, True),
     "min-docs": ("bench_adaptor_min_docs", min_docs, False),
+    "http": ("bench_http_fp32", http_api, True),
+    "http-auto": ("bench_http", http_api, True),
 }
 
 

@@ -3,11 +3,12 @@
 Start-up order (grpc.health.v1 is the lifecycle):
 1. build the grpc.aio server, register every service (each call answers UNAVAILABLE "starting"
    until the runtime is installed), health (NOT_SERVING), reflection; bind the port and start;
-   from here on a probe gets NOT_SERVING, never a refused connection;
+   from here on a probe gets NOT_SERVING, never a refused connection; with --http-port, the
+   HTTP API (server.http, same event loop) is bound just before, answering 503 the same way;
 2. open the store and catch the indexes up, start and warm the encoder workers, load the int8
    calibration, load or build the edge bundle (off the event loop);
-3. install the servicers and report SERVING.
-On SIGTERM: NOT_SERVING, the server stops accepting calls, in-flight calls drain for
+3. install the servicers (and the HTTP routes' runtime) and report SERVING.
+On SIGTERM: NOT_SERVING, the servers stop accepting calls, in-flight calls drain for
 ``grace_seconds``, then background tasks stop, indexes are saved, the store and the pool close,
 and the process exits 0 (1 when the final index save could not be written).
 """
@@ -19,6 +20,7 @@ import contextlib
 import logging
 import signal
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -34,6 +36,9 @@ from server.preflight import StartupError, check_ports, check_store, check_tls, 
 from server.runtime import Runtime, build_runtime, create_embedder
 from server.servicers import NEVER_SERVING, SERVICES, ServiceTable, register, servicers_for
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.http import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +138,17 @@ async def serve(settings: Settings, *, embedder: Embedder | None = None) -> bool
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    grpc_server = await start_grpc(settings)
+    http_server: HttpServer | None = None
+    if settings.http_port:  # first: once gRPC answers, so does HTTP (both 503/NOT_SERVING)
+        from server.http import start_http  # FastAPI and uvicorn only when the HTTP API is on
+
+        http_server = await start_http(settings)
+    try:
+        grpc_server = await start_grpc(settings)
+    except BaseException:
+        if http_server is not None:
+            await http_server.stop()
+        raise
     log.info("listening on %s:%d (model %s); starting up", settings.host, grpc_server.port, spec.fingerprint)
     if settings.metrics_port:
         from server.metrics import start_metrics_server
@@ -142,7 +157,15 @@ async def serve(settings: Settings, *, embedder: Embedder | None = None) -> bool
 
     def phase(what: str) -> None:
         grpc_server.services.phase = what
+        if http_server is not None:
+            http_server.set_phase(what)
         log.info("start-up: %s", what)
+
+    async def stop_servers(grace: float) -> None:
+        if http_server is not None:
+            await asyncio.gather(grpc_server.server.stop(grace), http_server.stop())
+        else:
+            await grpc_server.server.stop(grace)
 
     embedder = embedder or create_embedder(settings, spec)
     building = asyncio.create_task(build_runtime(settings, spec, embedder, phase))
@@ -155,22 +178,27 @@ async def serve(settings: Settings, *, embedder: Embedder | None = None) -> bool
             with contextlib.suppress(asyncio.CancelledError):
                 await building
             await embedder.close()
-            await grpc_server.server.stop(0)
+            await stop_servers(0)
             return True
         runtime = building.result()  # raises what start-up raised
     except BaseException:
         stopping.cancel()
         await embedder.close()
-        await grpc_server.server.stop(0)
+        await stop_servers(0)
         raise
     grpc_server.install(runtime)
+    if http_server is not None:
+        http_server.install(runtime)
+        http_server.set_serving(True)
     await grpc_server.set_serving(True)
     log.info("serving")
     await stopping
     log.info("draining (up to %.0fs)", settings.grace_seconds)
+    if http_server is not None:
+        http_server.set_serving(False)
     await grpc_server.set_serving(False)
     try:
-        await grpc_server.server.stop(settings.grace_seconds)
+        await stop_servers(settings.grace_seconds)
     finally:  # the runtime is closed even if the drain fails
         saved = await runtime.close()
     log.info("stopped")

@@ -23,7 +23,9 @@ PER_INTERVAL = 1  # lines per method and status per interval for a client's erro
 FAULTS_PER_INTERVAL = 5  # tracebacks per method per interval for our own faults
 FAULTS = ("INTERNAL", "UNKNOWN")
 # The server's state rather than the client's request: worth a warning.
-WARN = ("RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED")
+# (HTTP statuses as server.http.errors.record names them.)
+WARN = ("RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED",
+        "HTTP 424", "HTTP 429", "HTTP 503", "HTTP 507")  # fmt: skip
 
 
 @dataclass

@@ -58,6 +58,14 @@ class EncodeResult:
     inference_ns: int = 0
     cache_hits: int = 0  # inputs answered from the query cache (their token_counts are 0)
     raw_norms: np.ndarray | None = None
+    # Tokens the model reads of each input, cache hits included (what OpenAI's usage reports);
+    # None: the same as token_counts (nothing came from a cache).
+    input_tokens: tuple[int, ...] | None = None
+
+    @property
+    def tokens_read(self) -> int:
+        """Tokens the model reads of all inputs (special tokens included), cached or computed."""
+        return sum(self.token_counts if self.input_tokens is None else self.input_tokens)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@ request: they name the field and the limit, and never carry a stack trace.
 
     ServiceError
     ├── InvalidArgument      bad request: names the field (INVALID_ARGUMENT)
+    │   ├── EmptyInput       an input or list of inputs that is empty (INVALID_ARGUMENT)
+    │   └── TooLarge         over a size limit: characters, tokens with truncate=false, items
+    │                        per call, bytes of an HTTP body (INVALID_ARGUMENT; HTTP 413)
     ├── NotFound             unknown collection, document, bundle file (NOT_FOUND)
     ├── Overloaded           a queue or concurrency limit was hit (RESOURCE_EXHAUSTED)
     ├── StorageFull          the data directory's disk is full (RESOURCE_EXHAUSTED)
@@ -16,6 +19,20 @@ request: they name the field and the limit, and never carry a stack trace.
 """
 
 from __future__ import annotations
+
+INTERNAL_MESSAGE = "internal error (logged on the server)"  # what a client sees of our own faults
+# A message may quote fields of the request; it travels in a gRPC trailer (gRPC's default header
+# limit is 8 KiB, shared; bytes outside printable ASCII are percent-encoded there, 3 characters
+# each) or an HTTP error body: it is cut to this many UTF-8 bytes.
+MAX_MESSAGE_BYTES = 1000
+
+
+def bounded(message: str) -> str:
+    """``message`` cut to :data:`MAX_MESSAGE_BYTES` UTF-8 bytes (an ellipsis marks the cut)."""
+    data = message.encode("utf-8")
+    if len(data) <= MAX_MESSAGE_BYTES:
+        return message
+    return data[: MAX_MESSAGE_BYTES - 3].decode("utf-8", errors="ignore") + "\u2026"  # ... is 3 bytes
 
 
 class ServiceError(Exception):
@@ -29,6 +46,16 @@ class ServiceError(Exception):
 
 class InvalidArgument(ServiceError):
     """The request is malformed or outside a documented limit."""
+
+
+class EmptyInput(InvalidArgument):
+    """An input, or the list of inputs, is empty (TEI's HTTP API answers 400 for it, other
+    validation errors 413 or 422)."""
+
+
+class TooLarge(InvalidArgument):
+    """The request is over a size limit (an input's characters or tokens, the number of inputs,
+    an HTTP body's bytes); a smaller request can succeed."""
 
 
 class NotFound(ServiceError):

@@ -99,7 +99,12 @@ def check_ports(settings: Settings) -> None:
     """A listener already on ``host:port`` makes gRPC log three lines of C-core errors and raise
     "failed to bind" (and the metrics server a traceback); find it first and say so. Port 0
     picks a free port: nothing to check."""
-    for option, port in (("--port", settings.port), ("--metrics-port", settings.metrics_port)):
+    ports = (
+        ("--port", settings.port),
+        ("--metrics-port", settings.metrics_port),
+        ("--http-port", settings.http_port),
+    )
+    for option, port in ports:
         if port:
             _check_port(option, settings.host, port)
 

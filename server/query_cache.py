@@ -114,6 +114,7 @@ class CachedEmbedder:
                 tokenization_ns=prepared.tokenization_ns,
                 cache_hits=len(texts),
                 raw_norms=None if np.isnan(norms).any() else norms,
+                input_tokens=tuple(t.length for t in prepared.tokens),
             )
         inner = await self.inner.encode_tokens(
             Prepared([prepared.tokens[i] for i in missing], prepared.tokenization_ns),
@@ -140,6 +141,7 @@ class CachedEmbedder:
             inference_ns=inner.inference_ns,
             cache_hits=len(found),
             raw_norms=None if np.isnan(out_norms).any() else out_norms,
+            input_tokens=tuple(t.length for t in prepared.tokens),
         )
 
     async def validate(

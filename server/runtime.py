@@ -2,6 +2,7 @@
 
 :func:`build_runtime` opens the store and catches the indexes up, starts and warms the encoder
 workers, loads the int8 calibration and loads or builds the edge bundle, off the event loop;
+every API (gRPC servicers, HTTP routes) then works on these same objects;
 :meth:`Runtime.close` undoes it in reverse. :mod:`server.app` calls both; nothing else builds
 a runtime (tools that need part of it, such as ``reembed``, build just that part).
 """
@@ -25,6 +26,7 @@ from server.search import Searcher
 from server.settings import Settings
 from server.store import Indexes, Store, open_store
 from server.sync import Syncer
+from server.tei import TeiEngine
 from server.tokenization import TokenInspector
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ class Runtime:
     searcher: Searcher
     syncer: Syncer
     tokens: TokenInspector
+    tei: TeiEngine  # TEI's API (gRPC tei.v1 and the HTTP routes) over the same embedder
     tasks: list[asyncio.Task[None]] = field(default_factory=list)  # background work, stopped at close
 
     async def close(self) -> bool:
@@ -151,6 +154,7 @@ async def build_runtime(
         tokens=TokenInspector(
             spec, max_reply_bytes=settings.max_message_bytes, max_input_chars=settings.max_input_chars
         ),
+        tei=TeiEngine(spec, embedder, settings, edge),
     )
     runtime.tasks.append(asyncio.create_task(_save_indexes_periodically(runtime), name="index-saver"))
     return runtime

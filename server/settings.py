@@ -29,6 +29,12 @@ class Settings:
     host: str = _opt("127.0.0.1", "address to listen on (0.0.0.0 for all interfaces)")
     port: int = _opt(50051, "gRPC port (0 picks a free port)")
     metrics_port: int = _opt(0, "Prometheus /metrics HTTP port (0 = off)")
+    # Same process, event loop, encoder, auth token and TLS as gRPC (server/http/).
+    http_port: int = _opt(
+        0,
+        "HTTP port of the OpenAI-compatible (/v1/embeddings) and TEI-compatible (/embed, ...) API "
+        "on --host, with the same token and TLS as gRPC (0 = off)",
+    )
     max_message_bytes: int = _opt(
         16 * 1024 * 1024,
         "largest gRPC message sent (Search and SyncVectors cut texts to fit it) or accepted "
@@ -254,6 +260,13 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
+        listening = [(n, getattr(self, n)) for n in ("port", "metrics_port", "http_port") if getattr(self, n)]
+        for i, (name, port) in enumerate(listening):
+            for other, other_port in listening[:i]:
+                if port == other_port:
+                    raise ValueError(
+                        f"--{_flag(name)} and --{_flag(other)} are both {port}; give each its own"
+                    )
         if self.max_message_bytes < MIN_MESSAGE_BYTES:
             # one document's id, vector and metadata (at most 64 KiB as JSON) must fit a message
             raise ValueError(

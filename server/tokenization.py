@@ -20,7 +20,7 @@ from tokenizers import Encoding
 
 from embedcore import ModelTokenizer, Tokens, TruncationSide, no_content_message, tokens_before_cut
 from server.embedder import FieldNames
-from server.errors import InvalidArgument, ServiceError
+from server.errors import InvalidArgument, ServiceError, TooLarge
 from server.model import ModelSpec
 
 
@@ -39,7 +39,7 @@ def check_sizes(texts: Sequence[str], names: Sequence[str], max_chars: int) -> N
     runs before any tokenization."""
     for text, name in zip(texts, names, strict=True):
         if len(text) > max_chars:
-            raise InvalidArgument(
+            raise TooLarge(
                 f"{name} has {len(text)} characters, more than the limit of {max_chars} "
                 "(--max-input-chars); send a shorter text",
                 field=name,
@@ -88,7 +88,7 @@ class TextTokenizer:
                 raise InvalidArgument(no_content_message(name), field=name)
             if not truncate and (tokens.total is None or tokens.total > limit):
                 count = f"{tokens.total}" if tokens.total is not None else f"more than {tokens.at_least - 1}"
-                raise InvalidArgument(
+                raise TooLarge(
                     f"{name} has {count} tokens, more than the model's maximum of {limit}; "
                     "shorten it or set truncate=true",
                     field=name,
@@ -217,7 +217,7 @@ class TokenInspector:
     def _check_reply(self, ids: Sequence[int], text_chars: int, budget: int, name: str) -> int:
         used = self.reply_bytes(ids, text_chars)
         if used > budget:
-            raise InvalidArgument(
+            raise TooLarge(
                 f"{name} has at least {len(ids)} tokens: the Tokenize reply would be larger than "
                 f"the message limit of {self.max_reply_bytes} bytes (--max-message-bytes); "
                 "send a shorter text",

@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-from server.errors import InvalidArgument
+from server.errors import EmptyInput, InvalidArgument, TooLarge
 
 T = TypeVar("T")
 
@@ -32,7 +32,7 @@ def check_text(text: str, field: str) -> None:
     """Inputs must be non-empty and free of NUL characters (they are almost always a client bug:
     C strings, binary data sent as text)."""
     if not text:
-        raise InvalidArgument(f"{field} is empty; send at least one character", field=field)
+        raise EmptyInput(f"{field} is empty; send at least one character", field=field)
     check_no_nul(text, field)
 
 
@@ -74,10 +74,10 @@ def check_count(
     """``values`` has at least one item (when ``required``) and at most ``limit``; ``note`` names
     where the limit comes from (a flag)."""
     if required and not values:
-        raise InvalidArgument(f"{field} is empty; send at least one item", field=field)
+        raise EmptyInput(f"{field} is empty; send at least one item", field=field)
     if len(values) > limit:
         where = f" ({note})" if note else ""
-        raise InvalidArgument(
+        raise TooLarge(
             f"{field} has {len(values):,} items, more than the limit of {limit:,}{where}", field=field
         )
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnxruntime  # noqa: F401  (before usearch, or the process segfaults; see server/app.py)
 import pytest
@@ -35,6 +38,9 @@ os.environ["EMBED_EDGE_ONNX_CACHE"] = _onnx_cache()
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+if TYPE_CHECKING:
+    from tests.server_harness import ServerProcess
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
@@ -59,6 +65,34 @@ def live_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
 
     with running_server(tmp_path_factory.mktemp("live") / "data") as server:
         yield server
+
+
+HTTP_TOKEN = "http-test-token"
+HTTP_MAX_INPUT_CHARS = 5000
+HTTP_MAX_BATCH = 32
+# max_receive_bytes = max(--max-message-bytes, 4 * --max-document-bytes + 1 MiB) = 2 MiB
+HTTP_BODY_LIMIT = 2 * 1024 * 1024
+
+
+@dataclass
+class HttpServerProcess:
+    process: ServerProcess
+    http_port: int
+
+
+@pytest.fixture(scope="session")
+def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServerProcess]:
+    """A real server with the HTTP API on (--http-port), a bearer token and small limits (413s
+    are cheap to reach), shared by tests/test_http_api.py and tests/test_http_tei.py."""
+    from tests.server_harness import free_port, running_server
+
+    http_port = free_port()
+    args = ("--http-port", str(http_port), "--max-input-chars", str(HTTP_MAX_INPUT_CHARS),
+            "--max-client-batch-size", str(HTTP_MAX_BATCH), "--max-document-bytes", str(256 * 1024),
+            "--max-message-bytes", str(1024 * 1024))  # fmt: skip
+    data = tmp_path_factory.mktemp("http") / "data"
+    with running_server(data, *args, env={"EMBED_AUTH_TOKEN": HTTP_TOKEN}) as process:
+        yield HttpServerProcess(process, http_port)
 
 
 @pytest.fixture(scope="session")

@@ -211,6 +211,7 @@ def test_statefulset_ports_probes_and_volume_match_the_settings() -> None:
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["grpc"] == settings.port
     assert settings.metrics_port > 0 and ports["metrics"] == settings.metrics_port
+    assert settings.http_port > 0 and ports["http"] == settings.http_port
     for probe in PROBES:
         spec = container[probe]
         assert set(spec) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, probe
@@ -234,7 +235,7 @@ def test_services_and_disruption_budget_select_the_server_pods() -> None:
             assert port["port"] == container_ports[port["targetPort"]]
     headless = one("Service", statefulset["spec"]["serviceName"])
     assert headless["spec"]["clusterIP"] == "None"
-    assert "metrics" in {p["name"] for p in one("Service", "embed-server")["spec"]["ports"]}
+    assert {"metrics", "http"} <= {p["name"] for p in one("Service", "embed-server")["spec"]["ports"]}
     pdb = one("PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert pdb["spec"].get("maxUnavailable") == 1 or pdb["spec"].get("minAvailable") is not None
@@ -273,7 +274,7 @@ def test_compose_ports_and_volume_match_the_settings() -> None:
     server = compose()["services"]["server"]
     settings = settings_for({k: str(v) for k, v in server["environment"].items()})
     published = {int(p.split(":")[1]) for p in server["ports"]}
-    assert published == {settings.port, settings.metrics_port}
+    assert published == {settings.port, settings.metrics_port, settings.http_port}
     targets = {volume.split(":")[1] for volume in server["volumes"]}
     assert str(settings.data_dir) in targets
 
@@ -282,7 +283,7 @@ def test_dockerfile_server_settings_ports_and_volume_agree() -> None:
     instructions = dockerfile("Dockerfile.server")
     settings = settings_for(dict(dockerfile_env("Dockerfile.server")))
     exposed = {int(p) for k, rest in instructions if k == "EXPOSE" for p in rest.split()}
-    assert exposed == {settings.port, settings.metrics_port}
+    assert exposed == {settings.port, settings.metrics_port, settings.http_port}
     volumes = [rest for k, rest in instructions if k == "VOLUME"]
     assert volumes == [str(settings.data_dir)]
 

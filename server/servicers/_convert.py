@@ -75,7 +75,14 @@ def to_protos(
     vectors: np.ndarray, options: VectorOptions, ranges: tuple[np.ndarray, np.ndarray] | None = None
 ) -> list[pb.Vector]:
     """Model vectors -> one ``Vector`` message per row, as ``options`` ask."""
-    shaped = postprocess(vectors, options.normalize, options.truncate_dim)
+    return pack(postprocess(vectors, options.normalize, options.truncate_dim), options, ranges)
+
+
+def pack(
+    shaped: np.ndarray, options: VectorOptions, ranges: tuple[np.ndarray, np.ndarray] | None = None
+) -> list[pb.Vector]:
+    """Already truncated and normalized float32 (n, truncate_dim) vectors -> one ``Vector``
+    message per row in ``options.precision``."""
     precision = PRECISION_OUT[options.precision]
     return [
         pb.Vector(data=data, dims=options.truncate_dim, precision=precision)

@@ -21,11 +21,8 @@ STATUS: dict[type[errors.ServiceError], grpc.StatusCode] = {
     errors.WorkerFailed: grpc.StatusCode.UNAVAILABLE,
 }
 
-INTERNAL_MESSAGE = "internal error (logged on the server)"
-# A status message travels in a trailer (gRPC's default header limit is 8 KiB, shared; bytes
-# outside printable ASCII are percent-encoded there, 3 characters each), and a message may quote
-# fields of the request: it is cut to this many UTF-8 bytes.
-MAX_MESSAGE_BYTES = 1000
+INTERNAL_MESSAGE = errors.INTERNAL_MESSAGE
+MAX_MESSAGE_BYTES = errors.MAX_MESSAGE_BYTES
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -34,12 +31,5 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         for kind in type(exc).__mro__:
             code = STATUS.get(kind)
             if code is not None:
-                return code, _bounded(exc.message)
+                return code, errors.bounded(exc.message)
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
-
-
-def _bounded(message: str) -> str:
-    data = message.encode("utf-8")
-    if len(data) <= MAX_MESSAGE_BYTES:
-        return message
-    return data[: MAX_MESSAGE_BYTES - 3].decode("utf-8", errors="ignore") + "\u2026"  # ... is 3 bytes

@@ -1,10 +1,11 @@
 """embedding.v1.EmbeddingService: Info, Embed, EmbedStream, Tokenize.
 
-Bad input never reaches the encoder: requests are validated here (empty inputs and NUL
-characters are INVALID_ARGUMENT naming ``inputs[i]``) and by the encoder's tokenization
-(:mod:`server.tokenization`: size, content, length), options are resolved once
-(:func:`server.servicers._convert.vector_options`), and per-request post-processing (truncation,
-precision) runs after the pool returns the model's vectors. Embed fails fast with
+Bad input never reaches the encoder: options are resolved once
+(:func:`server.servicers._convert.vector_options`), then the domain function
+:func:`server.embeddings.embed` (shared with the HTTP API) checks the inputs (empty inputs and
+NUL characters are INVALID_ARGUMENT naming ``inputs[i]``), the encoder's tokenization checks
+size, content and length (:mod:`server.tokenization`), and truncation and normalization run
+after the pool returns the model's vectors; precision is applied here. Embed fails fast with
 RESOURCE_EXHAUSTED when the encoder queue is full; EmbedStream items wait for room (the stream
 stops reading, flow control holds the client).
 """
@@ -22,43 +23,15 @@ import grpc
 
 from protos.embedding.v1 import embedding_pb2 as pb
 from server import __version__
-from server.embedder import EncodeResult, FieldNames, Priority
+from server.embeddings import check_inputs, embed, encode
 from server.errors import InvalidArgument, ServiceError
 from server.runtime import Runtime
-from server.servicers._convert import int8_ranges, item_error, timing, to_protos, vector_options
+from server.servicers._convert import int8_ranges, item_error, pack, timing, to_protos, vector_options
 from server.servicers._rpc import UnparsedRequest, abort, ordered_pipeline, request_bytes
-from server.validation import check_count, check_name, check_prompt_name, check_text
+from server.validation import check_name, check_prompt_name, check_text
 from server.vectors import VectorOptions
 
 log = logging.getLogger(__name__)
-
-
-async def encode(
-    runtime: Runtime,
-    texts: list[str],
-    options: VectorOptions,
-    *,
-    wait: bool = False,
-    field: FieldNames = "inputs",
-) -> EncodeResult:
-    """Interactive embedding of ``texts`` with the request's prompt and truncation. ``wait``:
-    wait for room in a full encoder queue (streams) instead of RESOURCE_EXHAUSTED (unary);
-    ``field`` names the texts in errors (see :meth:`server.embedder.Embedder.encode`)."""
-    return await runtime.embedder.encode(
-        texts,
-        prompt_name=options.prompt_name,
-        truncate=options.truncate,
-        truncation_direction=options.truncation_direction,
-        priority=Priority.INTERACTIVE,
-        wait=wait,
-        field=field,
-    )
-
-
-def check_inputs(inputs: list[str], limit: int, field: str = "inputs") -> None:
-    check_count(inputs, field, limit=limit, note="--max-client-batch-size")
-    for i, text in enumerate(inputs):
-        check_text(text, f"{field}[{i}]")
 
 
 @dataclass
@@ -116,13 +89,14 @@ class EmbeddingServicer:
             if isinstance(request, UnparsedRequest):
                 raise request.error()
             inputs = list(request.inputs)
-            check_inputs(inputs, self.runtime.settings.max_client_batch_size)
             options = vector_options(request.options, self.spec)
             ranges = int8_ranges(self.runtime.calibration, options)
-            result = await encode(self.runtime, inputs, options)
+            embedded = await embed(
+                self.runtime.embedder, inputs, options, max_inputs=self.runtime.settings.max_client_batch_size
+            )
             return pb.EmbedResponse(
-                embeddings=to_protos(result.vectors, options, ranges),
-                timing=timing(result, sum(map(len, inputs)), started),
+                embeddings=pack(embedded.vectors, options, ranges),
+                timing=timing(embedded.result, sum(map(len, inputs)), started),
                 model_fingerprint=self.spec.fingerprint,
             )
         except Exception as exc:
@@ -167,7 +141,9 @@ class EmbeddingServicer:
                 raise item.options
             check_text(request.input, "input")
             ranges = int8_ranges(self.runtime.calibration, item.options)
-            result = await encode(self.runtime, [request.input], item.options, wait=True, field=["input"])
+            result = await encode(
+                self.runtime.embedder, [request.input], item.options, wait=True, field=["input"]
+            )
             (vector,) = to_protos(result.vectors, item.options, ranges)
             return pb.EmbedStreamResponse(
                 id=request_id, embedding=vector, timing=timing(result, len(request.input), started)
