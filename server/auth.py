@@ -19,6 +19,13 @@ from server.call_log import FAILURES
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 
+def bearer_token_matches(header: bytes, token: str) -> bool:
+    """Whether an ``authorization`` value carries ``token``: ``Bearer <token>``, the scheme name
+    in any case (RFC 7235 section 2.1), the token compared in constant time."""
+    scheme, _, given = header.strip().partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token.encode())
+
+
 def _deny(method: str, message: str) -> Callable[..., Any]:
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
         FAILURES.record(method, "UNAUTHENTICATED", message)  # one line, rate-limited
@@ -33,7 +40,7 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     ``EMBED_AUTH_TOKEN`` (private) or ``--auth-token`` (visible in ``ps``)."""
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._token = token
 
     def _allowed(self, details: grpc.HandlerCallDetails) -> bool:
         if details.method.startswith(OPEN_PREFIXES):
@@ -41,7 +48,7 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         for key, value in details.invocation_metadata or ():
             if key == "authorization":
                 given = value.encode() if isinstance(value, str) else bytes(value)
-                return hmac.compare_digest(given, self._expected)
+                return bearer_token_matches(given, self._token)
         return False
 
     async def intercept_service(

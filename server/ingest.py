@@ -28,7 +28,7 @@ from server.embedder import Embedder, Priority
 from server.errors import InvalidArgument, NotFound, NotReady, PreconditionFailed, ServiceError
 from server.model import ModelSpec
 from server.store import Indexes, StaleCollection, Store, Upsert, VectorsMissing, content_hash
-from server.validation import check_metadata, check_no_nul
+from server.validation import check_characters, check_metadata
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def _validate(item: IngestItem, max_text_bytes: int | None) -> None:
     validate_id(item.doc_id)
     if not item.text.strip():
         raise InvalidArgument("text must not be empty", field="text")
-    check_no_nul(item.text, "text")
+    check_characters(item.text, "text")
     check_text_size(item.text, max_text_bytes)
     check_metadata(item.metadata)
 

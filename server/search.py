@@ -28,7 +28,7 @@ from server.errors import InvalidArgument, NotFound, PreconditionFailed
 from server.ingest import stale_message, validate_collection
 from server.model import ModelSpec
 from server.store import Indexes, Store
-from server.validation import check_no_nul
+from server.validation import check_characters
 from server.vectors import check_truncate_dim
 
 FirstPass = Literal["float", "int8", "ubinary"]
@@ -110,7 +110,7 @@ class Searcher:
         validate_collection(q.collection)
         if not q.query.strip():
             raise InvalidArgument("query must not be empty", field="query")
-        check_no_nul(q.query, "query")
+        check_characters(q.query, "query")
         if not 0 < q.k <= self.max_k:
             raise InvalidArgument(f"k must be between 1 and {self.max_k}", field="k")
         if q.truncate_dim is not None:

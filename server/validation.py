@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -26,20 +27,30 @@ MAX_METADATA_BYTES = 64 * 1024  # as compact JSON
 # nested more than 100 deep, and each JSON level is 3 messages of google.protobuf.Struct.
 MAX_METADATA_DEPTH = 20
 MAX_DELETE_IDS = 10_000  # ids per Delete: one store transaction
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def check_text(text: str, field: str) -> None:
     """Inputs must be non-empty and free of NUL characters (they are almost always a client bug:
-    C strings, binary data sent as text)."""
+    C strings, binary data sent as text) and of lone surrogates (:func:`check_characters`)."""
     if not text:
         raise EmptyInput(f"{field} is empty; send at least one character", field=field)
-    check_no_nul(text, field)
+    check_characters(text, field)
 
 
-def check_no_nul(text: str, field: str) -> None:
+def check_characters(text: str, field: str) -> None:
+    """No NUL character and no lone surrogate (U+D800-U+DFFF). protobuf refuses a surrogate
+    before a servicer sees it, but JSON's ``\\ud800`` escape decodes to one, and the tokenizer
+    cannot take it: one check here covers every API."""
     if "\x00" in text:
         raise InvalidArgument(
             f"{field} contains a NUL character (U+0000), which is not accepted", field=field
+        )
+    if not text.isascii() and (found := _SURROGATE.search(text)) is not None:
+        raise InvalidArgument(
+            f"{field} contains a lone surrogate (U+{ord(found.group()):04X} at character "
+            f"{found.start()}), which is not a Unicode character; send UTF-8 text",
+            field=field,
         )
 
 
@@ -55,7 +66,7 @@ def check_name(value: str, field: str, *, required: bool = False, max_bytes: int
             f"{field} is {len(value.encode('utf-8')):,} UTF-8 bytes, more than the limit of {max_bytes}",
             field=field,
         )
-    check_no_nul(value, field)
+    check_characters(value, field)
     return value
 
 

@@ -77,3 +77,22 @@ def test_the_demo_prints_commands_a_person_can_run_and_keeps_what_they_use(tmp_p
     again = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0, again.stderr
     assert again.stdout.startswith("source: local\n 1. ") and again.stdout in out
+
+
+def test_the_demo_keeps_a_previous_tour_whose_store_a_server_still_holds(tmp_path: Path) -> None:
+    """A server started by hand on the demo's data dir (as the demo suggests) holds its store:
+    a second demo must not delete it from under that server (its later writes would be lost)."""
+    from server.commands.demo import MARKER, _prepare
+    from server.store import open_store
+
+    root = tmp_path / "tour"
+    assert _prepare(root) is None
+    store = open_store(root / "data")  # stands for the server: it holds the store's lock
+    try:
+        problem = _prepare(root)
+        assert problem is not None and "in use by process" in problem and str(os.getpid()) in problem
+        assert (root / MARKER).is_file() and (root / "data" / "store").is_dir()
+    finally:
+        store.close()
+    assert _prepare(root) is None  # released: replaced as before
+    assert not (root / "data").exists()

@@ -279,3 +279,29 @@ def test_the_listening_socket_turns_nagle_off_on_every_connection() -> None:
     with sock:
         assert sock.proto == socket.IPPROTO_TCP
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def test_inputs_the_model_cannot_take_are_400_naming_where(base_url: str) -> None:
+    """A lone surrogate decodes from valid JSON; a value of no accepted form names the forms and
+    the position; the bearer scheme is case-insensitive (RFC 7235)."""
+    reply = httpx.post(
+        f"{base_url}/v1/embeddings",
+        content=b'{"model": "m", "input": ["ok", "a\\ud800b"]}',
+        headers={**AUTH, "content-type": "application/json"},
+    )
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["param"] == "input[1]" and "lone surrogate" in error["message"]
+    for body, where in (({"input": [1.5]}, "input[0]"), ({"input": [[1, "a"]]}, "input[0][1]"),
+                        ({"input": {"a": 1}}, "input")):  # fmt: skip
+        reply = _post(base_url, "/v1/embeddings", {"model": "m", **body})
+        assert reply.status_code == 400, reply.text
+        error = reply.json()["error"]
+        assert error["param"] == where and "list[int]" in error["message"], error
+    reply = _post(base_url, "/v1/embeddings", {"model": "m", "input": "x", "dimensions": 64.0})
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "dimensions"
+    lower = {"authorization": f"bearer {TOKEN}"}
+    reply = httpx.post(
+        f"{base_url}/v1/embeddings", json={"model": "m", "input": "x"}, headers=lower, timeout=60
+    )
+    assert reply.status_code == 200, reply.text

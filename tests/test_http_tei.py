@@ -136,3 +136,24 @@ def test_info_health_metrics(http: httpx.Client) -> None:
         assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
         assert 'embed_requests_total{code="200",method="POST /embed"}' in metrics.text
         _error(open_client.get("/info"), 401, "unauthorized")
+
+
+def test_bodies_json_decodes_but_the_model_cannot_take_are_422_never_500(http: httpx.Client) -> None:
+    """Kinds a generic client sends: a lone surrogate (valid JSON, ``\\ud800``), bytes that are
+    not UTF-8, nesting FastAPI will not parse, and JSON types serde would refuse (TEI is Rust:
+    ``"truncate": "no"`` is not a bool, ``64.0`` not an int)."""
+    json_type = {"content-type": "application/json"}
+    for route in ("/embed", "/tokenize", "/embed_all"):
+        reply = http.post(route, content=b'{"inputs": "a\\ud800b"}', headers=json_type)
+        assert "lone surrogate" in _error(reply, 422, "validation"), route
+        reply = http.post(route, content=b'{"inputs": ["fine", "\\udc00"]}', headers=json_type)
+        assert "lone surrogate" in _error(reply, 422, "validation"), route
+    message = _error(
+        http.post("/embed", content=b'{"inputs": "a\xffb"}', headers=json_type), 422, "validation"
+    )
+    assert "UTF-8" in message
+    deep = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    _error(http.post("/embed", content=deep, headers=json_type), 422, "validation")
+    for loose in ({"truncate": "no"}, {"normalize": 1}, {"dimensions": 64.0}, {"dimensions": "64"}):
+        _error(http.post("/embed", json={"inputs": "x", **loose}), 422, "validation")
+    assert http.get("/health").status_code == 200  # and the server is still up

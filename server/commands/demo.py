@@ -87,6 +87,11 @@ def _prepare(root: Path) -> str | None:
     if root.is_dir() and any(root.iterdir()):
         if not (root / MARKER).is_file():
             return f"{root} exists and was not made by the demo; pick another --dir"
+        from server.store import store_in_use  # lmdb: only when there is a previous demo
+
+        in_use = store_in_use(root / "data")
+        if in_use:  # a server started by hand on the demo's data: removing it would lose writes
+            return f"cannot replace the previous demo: {in_use}"
         shutil.rmtree(root)
         print(f"(replacing the previous demo in {root})")
     root.mkdir(parents=True, exist_ok=True)

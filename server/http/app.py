@@ -14,9 +14,8 @@ serving (the same start-up gate as gRPC). Errors are answered from the one table
 
 from __future__ import annotations
 
-import hmac
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 import orjson
@@ -26,6 +25,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from server import metrics
+from server.auth import bearer_token_matches
 from server.errors import InvalidArgument, ServiceError, TooLarge, Unauthenticated
 from server.http.errors import Dialect, dialect_of, error_body, record
 from server.http.gate import ROUTES, Gate, error_response, json_response
@@ -53,6 +53,14 @@ def _validation_message(exc: RequestValidationError) -> InvalidArgument:
         else:
             break  # pydantic appends the union member it tried ("str", "list[int]"): not a field
     what = first.get("msg", "invalid request")
+    members = _union_members(exc.errors(), name)
+    if members:  # one error per accepted form: name them all, and where the value went wrong
+        deepest = max(exc.errors(), key=lambda e: len(e.get("loc", ())))
+        where = name + "".join(f"[{p}]" for p in deepest.get("loc", ()) if isinstance(p, int))
+        return InvalidArgument(
+            f"{where}: the value matches none of the accepted forms of {name} ({', '.join(members)})",
+            field=where,
+        )
     if first.get("type") == "json_invalid":
         return InvalidArgument(f"the request body is not valid JSON ({what})", field="body")
     if not name:
@@ -63,12 +71,25 @@ def _validation_message(exc: RequestValidationError) -> InvalidArgument:
     return InvalidArgument(f"{name}: {what}", field=name)
 
 
+def _union_members(errors: Sequence[Any], name: str) -> list[str]:
+    """The forms of a union field that pydantic tried, when every error is about field ``name``
+    (its location then reads body, name, form, ...); [] otherwise."""
+    forms: list[str] = []
+    for error in errors:
+        loc = [part for part in error.get("loc", ()) if part != "body"]
+        if len(loc) < 2 or loc[0] != name or not isinstance(loc[1], str):
+            return []
+        if loc[1] not in forms:
+            forms.append(loc[1])
+    return forms if len(forms) > 1 else []
+
+
 class HttpEdge:
     """ASGI middleware: metrics, the bearer token, the body limit (see the module docstring)."""
 
     def __init__(self, app: ASGIApp, *, token: str, max_body_bytes: int) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode() if token else b""
+        self.token = token
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -103,12 +124,14 @@ class HttpEdge:
     def _refuse(self, scope: Scope) -> ServiceError | None:
         """Unauthenticated, or TooLarge from the Content-Length header, before reading the body."""
         headers = dict(scope["headers"])
-        if self.expected and scope["path"] not in OPEN_PATHS:
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                return Unauthenticated(
-                    "missing or wrong bearer token: send the header 'Authorization: Bearer <token>'"
-                )
+        if (
+            self.token
+            and scope["path"] not in OPEN_PATHS
+            and not bearer_token_matches(headers.get(b"authorization", b""), self.token)
+        ):
+            return Unauthenticated(
+                "missing or wrong bearer token: send the header 'Authorization: Bearer <token>'"
+            )
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             return self._too_large(int(length))
@@ -187,6 +210,13 @@ def create_app(settings: Settings, gate: Gate) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 400:  # FastAPI could not decode the body: bad input, as a domain error
+            unparsed = InvalidArgument(
+                f"the request body could not be parsed as JSON ({exc.detail}): send UTF-8 JSON "
+                "nested less than a few hundred levels deep",
+                field="body",
+            )
+            return error_response(request, request.url.path, unparsed)
         # Starlette's own answers (404 no route, 405 method): in the path's dialect.
         dialect = dialect_of(request.url.path)
         message = str(exc.detail)

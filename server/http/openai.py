@@ -44,7 +44,7 @@ _STARTED = int(time.time())  # "created" of the model entry: when this process l
 class EmbeddingsRequest(BaseModel):
     """OpenAI's CreateEmbeddingRequest; unknown fields are ignored, as OpenAI does."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)  # JSON types as sent (serde)
 
     input: str | list[str] | list[int] | list[list[int]]
     model: str

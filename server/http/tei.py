@@ -28,7 +28,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict
 
 from server.errors import NotReady
-from server.http.gate import Gate, error_response, json_response, runtime
+from server.http.errors import Dialect, error_body
+from server.http.gate import Gate, json_response, runtime
 from server.runtime import Runtime
 from server.tei import Direction, TeiEngine
 
@@ -39,7 +40,7 @@ DirectionName = Literal["right", "left", "Right", "Left"]
 
 
 class EmbedRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)  # JSON types as sent (serde)
 
     inputs: str | list[str]
     truncate: bool | None = None
@@ -50,7 +51,7 @@ class EmbedRequest(BaseModel):
 
 
 class TokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)  # JSON types as sent (serde)
 
     inputs: str | list[str]
     add_special_tokens: bool = True
@@ -58,7 +59,7 @@ class TokenizeRequest(BaseModel):
 
 
 class DecodeRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)  # JSON types as sent (serde)
 
     ids: list[int] | list[list[int]]
     skip_special_tokens: bool = True
@@ -174,7 +175,8 @@ async def health(request: Request) -> Response:
     if gate.serving and gate.runtime is not None:
         return Response(status_code=200)
     reason = f"starting ({gate.phase})" if gate.runtime is None else "draining"
-    return error_response(request, "/health", NotReady(f"the server is not serving: {reason}"))
+    # An answer, not a failed request: not logged (probes poll it through every start-up).
+    return json_response(*error_body(NotReady(f"the server is not serving: {reason}"), Dialect.TEI))
 
 
 @router.get("/metrics")

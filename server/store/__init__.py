@@ -11,6 +11,7 @@ from server.store.lmdb_store import (
     Upsert,
     VectorsMissing,
     open_store,
+    store_in_use,
 )
 from server.store.records import CollectionMeta, DocRecord, content_hash
 
@@ -29,4 +30,5 @@ __all__ = [
     "VectorsMissing",
     "content_hash",
     "open_store",
+    "store_in_use",
 ]

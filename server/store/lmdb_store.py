@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import lmdb
 import numpy as np
@@ -39,6 +39,8 @@ from server.store.records import CollectionMeta, DocRecord
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = b"1"
+_STORE_DIR = "store"  # under the data directory
+_LOCK_NAME = "store.lock"  # flock()ed by the process that has the store open; holds its pid
 _DBS = ("meta", "vectors", "collections", "docs", "logpos", "changes", "keys")
 T = TypeVar("T")
 
@@ -173,6 +175,36 @@ def _describe_process(pid: str) -> str:
     return f"process {pid} ({' '.join(words)})" if words else f"process {pid}"
 
 
+def _lock(path: Path) -> TextIO:
+    """The store's lock file, held exclusively by this process until closed; StoreError naming
+    the holder when another process holds it."""
+    lock_file = (path / _LOCK_NAME).open("a+")
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        holder = lock_file.read().strip()  # the holder's pid, written by Store
+        lock_file.close()
+        raise StoreError(
+            f"the store in {path} is in use by {_describe_process(holder)}; stop it first "
+            "(one process per data directory: a server, gc or reembed)"
+        ) from None
+    return lock_file
+
+
+def store_in_use(data_dir: Path) -> str | None:
+    """Blocking: why the store under ``data_dir`` cannot be removed or opened now (the process
+    holding it, as :func:`open_store` would say), or None when no process holds it."""
+    path = Path(data_dir) / _STORE_DIR
+    if not (path / _LOCK_NAME).is_file():
+        return None
+    try:
+        _lock(path).close()
+    except StoreError as exc:
+        return str(exc)
+    return None
+
+
 class Store:
     """Thread-safe; every method runs one short LMDB transaction (call from a worker thread)."""
 
@@ -183,17 +215,7 @@ class Store:
         # The model this process serves, when it serves one: sample_vectors() then skips
         # collections stored under another model (their vectors are not comparable).
         self.serving_fingerprint: str | None = None
-        self._lock_file = (self.path / "store.lock").open("a+")
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.seek(0)
-            holder = self._lock_file.read().strip()  # the holder's pid, written below
-            self._lock_file.close()
-            raise StoreError(
-                f"the store in {self.path} is in use by {_describe_process(holder)}; stop it first "
-                "(one process per data directory: a server, gc or reembed)"
-            ) from None
+        self._lock_file = _lock(self.path)
         self._lock_file.truncate(0)
         self._lock_file.write(f"{os.getpid()}\n")
         self._lock_file.flush()
@@ -678,4 +700,4 @@ class Store:
 def open_store(data_dir: Path, *, map_size: int = 1 << 30, float16: bool = False) -> Store:
     """Open (creating if needed) the store under ``data_dir``; call once per process, after fork."""
     os.makedirs(data_dir, exist_ok=True)
-    return Store(Path(data_dir) / "store", map_size=map_size, float16=float16)
+    return Store(Path(data_dir) / _STORE_DIR, map_size=map_size, float16=float16)
