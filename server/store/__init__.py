@@ -12,10 +12,11 @@ from server.store.lmdb_store import (
     VectorsMissing,
     open_store,
 )
-from server.store.records import CollectionMeta, DocRecord, content_hash
+from server.store.records import ChunkRef, CollectionMeta, DocRecord, content_hash
 
 __all__ = [
     "Change",
+    "ChunkRef",
     "CollectionIndex",
     "CollectionMeta",
     "CollectionRow",
