@@ -139,3 +139,21 @@ def test_store_and_index_keep_every_chunk_and_delete_removes_them_all(store: Sto
     assert len(index) == 1 and len(index.index) == 1
     assert index.search(_vec(4), 5)[0].tolist() == [store.documents("c", ["short"])[0].key]  # type: ignore[union-attr]
     assert store.gc() == (4, 1)  # every chunk vector of the deleted document goes
+
+
+def test_a_format_1_store_opens_and_is_marked_format_2(tmp_path: Path) -> None:
+    opened = open_store(tmp_path / "old")
+    opened.upsert(
+        [Upsert("c", "d", content_hash(FP, "", "t"), "t", {}, _vec(1))], fingerprint=FP, dimension=8
+    )
+    with opened.env.begin(write=True) as txn:
+        txn.put(b"format", b"1", db=opened._db["meta"])
+    opened.close()
+    again = open_store(tmp_path / "old")
+    try:
+        with again.env.begin() as txn:
+            assert bytes(txn.get(b"format", db=again._db["meta"])) == b"2"  # a format-1 reader refuses it now
+        (doc,) = again.documents("c", ["d"])
+        assert doc is not None and doc.chunks == () and doc.hashes == [content_hash(FP, "", "t")]
+    finally:
+        again.close()

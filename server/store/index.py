@@ -1,8 +1,9 @@
 """Per-collection usearch indexes over full-dimension vectors, derived from the store.
 
 An index is a cache of the store. It holds each distinct vector of its collection once, under a
-group key (:mod:`server.store.groups` maps groups to documents): identical texts share one
-point, so duplicates cannot crowd the graph. It remembers the change-log sequence it reflects
+group key (:mod:`server.store.groups` maps groups to documents' chunks: a document stored as
+several chunks has a vector per chunk): identical texts share one point, so duplicates cannot
+crowd the graph. It remembers the change-log sequence it reflects
 and catches up by replaying the (compacted) log after it, which is idempotent. At start a saved
 index is loaded and reconciled with the store's documents (what a crash left behind is fixed
 there), or built from scratch when its files are missing or made for another model.
