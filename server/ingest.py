@@ -274,17 +274,19 @@ class Ingestor:
         chunks = await asyncio.to_thread(self._chunk, {i: items[i] for i in good})
         # Every vector this batch needs: content hash -> the text it is computed from.
         text_of: dict[bytes, str] = {}
-        hashes: dict[int, list[bytes]] = {}
+        hashes: dict[int, list[bytes]] = {}  # of each document's vectors (chunks)
+        whole: dict[int, bytes] = {}  # of each document's whole text
         for i in good:
             spans = chunks.get(i)
             texts = [items[i].text] if spans is None else [items[i].text[a:b] for a, b in spans]
             hashes[i] = [self.hash_of(t) for t in texts]
+            whole[i] = hashes[i][0] if spans is None else self.hash_of(items[i].text)
             text_of.update(zip(hashes[i], texts, strict=True))
         missing = await asyncio.to_thread(self.store.missing_hashes, list(text_of))
         vectors = await self._embed({h: text_of[h] for h in text_of if h in missing})
         results: list[tuple[int, bool]] = []
         for _attempt in range(3):
-            upserts = [self._upsert(items[i], hashes[i], chunks.get(i), vectors) for i in good]
+            upserts = [self._upsert(items[i], whole[i], hashes[i], chunks.get(i), vectors) for i in good]
             try:
                 results = await asyncio.to_thread(self._commit, upserts, rewrite_from)
                 break
@@ -309,8 +311,7 @@ class Ingestor:
                 embedded = len({h for h in hashes[i] if h in missing})
                 missing.difference_update(hashes[i])
                 count = len(hashes[i])
-                whole = hashes[i][0] if count == 1 else self.hash_of(item.text)
-                out.append(IngestOutcome(item, whole.hex(), embedded == 0, seq, None, count, embedded))
+                out.append(IngestOutcome(item, whole[i].hex(), embedded == 0, seq, None, count, embedded))
                 metrics.INGEST_CHUNKS.labels("embedded").inc(embedded)
                 metrics.INGEST_CHUNKS.labels("cached").inc(count - embedded)
                 if count > 1:
@@ -334,6 +335,7 @@ class Ingestor:
     @staticmethod
     def _upsert(
         item: IngestItem,
+        whole: bytes,
         hashes: list[bytes],
         spans: list[tuple[int, int]] | None,
         vectors: dict[bytes, np.ndarray],
@@ -346,7 +348,7 @@ class Ingestor:
         return Upsert(
             item.collection,
             item.doc_id,
-            hashes[0],
+            whole,
             text,
             item.metadata,
             chunks=refs,

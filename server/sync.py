@@ -163,10 +163,10 @@ class Syncer:
                     SyncedChange(
                         c.sequence,
                         c.doc_id,
-                        projected[c.doc.content_hash],
+                        projected[c.doc.hashes[0]],
                         (c.doc.text or "") if include_text else "",
                         c.doc.metadata if include_text else None,
-                        content_hash=c.doc.content_hash.hex(),
+                        content_hash=c.doc.hashes[0].hex(),  # what its vector was computed from
                         chunks=chunks,
                     )
                 )

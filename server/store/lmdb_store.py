@@ -102,8 +102,9 @@ class Upsert:
     text: str | None
     metadata: dict[str, Any]
     vector: np.ndarray | None = None  # None: the vector is already stored (cache hit)
-    # A document stored as several chunks: every chunk (content_hash is then the first one's),
-    # and the vectors of those chunks not stored yet (content hash -> (dims,) float32).
+    # A document stored as several chunks: every chunk (content_hash is then its whole text's,
+    # with no vector under it), and the vectors of those chunks not stored yet (chunk content
+    # hash -> (dims,) float32).
     chunks: tuple[ChunkRef, ...] = ()
     chunk_vectors: Mapping[bytes, np.ndarray] = field(default_factory=dict)
 

@@ -102,9 +102,10 @@ class ChunkRef:
 
 @dataclass(frozen=True)
 class DocRecord:
-    """A stored document. ``content_hash``: the hash its vector is stored under; for a document
-    stored as several chunks (``chunks`` not empty), the first chunk's. ``chunks``: empty for a
-    document embedded whole (one vector, every short document), else every chunk in text order."""
+    """A stored document. ``content_hash``: :func:`content_hash` of its whole text (for a
+    document embedded whole, the key its vector is stored under). ``chunks``: empty for a
+    document embedded whole (one vector, every short document), else every chunk in text order,
+    each vector stored under its chunk's hash. :attr:`hashes` are the keys of its vectors."""
 
     content_hash: bytes
     key: int
