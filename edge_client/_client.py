@@ -56,6 +56,9 @@ class SearchResult:
                     "text": h.text,
                     "metadata": h.metadata,
                     "text_truncated": h.text_truncated,
+                    "snippet_start": h.snippet_start,
+                    "snippet_stop": h.snippet_stop,
+                    "snippet": h.snippet,
                 }
                 for h in self.results
             ],
@@ -331,7 +334,17 @@ class EdgeClient:
             message = f"server search failed: {failure.summary}"
             raise ServerError(message, code=failure.code, detail=failure.detail) from exc
         return [
-            Hit(h.id, float(h.score), h.text, MessageToDict(h.metadata), h.text_truncated) for h in reply.hits
+            Hit(
+                h.id,
+                float(h.score),
+                h.text,
+                MessageToDict(h.metadata),
+                h.text_truncated,
+                snippet_start=h.snippet_start,
+                snippet_stop=h.snippet_stop,
+                snippet=h.snippet,
+            )
+            for h in reply.hits
         ]
 
     def search(

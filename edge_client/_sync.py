@@ -1,4 +1,6 @@
 """Incremental SyncVectors into the local index: upserts and deletes after the last sequence.
+A document the server stored as several chunks arrives with a vector per chunk (VectorChange.
+chunks), all of which the index keeps.
 
 Changes arrive in sequence order and applying them is idempotent (an upsert replaces, a
 delete of a missing id does nothing), so progress is checkpointed (index saved atomically,
@@ -25,7 +27,7 @@ import numpy as np
 from google.protobuf.json_format import MessageToDict
 
 from edge_client.errors import FingerprintMismatch, ServerError, ServerUnavailable
-from edge_client.index import LocalIndex, vector_content
+from edge_client.index import Chunk, LocalIndex, vector_content
 from protos.embedding.v1 import embedding_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -66,13 +68,26 @@ def _apply(index: LocalIndex, changes: Any) -> tuple[int, int, int]:
                 f"server:{c.content_hash}" if c.content_hash else fallback[i] for i, c in enumerate(pending)
             ],
             truncated=[c.text_truncated for c in pending],
+            chunks=[
+                [
+                    Chunk(
+                        np.frombuffer(ch.vector.data, dtype="<f4"),
+                        f"server:{ch.content_hash}",
+                        ch.start,
+                        ch.stop,
+                    )
+                    for ch in c.chunks
+                ]
+                for c in pending
+            ],
         )
         pending.clear()
 
     for change in changes:
         if change.op == pb.VectorChange.OP_UPSERT:
-            if change.vector.dims != index.dims:
-                raise ServerError(f"server sent {change.vector.dims}-dim vectors, index has {index.dims}")
+            dims = {change.vector.dims, *(ch.vector.dims for ch in change.chunks)}
+            if dims != {index.dims}:
+                raise ServerError(f"server sent {max(dims)}-dim vectors, index has {index.dims}")
             pending.append(change)
             upserts += 1
         elif change.op == pb.VectorChange.OP_DELETE:

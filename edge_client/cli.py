@@ -149,7 +149,8 @@ def _run(args: argparse.Namespace, credentials: transport.ClientCredentials | No
                 flag = " DEGRADED" if result.degraded else ""
                 print(f"source: {result.source}{flag}" + (f" ({result.reason})" if result.reason else ""))
                 for rank, hit in enumerate(result.results, 1):
-                    print(f"{rank:2d}. {hit.score:.3f}  {hit.id}  {hit.text[:90]}")
+                    line = " ".join(hit.snippet.split()) if hit.snippet else hit.text  # long: best chunk
+                    print(f"{rank:2d}. {hit.score:.3f}  {hit.id}  {line[:90]}")
     return 0
 
 

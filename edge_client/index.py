@@ -2,7 +2,10 @@
 
 One vector per distinct content: documents with the same content (the server's content hash for
 synced documents, the text for local ones) share one point of the graph, which a search expands
-to every document carrying it. Identical points crowd an HNSW graph and strand the rest (6,000
+to every document carrying it. A document the server stored as several chunks has a vector per
+chunk (table ``chunks``: its chunks' vectors and character spans; ``docs.vkey`` is its first
+chunk's); a search ranks documents by their best chunk and says which chunk that was.
+Identical points crowd an HNSW graph and strand the rest (6,000
 documents over 40 texts: 172 of 200 unique ones no longer found themselves).
 
 dtypes: ``f16`` (default, metric cos), ``i8`` (metric cos: ip would give unscaled distances),
@@ -49,6 +52,9 @@ log = logging.getLogger(__name__)
 
 DTYPES = ("f16", "i8", "b1")
 RESCORE_MULTIPLIER = 8  # b1 candidates per result, rescored with f16
+# Vectors first asked for per document wanted when chunked documents are held (as the server's
+# server/store/index.py); more are asked for when they hold too few documents.
+CHUNK_OVERFETCH = 4
 # The server's rule (server/store/index.py), for the same reason: after many small updates a
 # patched graph missed a document the server ranked 2nd from the local top-50 (recall@10 0.985
 # against 0.995 for a fresh build of the same vectors).
@@ -71,12 +77,29 @@ def vector_content(vectors: np.ndarray) -> list[str]:
 @dataclass(frozen=True)
 class Hit:
     id: str
-    score: float
+    score: float  # cosine similarity of the query and the document's best chunk
     text: str
     metadata: dict[str, Any]
     text_truncated: bool = False  # the server cut the text to fit its message limit
     # The local vector this document shares with others of the same content (0: from the server).
     vector_key: int = field(default=0, repr=False, compare=False)
+    # The best chunk: characters [snippet_start, snippet_stop) of the text, and its text for a
+    # document stored as several chunks ("" for one embedded whole: the snippet is the text).
+    snippet_start: int = 0
+    snippet_stop: int = 0
+    snippet: str = ""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of a document stored as several: its (dims,) unit-length float32 vector, the
+    key of its content (as ``contents`` of :meth:`LocalIndex.upsert`), and its characters
+    ``[start, stop)`` of the document's text."""
+
+    vector: np.ndarray
+    content: str
+    start: int
+    stop: int
 
 
 _SCHEMA = """
@@ -84,6 +107,9 @@ CREATE TABLE IF NOT EXISTS docs (key INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NUL
     metadata TEXT, source TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS vectors (vkey INTEGER PRIMARY KEY, content TEXT UNIQUE);
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (key INTEGER NOT NULL, ord INTEGER NOT NULL, vkey INTEGER NOT NULL,
+    start INTEGER NOT NULL, stop INTEGER NOT NULL, PRIMARY KEY (key, ord));
+CREATE INDEX IF NOT EXISTS chunks_vkey ON chunks (vkey);
 """
 
 
@@ -209,7 +235,7 @@ class LocalIndex:
                 path.unlink(missing_ok=True)
 
     def _wipe(self) -> None:
-        for table in ("docs", "vectors", "state"):
+        for table in ("docs", "vectors", "state", "chunks"):
             self.db.execute(f"DELETE FROM {table}")
         self.db.commit()
         self._remove_files()
@@ -280,10 +306,13 @@ class LocalIndex:
         source: str,
         contents: Sequence[str] | None = None,
         truncated: Sequence[bool] | None = None,
+        chunks: Sequence[Sequence[Chunk]] | None = None,
     ) -> None:
         """Add or replace documents (vectors: (n, dims) unit-length float32). ``contents``: a key
         per document naming what its vector was computed from (same key, same vector: they
-        share one); default: the vector's own bytes. ``truncated``: the text was cut."""
+        share one); default: the vector's own bytes. ``truncated``: the text was cut.
+        ``chunks``: per document, its chunks when it is stored as several (empty: embedded
+        whole); its vector and content are then its first chunk's."""
         if not ids:
             return
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -295,17 +324,39 @@ class LocalIndex:
         rows = sorted(last.values())
         keys = [key_of(ids[i]) for i in rows]
         before = self._vkeys_of_docs(keys)
-        vkeys, fresh = self._vkeys_for([contents[i] for i in rows])
+        # Every vector of the batch: each document's own, then the chunks of chunked ones.
+        doc_chunks = [list(chunks[i]) if chunks is not None else [] for i in rows]
+        for parts in doc_chunks:
+            for part in parts:
+                if np.shape(part.vector) != (self.dims,):
+                    shape = np.shape(part.vector)
+                    raise ValueError(f"expected chunk vectors of {self.dims} dims, got {shape}")
+        flat_contents = [contents[i] for i in rows] + [c.content for parts in doc_chunks for c in parts]
+        flat_vectors = [vectors[i] for i in rows] + [
+            np.asarray(c.vector, dtype=np.float32) for parts in doc_chunks for c in parts
+        ]
+        flat_vkeys, fresh = self._vkeys_for(flat_contents)
+        vkeys = flat_vkeys[: len(rows)]
         if fresh:
-            new_keys = np.asarray([vkeys[j] for j in fresh], dtype=np.uint64)
-            batch = vectors[[rows[j] for j in fresh]]
+            new_keys = np.asarray([flat_vkeys[j] for j in fresh], dtype=np.uint64)
+            batch = np.stack([flat_vectors[j] for j in fresh])
             add_reachable(self.index, new_keys, self._vectors_for(batch, self.dtype))
             if self.rescore is not None:
                 self.rescore.add(new_keys, batch)
             self.db.executemany(
                 "INSERT INTO vectors (vkey, content) VALUES (?, ?)",
-                [(vkeys[j], contents[rows[j]]) for j in fresh],
+                [(flat_vkeys[j], flat_contents[j]) for j in fresh],
             )
+        self.db.executemany("DELETE FROM chunks WHERE key = ?", [(key,) for key in keys])
+        chunk_rows = []
+        position = len(rows)
+        for key, parts in zip(keys, doc_chunks, strict=True):
+            for ordinal, part in enumerate(parts):
+                chunk_rows.append((key, ordinal, flat_vkeys[position], part.start, part.stop))
+                position += 1
+        self.db.executemany(
+            "INSERT INTO chunks (key, ord, vkey, start, stop) VALUES (?, ?, ?, ?, ?)", chunk_rows
+        )
         self.db.executemany(
             "INSERT OR REPLACE INTO docs (key, id, text, metadata, source, vkey, text_truncated) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -323,24 +374,29 @@ class LocalIndex:
             ],
         )
         self._documents += len(keys) - len(before)
-        self._drop_unused(set(before.values()) - set(vkeys))
+        self._drop_unused({v for found in before.values() for v in found} - set(flat_vkeys))
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete documents by id; returns how many existed."""
         keys = [key_of(i) for i in dict.fromkeys(ids)]
         before = self._vkeys_of_docs(keys)
         self.db.executemany("DELETE FROM docs WHERE key = ?", [(k,) for k in before])
+        self.db.executemany("DELETE FROM chunks WHERE key = ?", [(k,) for k in before])
         self._documents -= len(before)
-        self._drop_unused(set(before.values()))
+        self._drop_unused({v for found in before.values() for v in found})
         return len(before)
 
-    def _vkeys_of_docs(self, keys: Sequence[int]) -> dict[int, int]:
-        """Document key -> its vector key, for the documents that exist."""
-        out: dict[int, int] = {}
+    def _vkeys_of_docs(self, keys: Sequence[int]) -> dict[int, set[int]]:
+        """Document key -> its vector keys (its own and its chunks'), for the documents that
+        exist."""
+        out: dict[int, set[int]] = {}
         for key in keys:
             row = self.db.execute("SELECT vkey FROM docs WHERE key = ?", (key,)).fetchone()
             if row is not None:
-                out[key] = int(row[0])
+                found = {int(row[0])}
+                chunk_rows = self.db.execute("SELECT vkey FROM chunks WHERE key = ?", (key,))
+                found.update(int(r[0]) for r in chunk_rows)
+                out[key] = found
         return out
 
     def _vkeys_for(self, contents: Sequence[str]) -> tuple[list[int], list[int]]:
@@ -373,6 +429,7 @@ class LocalIndex:
             vkey
             for vkey in vkeys
             if not self.db.execute("SELECT 1 FROM docs WHERE vkey = ? LIMIT 1", (vkey,)).fetchone()
+            and not self.db.execute("SELECT 1 FROM chunks WHERE vkey = ? LIMIT 1", (vkey,)).fetchone()
         ]
         if unused:
             keys = np.asarray(unused, dtype=np.uint64)
@@ -406,26 +463,33 @@ class LocalIndex:
 
     # --- reads -------------------------------------------------------------------------------
     def search(self, vector: np.ndarray, k: int) -> list[Hit]:
-        """Best ``k`` documents for one unit-length query vector, best first (score = cosine).
-        Documents sharing a vector share its score and come in id order."""
+        """Best ``k`` documents for one unit-length query vector, best first (score = cosine of
+        the document's best chunk). Documents sharing a vector share its score and come in id
+        order."""
         distinct = len(self.index)
         if not distinct or k <= 0:
             return []
-        # k distinct vectors carry at least k documents, so they hold the k best documents.
-        wanted = min(k, distinct)
+        # k distinct vectors carry at least k documents, so they hold the k best documents;
+        # unless chunks of one document fill them: then more are asked for until they do.
+        chunked = self.db.execute("SELECT 1 FROM chunks LIMIT 1").fetchone() is not None
+        wanted = min(k * (CHUNK_OVERFETCH if chunked else 1), distinct)
         query = np.asarray(vector, dtype=np.float32).reshape(1, self.dims)
-        if self.rescore is None:
-            keys, distances = self._walk(self.index, self._vectors_for(query, self.dtype), wanted)
-            keys, scores = keys[:wanted], 1.0 - distances[:wanted]
-        else:
-            candidates, _ = self._walk(
-                self.index, self._vectors_for(query, "b1"), wanted * RESCORE_MULTIPLIER
-            )
-            stored = np.asarray(self.rescore.get(candidates), dtype=np.float32).reshape(len(candidates), -1)
-            exact = stored @ query[0]
-            best = np.argsort(-exact, kind="stable")[:wanted]
-            keys, scores = candidates[best], exact[best]
-        return self._hits(keys, scores, k)
+        while True:
+            if self.rescore is None:
+                keys, distances = self._walk(self.index, self._vectors_for(query, self.dtype), wanted)
+                keys, scores = keys[:wanted], 1.0 - distances[:wanted]
+            else:
+                candidates, _ = self._walk(
+                    self.index, self._vectors_for(query, "b1"), wanted * RESCORE_MULTIPLIER
+                )
+                stored = np.asarray(self.rescore.get(candidates), dtype=np.float32)
+                exact = stored.reshape(len(candidates), -1) @ query[0]
+                best = np.argsort(-exact, kind="stable")[:wanted]
+                keys, scores = candidates[best], exact[best]
+            hits = self._hits(keys, scores, k)
+            if len(hits) >= k or wanted >= distinct:
+                return hits
+            wanted = min(wanted * 4, distinct)
 
     def _walk(self, index: Index, query: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """(keys, distances) of the ``count`` nearest (fewer only when the index holds fewer)."""
@@ -440,18 +504,40 @@ class LocalIndex:
         return keys, distances
 
     def _hits(self, vkeys: np.ndarray, scores: np.ndarray, k: int) -> list[Hit]:
+        """The first ``k`` documents carrying the vectors ``vkeys`` (ranked), each once, at its
+        best chunk."""
         hits: list[Hit] = []
+        seen: set[str] = set()
         for vkey, score in zip(vkeys.tolist(), scores.tolist(), strict=True):
+            # Documents embedded whole with this vector, and chunks of chunked ones.
             rows = self.db.execute(
-                "SELECT id, text, metadata, text_truncated FROM docs WHERE vkey = ? ORDER BY id LIMIT ?",
-                (int(vkey), k - len(hits)),
+                "SELECT id, text, metadata, text_truncated, -1, 0 FROM docs WHERE vkey = ? AND NOT EXISTS "
+                "(SELECT 1 FROM chunks WHERE chunks.key = docs.key) "
+                "UNION ALL SELECT d.id, d.text, d.metadata, d.text_truncated, c.start, c.stop "
+                "FROM chunks c JOIN docs d ON d.key = c.key WHERE c.vkey = ? ORDER BY 1",
+                (int(vkey), int(vkey)),
             ).fetchall()
-            hits.extend(
-                Hit(row[0], float(score), row[1] or "", json.loads(row[2] or "{}"), bool(row[3]), int(vkey))
-                for row in rows
-            )
-            if len(hits) >= k:
-                break
+            for doc_id, text, meta, cut, start, stop in rows:
+                if doc_id in seen:
+                    continue
+                seen.add(doc_id)
+                text = text or ""
+                whole = start < 0
+                hits.append(
+                    Hit(
+                        doc_id,
+                        float(score),
+                        text,
+                        json.loads(meta or "{}"),
+                        bool(cut),
+                        int(vkey),
+                        0 if whole else int(start),
+                        len(text) if whole else int(stop),
+                        "" if whole else text[start:stop],
+                    )
+                )
+                if len(hits) >= k:
+                    return hits
         return hits
 
     def sample_vectors(self, limit: int, seed: int = 0) -> np.ndarray:

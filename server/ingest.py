@@ -1,7 +1,10 @@
 """The write path of collections: Ingest and Delete (and ``reembed``, which re-ingests).
 
-Ingest validates a batch of documents, embeds only the texts the store has not seen (content
-hash), commits the batch in one LMDB transaction, then brings the indexes up to date.
+Ingest validates a batch of documents, cuts those longer than the model reads into chunks
+(:mod:`server.chunking`; unless chunking is off for them: then they are cut at the model's
+maximum, as before), embeds only the chunks the store has not seen (content hash of each
+chunk's text; a short document is one chunk, its whole text), commits the batch in one LMDB
+transaction, then brings the indexes up to date.
 
 The caller acknowledges a document only after :meth:`Ingestor.process` returned it, i.e. after
 the transaction holding it committed. Memory stays bounded because the caller reads ahead
@@ -24,10 +27,13 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from server import metrics
+from server.chunking import Chunker
 from server.embedder import Embedder, Priority
 from server.errors import InvalidArgument, NotFound, NotReady, PreconditionFailed, ServiceError
 from server.model import ModelSpec
-from server.store import Indexes, StaleCollection, Store, Upsert, VectorsMissing, content_hash
+from server.settings import Settings
+from server.store import ChunkRef, Indexes, StaleCollection, Store, Upsert, VectorsMissing, content_hash
 from server.validation import check_characters, check_metadata
 
 log = logging.getLogger(__name__)
@@ -46,15 +52,18 @@ class IngestItem:
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
     store_text: bool = True
+    chunking: bool | None = None  # None: the server's --chunking
 
 
 @dataclass(frozen=True)
 class IngestOutcome:
     item: IngestItem
-    content_hash: str = ""  # hex
-    cached: bool = False
+    content_hash: str = ""  # hex, of the whole text (a chunked document has no vector under it)
+    cached: bool = False  # nothing was embedded for it
     sequence: int = 0
     error: ServiceError | None = None
+    chunks: int = 0  # vectors the document is stored as (1: embedded whole)
+    chunks_embedded: int = 0  # of them, computed for this request (the rest were stored)
 
 
 def stale_message(collection: str, stored: str, serving: str) -> str:
@@ -188,12 +197,35 @@ class Ingestor:
         spec: ModelSpec,
         *,
         max_document_bytes: int | None = None,
+        chunker: Chunker | None = None,
+        chunking: bool = True,
     ) -> None:
-        """``max_document_bytes``: the largest text stored, in UTF-8 bytes (None: any)."""
+        """``max_document_bytes``: the largest text stored, in UTF-8 bytes (None: any).
+        ``chunker``: cuts long documents (None: never, every document is embedded whole, cut at
+        the model's maximum); ``chunking``: whether documents that do not say are chunked."""
         self.store, self.indexes, self.embedder, self.spec = store, indexes, embedder, spec
         self.max_document_bytes = max_document_bytes
+        self.chunker, self.chunking = chunker, chunking
         self.prompt = spec.document_prompt_name
         self.prompt_text = spec.prompt_text(self.prompt)
+
+    @classmethod
+    def from_settings(
+        cls, store: Store, indexes: Indexes | None, embedder: Embedder, spec: ModelSpec, settings: Settings
+    ) -> Ingestor:
+        """The ingestor a server with ``settings`` runs (the server, ``reembed`` and
+        ``export-edge`` all build theirs here): its document size limit and chunking options."""
+        return cls(
+            store,
+            indexes,
+            embedder,
+            spec,
+            max_document_bytes=settings.max_document_bytes,
+            chunker=Chunker.for_model(
+                spec, window=settings.chunk_tokens, overlap=settings.chunk_overlap_tokens
+            ),
+            chunking=settings.chunking,
+        )
 
     def screen(self, item: IngestItem) -> IngestItem | IngestOutcome:
         """``item``, or its error outcome (without its text) when the text is too large: a
@@ -239,28 +271,27 @@ class Ingestor:
         )
         errors.update({i: error for i, error in zip(good, checked, strict=True) if error is not None})
         good = [i for i in good if i not in errors]
-        hashes = {i: self.hash_of(items[i].text) for i in good}
-        missing = await asyncio.to_thread(self.store.missing_hashes, list(hashes.values()))
-        vectors = await self._embed({h: items[i].text for i, h in hashes.items() if h in missing})
+        chunks = await asyncio.to_thread(self._chunk, {i: items[i] for i in good})
+        # Every vector this batch needs: content hash -> the text it is computed from.
+        text_of: dict[bytes, str] = {}
+        hashes: dict[int, list[bytes]] = {}  # of each document's vectors (chunks)
+        whole: dict[int, bytes] = {}  # of each document's whole text
+        for i in good:
+            spans = chunks.get(i)
+            texts = [items[i].text] if spans is None else [items[i].text[a:b] for a, b in spans]
+            hashes[i] = [self.hash_of(t) for t in texts]
+            whole[i] = hashes[i][0] if spans is None else self.hash_of(items[i].text)
+            text_of.update(zip(hashes[i], texts, strict=True))
+        missing = await asyncio.to_thread(self.store.missing_hashes, list(text_of))
+        vectors = await self._embed({h: text_of[h] for h in text_of if h in missing})
         results: list[tuple[int, bool]] = []
         for _attempt in range(3):
-            upserts = [
-                Upsert(
-                    items[i].collection,
-                    items[i].doc_id,
-                    hashes[i],
-                    items[i].text if items[i].store_text else None,
-                    items[i].metadata,
-                    vectors.get(hashes[i]),
-                )
-                for i in good
-            ]
+            upserts = [self._upsert(items[i], whole[i], hashes[i], chunks.get(i), vectors) for i in good]
             try:
                 results = await asyncio.to_thread(self._commit, upserts, rewrite_from)
                 break
             except VectorsMissing as exc:  # gc removed a vector we counted as cached
-                texts = {i: items[i].text for i in good if hashes[i] in exc.hashes}
-                vectors.update(await self._embed({hashes[i]: t for i, t in texts.items()}))
+                vectors.update(await self._embed({h: text_of[h] for h in exc.hashes if h in text_of}))
                 missing |= exc.hashes
             except StaleCollection as exc:  # the collection appeared under another model meanwhile
                 for i in good:
@@ -276,11 +307,53 @@ class Ingestor:
                 out.append(IngestOutcome(item, error=errors[i]))
             else:
                 seq, _changed = by_index[i]
-                # a text repeated within the batch is embedded once: later copies are hits
-                embedded = hashes[i] in missing
-                missing.discard(hashes[i])
-                out.append(IngestOutcome(item, hashes[i].hex(), not embedded, seq))
+                # a text (chunk) repeated within the batch is embedded once: later copies are hits
+                embedded = len({h for h in hashes[i] if h in missing})
+                missing.difference_update(hashes[i])
+                count = len(hashes[i])
+                out.append(IngestOutcome(item, whole[i].hex(), embedded == 0, seq, None, count, embedded))
+                metrics.INGEST_CHUNKS.labels("embedded").inc(embedded)
+                metrics.INGEST_CHUNKS.labels("cached").inc(count - embedded)
+                if count > 1:
+                    metrics.CHUNKED_DOCUMENTS.inc()
         return out
+
+    def _chunk(self, items: dict[int, IngestItem]) -> dict[int, list[tuple[int, int]]]:
+        """(Blocking) character spans of the chunks of each item cut into several; items
+        embedded whole (short, or chunking off) are left out."""
+        out: dict[int, list[tuple[int, int]]] = {}
+        if self.chunker is None:
+            return out
+        for i, item in items.items():
+            if not (self.chunking if item.chunking is None else item.chunking):
+                continue
+            spans = self.chunker.split(item.text)
+            if len(spans) > 1:
+                out[i] = [(span.start, span.stop) for span in spans]
+        return out
+
+    @staticmethod
+    def _upsert(
+        item: IngestItem,
+        whole: bytes,
+        hashes: list[bytes],
+        spans: list[tuple[int, int]] | None,
+        vectors: dict[bytes, np.ndarray],
+    ) -> Upsert:
+        text = item.text if item.store_text else None
+        if spans is None:
+            vector = vectors.get(hashes[0])
+            return Upsert(item.collection, item.doc_id, hashes[0], text, item.metadata, vector)
+        refs = tuple(ChunkRef(h, a, b) for h, (a, b) in zip(hashes, spans, strict=True))
+        return Upsert(
+            item.collection,
+            item.doc_id,
+            whole,
+            text,
+            item.metadata,
+            chunks=refs,
+            chunk_vectors={h: vectors[h] for h in hashes if h in vectors},
+        )
 
     async def _embed(self, texts_by_hash: dict[bytes, str]) -> dict[bytes, np.ndarray]:
         if not texts_by_hash:

@@ -41,6 +41,16 @@ CACHE_HITS = Counter("embed_query_cache_hits_total", "query-embedding cache hits
 CACHE_MISSES = Counter("embed_query_cache_misses_total", "query-embedding cache misses")
 WORKERS_READY = Gauge("embed_workers_ready", "encoder workers loaded and serving")
 WORKER_RESTARTS = Counter("embed_worker_restarts_total", "encoder worker (re)starts after a failure")
+INGEST_CHUNKS = Counter(
+    "embed_ingest_chunks_total",
+    "chunks of ingested documents (a document embedded whole is one), by whether their vector was "
+    "computed (embedded) or already stored (cached)",
+    ["result"],
+)
+CHUNKED_DOCUMENTS = Counter(
+    "embed_ingest_chunked_documents_total",
+    "ingested documents longer than the model reads, stored as several chunks",
+)
 
 
 def start_metrics_server(port: int, host: str) -> None:

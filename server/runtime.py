@@ -141,7 +141,7 @@ async def build_runtime(
         indexes=indexes,
         calibration=calibration,
         edge=edge,
-        ingestor=Ingestor(store, indexes, embedder, spec, max_document_bytes=settings.max_document_bytes),
+        ingestor=Ingestor.from_settings(store, indexes, embedder, spec, settings),
         searcher=Searcher(
             store,
             indexes,

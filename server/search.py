@@ -2,8 +2,14 @@
 ``exact``, for Matryoshka ``dimensions`` and for a quantized (int8 / ubinary) first pass whose
 best ``k * rescore_multiplier`` candidates are rescored at full precision.
 
-Brute-force paths use a per-collection matrix of normalized vectors, cached until the
-collection's sequence moves.
+Results are documents: a document stored as several chunks scores as its best chunk, and its
+hit carries that chunk's character span (and text, as the snippet). Every path ranks documents,
+not vectors: the index and brute force over-fetch chunks and keep each document's best, and the
+quantized first pass keeps the ``k * rescore_multiplier`` documents whose best chunk scores
+highest, then rescores all their chunks.
+
+Brute-force paths use a per-collection matrix of normalized vectors (one row per chunk), cached
+until the collection's sequence moves.
 
 A response is bounded in bytes, not only by ``k`` (server.message_size): every hit keeps its id
 and score; texts fill what is left of the message limit in rank order, and a text that does not
@@ -51,11 +57,17 @@ class SearchQuery:
 @dataclass(frozen=True)
 class Hit:
     id: str
-    score: float
+    score: float  # cosine similarity of the query and the document's best chunk
     text: str
     metadata: dict[str, Any]
     text_truncated: bool = False  # cut to keep the response under the message limit
     metadata_omitted: bool = False  # left out for the same reason
+    # The best chunk: characters [snippet_start, snippet_stop) of the document's text (the
+    # whole text for a document embedded whole), and its text for a document stored as several
+    # chunks ("" otherwise, or without include_text or a stored text).
+    snippet_start: int = 0
+    snippet_stop: int = 0
+    snippet: str = ""
 
 
 @dataclass(frozen=True)
@@ -71,8 +83,11 @@ class SearchResult:
 @dataclass
 class _Matrix:
     sequence: int
-    ids: list[str]
+    ids: list[str]  # per row (a chunked document's id on each of its rows)
     vectors: np.ndarray  # normalized float32 (n, full dims)
+    ordinals: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # (n,) chunk of each row
+    owner: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (n,) document number
+    documents: int = 0
     # (kind, dims) -> truncated or quantized copies, made on first use; same lifetime as vectors
     derived: dict[tuple[str, int], tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
 
@@ -144,12 +159,15 @@ class Searcher:
             sum(encoded.token_counts),
         )
 
-    def _rank(self, q: SearchQuery, query: np.ndarray) -> tuple[list[tuple[str, float]], int]:
+    def _rank(self, q: SearchQuery, query: np.ndarray) -> tuple[list[tuple[str, float, int]], int]:
+        """(id, score, best chunk ordinal) of the best documents, best first; the sequence."""
         if not (q.exact or q.truncate_dim is not None or q.first_pass != "float"):
             index = self.indexes.get(q.collection)
-            keys, scores = index.search(query, q.k)
+            keys, scores, ordinals = index.search_chunks(query, q.k)
             ids = self.store.ids_for_keys(q.collection, [int(k) for k in keys])
-            ranked = [(i, float(s)) for i, s in zip(ids, scores, strict=True) if i is not None]
+            ranked = [
+                (i, float(s), int(o)) for i, s, o in zip(ids, scores, ordinals, strict=True) if i is not None
+            ]
             return ranked, index.sequence
         matrix = self.matrix(q.collection)
         if len(matrix.ids) == 0:
@@ -157,15 +175,25 @@ class Searcher:
         dims = min(q.truncate_dim or self.spec.dimension, matrix.vectors.shape[1])
         vectors = matrix.view("float", dims)[0]
         qv = truncate_dims(query[None, :], dims)[0]
+        chunked = len(matrix.ids) > matrix.documents
         if q.first_pass == "float":
             candidates = np.arange(len(matrix.ids))
         else:
             codes, scale = matrix.view(q.first_pass, dims)
             first = _first_pass_scores(codes, scale, qv, q.first_pass)
-            candidates = _top(first, q.k * q.rescore_multiplier)
+            if chunked:  # the documents whose best chunk scores highest, all their chunks
+                per_doc = _per_document_max(first, matrix.owner, matrix.documents)
+                best_docs = _top(per_doc, q.k * q.rescore_multiplier)
+                candidates = np.flatnonzero(np.isin(matrix.owner, best_docs))
+            else:
+                candidates = _top(first, q.k * q.rescore_multiplier)
         scores = vectors[candidates] @ qv
-        best = candidates[_top(scores, q.k)]
-        return [(matrix.ids[i], float(vectors[i] @ qv)) for i in best], matrix.sequence
+        if chunked:
+            best = candidates[_best_per_document(scores, matrix.owner[candidates], q.k)]
+        else:
+            best = candidates[_top(scores, q.k)]
+        ranked = [(matrix.ids[i], float(vectors[i] @ qv), int(matrix.ordinals[i])) for i in best]
+        return ranked, matrix.sequence
 
     def matrix(self, collection: str) -> _Matrix:
         """All live vectors of ``collection``, normalized; rebuilt when the collection changed."""
@@ -174,26 +202,41 @@ class Searcher:
             head = meta.sequence if meta else 0
             cached = self._matrices.get(collection)
             if cached is None or cached.sequence != head:
-                _keys, ids, vectors = self.store.matrix(collection)
-                cached = _Matrix(head, ids, l2_normalize(vectors) if len(ids) else vectors)
+                keys, ids, ordinals, vectors = self.store.chunk_matrix(collection)
+                # rows of one document are adjacent: a new document starts where the key changes
+                starts = np.ones(len(keys), dtype=bool)
+                starts[1:] = keys[1:] != keys[:-1]
+                owner = np.cumsum(starts) - 1
+                cached = _Matrix(
+                    head,
+                    ids,
+                    l2_normalize(vectors) if len(ids) else vectors,
+                    ordinals,
+                    owner,
+                    int(starts.sum()),
+                )
                 self._matrices[collection] = cached
             return cached
 
-    def _hits(self, q: SearchQuery, ranked: list[tuple[str, float]]) -> list[Hit]:
-        docs = self.store.documents(q.collection, [doc_id for doc_id, _ in ranked])
+    def _hits(self, q: SearchQuery, ranked: list[tuple[str, float, int]]) -> list[Hit]:
+        docs = self.store.documents(q.collection, [doc_id for doc_id, _, _ in ranked])
         hits = []
-        for (doc_id, score), doc in zip(ranked, docs, strict=True):
-            if doc is None:  # deleted between ranking and reading
+        for (doc_id, score, ordinal), doc in zip(ranked, docs, strict=True):
+            if doc is None or ordinal >= len(doc.hashes):  # deleted or changed since ranking
                 continue
             text = (doc.text or "") if q.include_text else ""
-            hits.append(Hit(doc_id, score, text, doc.metadata if q.include_text else {}))
+            start, stop = doc.span(ordinal)
+            snippet = text[start:stop] if doc.chunks else ""
+            metadata = doc.metadata if q.include_text else {}
+            hits.append(Hit(doc_id, score, text, metadata, False, False, start, stop, snippet))
         return fit_hits(hits, self.max_response_bytes)
 
 
 def fit_hits(hits: list[Hit], budget: int) -> list[Hit]:
     """``hits`` as they fit ``budget`` serialized bytes (see the module docstring)."""
-    # Each hit: tag + length + (id, score, text, metadata, two flags); lengths at their widest.
-    fixed = [1 + 5 + size.text(h.id) + 5 + 1 + 5 + 2 * size.FLAG for h in hits]
+    # Each hit: tag + length + (id, score, text, metadata, two flags, snippet offsets and
+    # snippet); lengths at their widest. Snippets (at most a chunk window each) are kept whole.
+    fixed = [1 + 5 + size.text(h.id) + 5 + 1 + 5 + 2 * size.FLAG + 2 * 6 + size.text(h.snippet) for h in hits]
     meta = [size.struct(h.metadata) for h in hits]
     used = sum(fixed) + sum(meta)
     omitted: set[int] = set()
@@ -230,6 +273,21 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
         return np.argsort(-scores, kind="stable")
     part = np.argpartition(-scores, k)[:k]
     return part[np.argsort(-scores[part], kind="stable")]
+
+
+def _per_document_max(scores: np.ndarray, owner: np.ndarray, documents: int) -> np.ndarray:
+    """(documents,) float32: each document's best score among its rows (``owner``: (n,))."""
+    out = np.full(documents, -np.inf, dtype=np.float32)
+    np.maximum.at(out, owner, scores.astype(np.float32))
+    return out
+
+
+def _best_per_document(scores: np.ndarray, owner: np.ndarray, k: int) -> np.ndarray:
+    """Positions in ``scores`` of the ``k`` best documents' best rows, best first (``owner``:
+    the document of each row)."""
+    order = np.argsort(-scores, kind="stable")
+    _, first = np.unique(owner[order], return_index=True)  # each document's best row in order
+    return np.asarray(order[np.sort(first)[:k]])
 
 
 def _quantize(vectors: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray | None]:

@@ -83,6 +83,22 @@ class Settings:
         8 * 1024 * 1024, "largest document text Ingest stores, in UTF-8 bytes (larger: an ItemError)"
     )
     search_max_k: int = _opt(1000, "largest k a Search may ask for")
+    # --- chunking of long documents (issue 13) ---
+    chunking: bool = _opt(
+        True,
+        "Ingest splits a document longer than the model reads into overlapping token windows, "
+        "each embedded and stored under its own content hash (false: cut it at the model's "
+        "maximum, as before; IngestRequest.chunking overrides this per document)",
+    )
+    chunk_tokens: int = _opt(
+        0,
+        "most tokens of one chunk window, overlap included (0 = the model's maximum minus its "
+        "special tokens and the document prompt's tokens, 254 for all-MiniLM-L6-v2; larger is cut "
+        "to that)",
+    )
+    chunk_overlap_tokens: int = _opt(
+        32, "tokens a chunk window repeats of the text before it (less than half of a window)"
+    )
     # An index is a cache of the store (it catches up from the change log after a crash), so it
     # is written on a timer instead of after every call: one small Ingest or Delete must not
     # rewrite a large collection's whole index file.
@@ -267,6 +283,17 @@ class Settings:
                     raise ValueError(
                         f"--{_flag(name)} and --{_flag(other)} are both {port}; give each its own"
                     )
+        if self.chunk_tokens < 0:
+            raise ValueError(
+                f"--chunk-tokens must be 0 (the model's maximum) or positive, got {self.chunk_tokens}"
+            )
+        if self.chunk_overlap_tokens < 0 or (
+            self.chunk_tokens and 2 * self.chunk_overlap_tokens >= self.chunk_tokens
+        ):
+            raise ValueError(
+                f"--chunk-overlap-tokens must be at least 0 and less than half of --chunk-tokens "
+                f"({self.chunk_tokens}), got {self.chunk_overlap_tokens}"
+            )
         if self.max_message_bytes < MIN_MESSAGE_BYTES:
             # one document's id, vector and metadata (at most 64 KiB as JSON) must fit a message
             raise ValueError(

@@ -2,7 +2,8 @@
 
 The change log is compacted (one entry per document id), so a sync from sequence S sends each
 document changed after S once: its projected vector (the edge bundle's projection, the exact
-numpy code the edge runs after its own encoder) or its deletion.
+numpy code the edge runs after its own encoder), or one per chunk for a document stored as
+several (with their character spans), or its deletion.
 
 A checkpoint S means something only within one incarnation of the collection (records.
 CollectionMeta.incarnation). A client whose checkpoint is of another incarnation (the collection
@@ -46,6 +47,17 @@ class SyncRequest:
 
 
 @dataclass(frozen=True)
+class SyncedChunk:
+    """One chunk of a document stored as several: (dims,) float32 edge vector, hex content
+    hash, characters [start, stop) of the document's text."""
+
+    vector: np.ndarray
+    content_hash: str
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
 class SyncedChange:
     sequence: int
     doc_id: str
@@ -54,6 +66,8 @@ class SyncedChange:
     metadata: dict[str, Any] | None = None
     text_truncated: bool = False
     content_hash: str = ""  # hex; upserts with the same one carry the same vector
+    # A document stored as several chunks: all of them (vector and content_hash are the first's)
+    chunks: tuple[SyncedChunk, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,23 +145,29 @@ class Syncer:
         """Project the upserts of ``changes`` and take as many as fit ``max_page_bytes`` (at
         least one); returns (page, how many of ``changes`` it consumed)."""
         upserts = [c for c in changes if c.op == rec.OP_UPSERT and c.doc is not None]
-        rows: dict[int, np.ndarray] = {}
-        if upserts:
-            full = self.store.vectors([c.doc.content_hash for c in upserts if c.doc is not None])
-            projected = np.asarray(self.edge.project(full, dims), dtype=np.float32)
-            rows = {c.sequence: projected[i] for i, c in enumerate(upserts)}
+        projected: dict[bytes, np.ndarray] = {}
+        wanted = list(dict.fromkeys(h for c in upserts if c.doc is not None for h in c.doc.hashes))
+        if wanted:
+            full = self.store.vectors(wanted)
+            rows = np.asarray(self.edge.project(full, dims), dtype=np.float32)
+            projected = dict(zip(wanted, rows, strict=True))
         page: list[SyncedChange] = []
         used = 0
         for i, c in enumerate(changes):
             if c.op == rec.OP_UPSERT and c.doc is not None:
+                chunks = tuple(
+                    SyncedChunk(projected[ref.content_hash], ref.content_hash.hex(), ref.start, ref.stop)
+                    for ref in c.doc.chunks
+                )
                 item = self._fit(
                     SyncedChange(
                         c.sequence,
                         c.doc_id,
-                        rows[c.sequence],
+                        projected[c.doc.hashes[0]],
                         (c.doc.text or "") if include_text else "",
                         c.doc.metadata if include_text else None,
-                        content_hash=c.doc.content_hash.hex(),
+                        content_hash=c.doc.hashes[0].hex(),  # what its vector was computed from
+                        chunks=chunks,
                     )
                 )
             elif c.op == rec.OP_DELETE:
@@ -178,4 +198,7 @@ def wire_size(change: SyncedChange) -> int:
         vector = size.field(4 * len(change.vector)) + size.FIXED64 + size.FLAG  # data, dims, precision
         body += size.field(vector) + size.text(change.text) + size.struct(change.metadata)
         body += size.FLAG + size.field(len(change.content_hash))
+        for chunk in change.chunks:  # vector, content hash, start, stop
+            item = size.field(size.field(4 * len(chunk.vector)) + size.FIXED64 + size.FLAG)
+            body += size.field(item + size.field(len(chunk.content_hash)) + 2 * size.FIXED64)
     return 1 + 5 + body  # a repeated message field: tag + length (at most 5 bytes) + body

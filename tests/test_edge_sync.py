@@ -156,7 +156,9 @@ def test_cli_search_json_shape(live_server: Any, synced: tuple[EdgeClient, str])
         assert set(out) == {"results", "source", "degraded", "reason"}
         assert out["source"] == mode and out["degraded"] is False
         assert out["results"][0]["id"] == "astro-1"
-        assert set(out["results"][0]) == {"id", "score", "text", "metadata", "text_truncated"}
+        assert set(out["results"][0]) == {
+            "id", "score", "text", "metadata", "text_truncated", "snippet_start", "snippet_stop", "snippet"
+        }  # fmt: skip
         assert np.isfinite(out["results"][0]["score"])
 
 

@@ -54,7 +54,7 @@ async def _export(settings: settings_module.Settings, out: Path, corpus: Path | 
         embedder = create_embedder(settings, spec)
         try:
             if corpus is not None:
-                ingestor = Ingestor(store, None, embedder, spec)
+                ingestor = Ingestor.from_settings(store, None, embedder, spec, settings)
                 await embedder.start()
                 items = [IngestItem("corpus", i, text, meta) for i, text, meta in read_corpus(corpus)]
                 for start in range(0, len(items), CORPUS_BATCH):

@@ -24,6 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_server_arguments(parser)
     parser.add_argument("--limit", type=int, default=0, help="only the first N documents (0 = all)")
     parser.add_argument("--no-text", action="store_true", help="do not keep document text in the store")
+    parser.add_argument(
+        "--no-chunking",
+        action="store_true",
+        help="cut documents longer than the model reads at its maximum instead of chunking them "
+        "(IngestRequest.chunking=false)",
+    )
 
 
 def _open(path: Path) -> IO[str]:
@@ -75,9 +81,12 @@ def run(args: argparse.Namespace) -> int:
                 request.metadata.update(metadata)
             if args.no_text:
                 request.store_text = False
+            if args.no_chunking:
+                request.chunking = False
             yield request
 
     embedded = cached = failed = 0
+    chunks_embedded = chunks_cached = chunked = 0
     started = time.perf_counter()
     with channel(args, creds) as ch, tqdm(total=total, unit="doc", desc=f"ingest {args.collection}") as bar:
         stub = CollectionServiceStub(ch)
@@ -90,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
                     cached += 1
                 else:
                     embedded += 1
+                chunks_embedded += ack.chunks_embedded
+                chunks_cached += ack.chunks_cached
+                chunked += ack.chunks_embedded + ack.chunks_cached > 1
                 bar.update(1)
         except grpc.RpcError as exc:
             bar.close()
@@ -98,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     docs = embedded + cached + failed
     print(
-        f"{docs} docs into {args.collection!r}: {embedded} embedded, {cached} cached, {failed} failed "
+        f"{docs} docs into {args.collection!r}: {embedded} embedded, {cached} cached, {failed} failed; "
+        f"{chunks_embedded + chunks_cached} chunks ({chunked} docs longer than the model reads were "
+        f"chunked): {chunks_embedded} embedded, {chunks_cached} cached; "
         f"in {elapsed:.1f}s ({docs / max(elapsed, 1e-9):.1f} docs/s)"
     )
     return 1 if failed else 0

@@ -108,7 +108,7 @@ async def _run(settings: settings_module.Settings, names: list[str] | None) -> i
             return 0
         embedder = EncoderPool(settings, spec)
         await embedder.start()
-        ingestor = Ingestor(store, None, embedder, spec)
+        ingestor = Ingestor.from_settings(store, None, embedder, spec, settings)
         try:
             for name in targets:
                 with tqdm(total=rows[name].documents, unit="doc", desc=f"reembed {name}") as bar:

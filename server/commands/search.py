@@ -57,11 +57,12 @@ def run(args: argparse.Namespace) -> int:
         {"id": h.id, "score": h.score, "text": h.text, "metadata": json_format.MessageToDict(h.metadata)}
         for h in response.hits
     ]
+    snippets = [h.snippet for h in response.hits]  # a long document's best chunk ("" otherwise)
     if args.json:
         print(json.dumps({"results": results, "source": "server", "degraded": False, "reason": None}))
         return 0
-    for rank, hit in enumerate(results, 1):
-        text = " ".join(hit["text"].split())
+    for rank, (hit, snippet) in enumerate(zip(results, snippets, strict=True), 1):
+        text = " ".join((snippet or hit["text"]).split())
         print(f"{rank:>3}. {hit['score']:.4f}  {hit['id']}  {text[:100]}")
     if not results:
         print("no results")

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import numpy as np
 
 from protos.embedding.v1 import embedding_pb2 as pb
 from server.errors import InvalidArgument
@@ -52,6 +53,7 @@ def _ingest_item(request: pb.IngestRequest | UnparsedRequest) -> IngestItem | In
         request.text,
         metadata,
         request.store_text if request.HasField("store_text") else True,
+        request.chunking if request.HasField("chunking") else None,
     )
 
 
@@ -68,10 +70,17 @@ def _ack(outcome: IngestOutcome) -> pb.IngestAck:
         content_hash=outcome.content_hash,
         cached=outcome.cached,
         sequence=outcome.sequence,
+        chunks_embedded=outcome.chunks_embedded,
+        chunks_cached=outcome.chunks - outcome.chunks_embedded,
     )
     if outcome.error is not None:
         ack.error.CopyFrom(item_error(outcome.error))
     return ack
+
+
+def _vector(vector: np.ndarray) -> pb.Vector:
+    """A float32 edge vector on the wire."""
+    return pb.Vector(data=vector.astype("<f4").tobytes(), dims=len(vector), precision=pb.PRECISION_FLOAT32)
 
 
 class CollectionServicer:
@@ -163,6 +172,9 @@ class CollectionServicer:
                     metadata=struct(h.metadata),
                     text_truncated=h.text_truncated,
                     metadata_omitted=h.metadata_omitted,
+                    snippet_start=h.snippet_start,
+                    snippet_stop=h.snippet_stop,
+                    snippet=h.snippet,
                 )
                 for h in result.hits
             ],
@@ -222,15 +234,20 @@ class CollectionServicer:
                         sequence=change.sequence,
                         op=pb.VectorChange.OP_UPSERT,
                         id=change.doc_id,
-                        vector=pb.Vector(
-                            data=change.vector.astype("<f4").tobytes(),
-                            dims=len(change.vector),
-                            precision=pb.PRECISION_FLOAT32,
-                        ),
+                        vector=_vector(change.vector),
                         text=change.text,
                         metadata=struct(change.metadata) if change.metadata is not None else None,
                         text_truncated=change.text_truncated,
                         content_hash=change.content_hash,
+                        chunks=[
+                            pb.ChunkVector(
+                                vector=_vector(c.vector),
+                                content_hash=c.content_hash,
+                                start=c.start,
+                                stop=c.stop,
+                            )
+                            for c in change.chunks
+                        ],
                     )
                 yield response
         except Exception as exc:

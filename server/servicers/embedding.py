@@ -23,6 +23,8 @@ import grpc
 
 from protos.embedding.v1 import embedding_pb2 as pb
 from server import __version__
+from server.chunking import Chunker, ChunkSpan, embed_chunks
+from server.embedder import EncodeResult
 from server.embeddings import check_inputs, embed, encode
 from server.errors import InvalidArgument, ServiceError
 from server.runtime import Runtime
@@ -34,16 +36,66 @@ from server.vectors import VectorOptions
 log = logging.getLogger(__name__)
 
 
+# Chunks one Embed request may have with options.chunking, per input it may have.
+CHUNKS_PER_INPUT = 8
+
+
+def _chunking(options: pb.EmbedOptions) -> bool:
+    return options.HasField("chunking") and options.chunking
+
+
+def _chunked(spans: list[ChunkSpan], vectors: list[pb.Vector]) -> pb.ChunkedEmbedding:
+    return pb.ChunkedEmbedding(
+        chunks=[
+            pb.ChunkEmbedding(embedding=vector, start=span.start, stop=span.stop)
+            for span, vector in zip(spans, vectors, strict=True)
+        ]
+    )
+
+
 @dataclass
 class _StreamItem:
     request: pb.EmbedStreamRequest | UnparsedRequest
     options: VectorOptions | ServiceError
+    chunking: bool = False
 
 
 class EmbeddingServicer:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.spec = runtime.spec
+        self._chunkers: dict[str, Chunker] = {}
+
+    def _chunker(self, prompt_name: str) -> Chunker:
+        """The chunker for inputs with ``prompt_name`` (made on first use; the prompt is valid)."""
+        found = self._chunkers.get(prompt_name)
+        if found is None:
+            settings = self.runtime.settings
+            found = Chunker.for_model(
+                self.spec,
+                window=settings.chunk_tokens,
+                overlap=settings.chunk_overlap_tokens,
+                prompt_name=prompt_name,
+            )
+            self._chunkers[prompt_name] = found
+        return found
+
+    async def _embed_chunks(
+        self, texts: list[str], names: list[str], options: VectorOptions, *, wait: bool
+    ) -> tuple[list[pb.ChunkedEmbedding], EncodeResult]:
+        """Each text's chunks with their vectors as ``options`` ask (EmbedOptions.chunking)."""
+        ranges = int8_ranges(self.runtime.calibration, options)
+        spans, vectors, result = await embed_chunks(
+            self.runtime.embedder,
+            self._chunker(options.prompt_name),
+            texts,
+            names,
+            prompt_name=options.prompt_name,
+            max_chunks=CHUNKS_PER_INPUT * self.runtime.settings.max_client_batch_size,
+            wait=wait,
+        )
+        chunked = [_chunked(s, to_protos(v, options, ranges)) for s, v in zip(spans, vectors, strict=True)]
+        return chunked, result
 
     async def Info(self, request: Any, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
         runtime, spec, settings = self.runtime, self.spec, self.runtime.settings
@@ -90,6 +142,15 @@ class EmbeddingServicer:
                 raise request.error()
             inputs = list(request.inputs)
             options = vector_options(request.options, self.spec)
+            if _chunking(request.options):
+                check_inputs(inputs, self.runtime.settings.max_client_batch_size)
+                names = [f"inputs[{i}]" for i in range(len(inputs))]
+                chunked, result = await self._embed_chunks(inputs, names, options, wait=False)
+                return pb.EmbedResponse(
+                    chunked=chunked,
+                    timing=timing(result, sum(map(len, inputs)), started),
+                    model_fingerprint=self.spec.fingerprint,
+                )
             ranges = int8_ranges(self.runtime.calibration, options)
             embedded = await embed(
                 self.runtime.embedder, inputs, options, max_inputs=self.runtime.settings.max_client_batch_size
@@ -109,16 +170,18 @@ class EmbeddingServicer:
 
         async def gen() -> AsyncIterator[_StreamItem]:
             current: VectorOptions = vector_options(pb.EmbedOptions(), spec)
+            chunking = False
             async for request in requests:
                 if isinstance(request, UnparsedRequest) or not request.HasField("options"):
-                    yield _StreamItem(request, current)
+                    yield _StreamItem(request, current, chunking)
                     continue
                 try:
                     current = vector_options(request.options, spec)
+                    chunking = _chunking(request.options)
                 except ServiceError as exc:
                     yield _StreamItem(request, exc)
                     continue
-                yield _StreamItem(request, current)
+                yield _StreamItem(request, current, chunking)
 
         return gen()
 
@@ -140,6 +203,12 @@ class EmbeddingServicer:
             if isinstance(item.options, ServiceError):
                 raise item.options
             check_text(request.input, "input")
+            if item.chunking:
+                options = item.options
+                (chunked,), result = await self._embed_chunks([request.input], ["input"], options, wait=True)
+                return pb.EmbedStreamResponse(
+                    id=request_id, chunks=chunked, timing=timing(result, len(request.input), started)
+                )
             ranges = int8_ranges(self.runtime.calibration, item.options)
             result = await encode(
                 self.runtime.embedder, [request.input], item.options, wait=True, field=["input"]

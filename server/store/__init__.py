@@ -13,10 +13,11 @@ from server.store.lmdb_store import (
     open_store,
     store_in_use,
 )
-from server.store.records import CollectionMeta, DocRecord, content_hash
+from server.store.records import ChunkRef, CollectionMeta, DocRecord, content_hash
 
 __all__ = [
     "Change",
+    "ChunkRef",
     "CollectionIndex",
     "CollectionMeta",
     "CollectionRow",

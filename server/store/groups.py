@@ -6,17 +6,32 @@ HNSW graph over many identical points links them to each other and strands every
 themselves at k=1), so the index holds each distinct vector once, under a group key, and this
 bookkeeping maps group keys to the documents (their index keys) that carry that vector.
 
-Pure bookkeeping, no usearch and no LMDB: :meth:`ContentGroups.assign` moves documents between
-groups, :meth:`ContentGroups.settle` then says which groups the usearch index must gain (new
-content) or lose (no document left).
+A document stored as several chunks has one vector per chunk, so the members of a group are
+chunks: member id = document key << :data:`CHUNK_BITS` | chunk ordinal (a document embedded
+whole is its chunk 0). Pure bookkeeping, no usearch and no LMDB: :meth:`ContentGroups.assign_doc`
+moves a document's chunks between groups, :meth:`ContentGroups.settle` then says which groups
+the usearch index must gain (new content) or lose (no chunk left).
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+CHUNK_BITS = 20  # chunks per document: at most 2**20 (an 8 MiB text has ~10,000 windows)
+_ORDINAL_MASK = (1 << CHUNK_BITS) - 1
+
+
+def member_id(doc_key: int, ordinal: int) -> int:
+    """The group member standing for chunk ``ordinal`` of document ``doc_key``."""
+    return (doc_key << CHUNK_BITS) | ordinal
+
+
+def split_member(member: int) -> tuple[int, int]:
+    """(document key, chunk ordinal) of a group member."""
+    return member >> CHUNK_BITS, member & _ORDINAL_MASK
 
 
 class ContentGroups:
@@ -34,6 +49,8 @@ class ContentGroups:
         self._group_of: dict[int, int] = {}
         self._pending: set[int] = set()  # groups created since the last settle (not indexed yet)
         self._touched: set[int] = set()
+        self._chunk_count: dict[int, int] = {}  # documents of more than one chunk only
+        self._extra_chunks = 0  # sum of (chunks - 1) over them
 
     @classmethod
     def indexed(cls, keys: np.ndarray, hashes: np.ndarray, next_key: int) -> ContentGroups:
@@ -54,10 +71,31 @@ class ContentGroups:
 
     @property
     def documents(self) -> int:
+        return len(self._group_of) - self._extra_chunks
+
+    @property
+    def chunks(self) -> int:
+        """Chunks of the live documents (a document embedded whole is one)."""
         return len(self._group_of)
 
+    def assign_doc(self, doc_key: int, hashes: Sequence[bytes]) -> None:
+        """Document ``doc_key`` now carries ``hashes``, one per chunk in order (empty: it is
+        gone). Idempotent."""
+        old = self._chunk_count.get(doc_key, 1)
+        for ordinal, chash in enumerate(hashes):
+            self.assign(member_id(doc_key, ordinal), chash)
+        for ordinal in range(len(hashes), old):
+            self.assign(member_id(doc_key, ordinal), None)
+        self._extra_chunks -= old - 1
+        if len(hashes) > 1:
+            self._chunk_count[doc_key] = len(hashes)
+            self._extra_chunks += len(hashes) - 1
+        else:
+            self._chunk_count.pop(doc_key, None)
+
     def assign(self, doc_key: int, content_hash: bytes | None) -> None:
-        """Document ``doc_key`` now carries ``content_hash`` (None: it is gone). Idempotent."""
+        """Member ``doc_key`` (a chunk: :func:`member_id`) now carries ``content_hash`` (None:
+        it is gone). Idempotent. Documents go through :meth:`assign_doc`."""
         old = self._group_of.get(doc_key)
         new = None if content_hash is None else self._key_of.get(content_hash)
         if old is not None and old == new:
@@ -113,10 +151,13 @@ class ContentGroups:
         self._touched.clear()
         return sorted(added), sorted(removed)
 
-    def expand(self, keys: Iterable[int], k: int) -> list[tuple[int, int]]:
-        """(group key, document key) for the first ``k`` documents of the groups ``keys``, in
-        the groups' order; within a group by document key (the order documents were created)."""
-        out: list[tuple[int, int]] = []
+    def expand(self, keys: Iterable[int], k: int) -> list[tuple[int, int, int]]:
+        """(group key, document key, chunk ordinal) for the first ``k`` documents of the groups
+        ``keys``, in the groups' order, each document once (at its first group: its best chunk
+        when ``keys`` are ranked); within a group by document key (the order documents were
+        created). Fewer than ``k`` when the groups hold fewer documents."""
+        out: list[tuple[int, int, int]] = []
+        seen: set[int] = set()
         for key in keys:
             members = self._members.get(key)
             if members is None:
@@ -124,11 +165,18 @@ class ContentGroups:
             room = k - len(out)
             if isinstance(members, int):
                 chosen = [members]
+            elif self._chunk_count:  # chunks of one document may share the group: take all
+                chosen = sorted(members)
             else:
                 chosen = sorted(members) if len(members) <= room else heapq.nsmallest(room, members)
-            out.extend((key, doc) for doc in chosen)
-            if len(out) >= k:
-                break
+            for member in chosen:
+                doc, ordinal = split_member(member)
+                if doc in seen:
+                    continue
+                seen.add(doc)
+                out.append((key, doc, ordinal))
+                if len(out) >= k:
+                    return out
         return out
 
     def table(self) -> tuple[np.ndarray, np.ndarray]:

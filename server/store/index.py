@@ -1,8 +1,9 @@
 """Per-collection usearch indexes over full-dimension vectors, derived from the store.
 
 An index is a cache of the store. It holds each distinct vector of its collection once, under a
-group key (:mod:`server.store.groups` maps groups to documents): identical texts share one
-point, so duplicates cannot crowd the graph. It remembers the change-log sequence it reflects
+group key (:mod:`server.store.groups` maps groups to documents' chunks: a document stored as
+several chunks has a vector per chunk): identical texts share one point, so duplicates cannot
+crowd the graph. It remembers the change-log sequence it reflects
 and catches up by replaying the (compacted) log after it, which is idempotent. At start a saved
 index is loaded and reconciled with the store's documents (what a crash left behind is fixed
 there), or built from scratch when its files are missing or made for another model.
@@ -51,6 +52,9 @@ _ADD_BATCH = 16384  # vectors read from the store per add during a build (bounds
 # since the last build reach this share of the live vectors, the index is rebuilt from the store.
 REBUILD_AFTER_REMOVED_FRACTION = 0.25
 REBUILD_MIN_REMOVED = 256  # small collections: not worth a rebuild for a handful of updates
+# Vectors first asked for per document wanted when the collection holds chunked documents (a
+# long document's chunks tend to sit together near a query); more are asked for when short.
+CHUNK_OVERFETCH = 4
 FORMAT = 2  # 2: one vector per distinct content hash, generation-named files
 
 
@@ -177,8 +181,8 @@ class CollectionIndex:
         read before the scan."""
         head = store.collection(self.collection)
         for rows in store.content_keys(self.collection):
-            for key, chash in rows:
-                groups.assign(key, chash)
+            for key, hashes in rows:
+                groups.assign_doc(key, hashes)
         return head.sequence if head else 0
 
     def _reconcile(self, store: Store) -> None:
@@ -224,7 +228,7 @@ class CollectionIndex:
     def _apply(self, store: Store, changes: list[Change]) -> None:
         for c in changes:
             upsert = c.op == rec.OP_UPSERT and c.doc is not None
-            self.groups.assign(c.key, c.doc.content_hash if upsert and c.doc else None)
+            self.groups.assign_doc(c.key, c.doc.hashes if upsert and c.doc else [])
         self._settle(store)
 
     def _settle(self, store: Store) -> None:
@@ -247,29 +251,45 @@ class CollectionIndex:
     # -- search and save ------------------------------------------------------------------------
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(document index keys, cosine scores) of the k best documents, best first. Documents
-        sharing a vector share its score and come in the order they were created."""
+        """(document index keys int64, cosine scores float32) of the k best documents, best
+        first: :meth:`search_chunks` without the chunks."""
+        keys, scores, _ordinals = self.search_chunks(query, k)
+        return keys, scores
+
+    def search_chunks(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(document index keys int64, cosine scores float32, best chunk ordinals int32) of the
+        k best documents, best first; a document scores as its best chunk. Documents sharing a
+        vector share its score and come in the order they were created."""
         with self.lock:
             distinct = len(self.index)
             if distinct == 0:
-                return np.zeros(0, np.int64), np.zeros(0, np.float32)
-            # k distinct vectors carry at least k documents, so they hold the k best documents.
-            wanted = min(k, distinct)
+                return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int32)
+            # k distinct vectors carry at least k chunks; without chunked documents that is k
+            # documents. Chunks of one document can fill them, so ask for more until the best
+            # vectors hold k documents (or all vectors were seen).
+            chunked = self.groups.chunks > self.groups.documents
+            wanted = min(k * (CHUNK_OVERFETCH if chunked else 1), distinct)
             vector = np.asarray(query, np.float32)
-            # A graph worn by removals (a rebuild is due or running: other callers keep
-            # removing from it meanwhile) lost recall: scan exactly until it is replaced.
-            found = self.index.search(vector, wanted, exact=self._worn())
-            if len(found.keys) < wanted:
-                # HNSW can strand nodes after removals (updates are remove + add), so a graph
-                # walk may come back short; a user asking for k gets k, from an exact scan.
-                found = self.index.search(vector, wanted, exact=True)
-            dist = np.asarray(found.distances, dtype=np.float32)
-            keys = np.asarray(found.keys, dtype=np.int64)[np.isfinite(dist)]
+            while True:
+                # A graph worn by removals (a rebuild is due or running: other callers keep
+                # removing from it meanwhile) lost recall: scan exactly until it is replaced.
+                found = self.index.search(vector, wanted, exact=self._worn())
+                if len(found.keys) < wanted:
+                    # HNSW can strand nodes after removals (updates are remove + add), so a
+                    # graph walk may come back short; a user asking for k gets k, from an exact
+                    # scan.
+                    found = self.index.search(vector, wanted, exact=True)
+                dist = np.asarray(found.distances, dtype=np.float32)
+                keys = np.asarray(found.keys, dtype=np.int64)[np.isfinite(dist)]
+                docs = self.groups.expand(keys.tolist(), k)
+                if len(docs) >= k or wanted >= distinct:
+                    break
+                wanted = min(wanted * 4, distinct)
             score_of = dict(zip(keys.tolist(), (1.0 - dist[np.isfinite(dist)]).tolist(), strict=True))
-            docs = self.groups.expand(keys.tolist(), k)
         return (
-            np.asarray([doc for _, doc in docs], dtype=np.int64),
-            np.asarray([score_of[group] for group, _ in docs], dtype=np.float32),
+            np.asarray([doc for _, doc, _ in docs], dtype=np.int64),
+            np.asarray([score_of[group] for group, _, _ in docs], dtype=np.float32),
+            np.asarray([ordinal for _, _, ordinal in docs], dtype=np.int32),
         )
 
     def save(self) -> bool:

@@ -8,7 +8,8 @@ Named databases:
     meta         format version
     vectors      content hash (32 bytes) -> dtype tag + vector bytes (full dimensions)
     collections  name -> CollectionMeta (fingerprint, sequence, counters)
-    docs         collection\\0doc id -> DocRecord (hash, index key, sequence, text, metadata)
+    docs         collection\\0doc id -> DocRecord (hash, index key, sequence, chunk table, text,
+                 metadata); a chunked document's vectors are stored per chunk (content hash)
     logpos       collection\\0doc id -> (sequence of its latest change, index key); outlives deletes
     changes      collection\\0sequence -> (op, index key, doc id); one entry per doc: an older
                  entry is dropped when the doc changes again, so the log stays one row per id
@@ -24,8 +25,8 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
@@ -34,11 +35,15 @@ import numpy as np
 
 from server.errors import StorageFull
 from server.store import records as rec
-from server.store.records import CollectionMeta, DocRecord
+from server.store.records import ChunkRef, CollectionMeta, DocRecord
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = b"1"
+# 2: documents may be stored as several chunks (a chunk table in the document record), which
+# a format-1 reader would misread; a format-1 store is a valid format-2 one and is marked 2 when
+# opened.
+FORMAT_VERSION = b"2"
+_READABLE_FORMATS = (b"1", FORMAT_VERSION)
 _STORE_DIR = "store"  # under the data directory
 _LOCK_NAME = "store.lock"  # flock()ed by the process that has the store open; holds its pid
 _DBS = ("meta", "vectors", "collections", "docs", "logpos", "changes", "keys")
@@ -99,6 +104,22 @@ class Upsert:
     text: str | None
     metadata: dict[str, Any]
     vector: np.ndarray | None = None  # None: the vector is already stored (cache hit)
+    # A document stored as several chunks: every chunk (content_hash is then its whole text's,
+    # with no vector under it), and the vectors of those chunks not stored yet (chunk content
+    # hash -> (dims,) float32).
+    chunks: tuple[ChunkRef, ...] = ()
+    chunk_vectors: Mapping[bytes, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def hashes(self) -> list[bytes]:
+        return [c.content_hash for c in self.chunks] if self.chunks else [self.content_hash]
+
+    def new_vectors(self) -> dict[bytes, np.ndarray]:
+        """The vectors this upsert brings (content hash -> vector)."""
+        out = dict(self.chunk_vectors)
+        if self.vector is not None:
+            out[self.content_hash] = self.vector
+        return out
 
 
 @dataclass(frozen=True)
@@ -267,9 +288,9 @@ class Store:
     def _check_format(self) -> None:
         def check(txn: Any) -> None:
             found = txn.get(b"format", db=self._db["meta"])
-            if found is None:
+            if found is None or bytes(found) in _READABLE_FORMATS:
                 txn.put(b"format", FORMAT_VERSION, db=self._db["meta"])
-            elif bytes(found) != FORMAT_VERSION:
+            else:
                 raise StoreError(
                     f"store format {bytes(found).decode()} in {self.path} is not the supported "
                     f"format {FORMAT_VERSION.decode()}"
@@ -436,10 +457,13 @@ class Store:
                     if meta.fingerprint != required:
                         raise StaleCollection(doc.collection, meta.fingerprint, fingerprint)
                     metas[doc.collection] = meta
-                if doc.vector is not None:
-                    txn.put(doc.content_hash, rec.pack_vector(doc.vector, self.float16), db=dbs["vectors"])
-                elif txn.get(doc.content_hash, db=dbs["vectors"]) is None:
-                    missing.add(doc.content_hash)
+                provided = doc.new_vectors()
+                for chash in doc.hashes:
+                    vector = provided.get(chash)
+                    if vector is not None:
+                        txn.put(chash, rec.pack_vector(vector, self.float16), db=dbs["vectors"])
+                    elif txn.get(chash, db=dbs["vectors"]) is None:
+                        missing.add(chash)
                 out.append(self._upsert_one(txn, meta, doc))
             if missing:
                 raise VectorsMissing(missing)  # aborts the transaction: nothing half-written
@@ -459,6 +483,7 @@ class Store:
             and old.content_hash == doc.content_hash
             and old.text == doc.text
             and old.metadata == doc.metadata
+            and old.chunks == doc.chunks
         ):
             return old.sequence, False
         pos_raw = txn.get(dkey, db=dbs["logpos"])
@@ -473,7 +498,7 @@ class Store:
         if old is None:
             meta.documents += 1
             txn.put(rec.int_key(doc.collection, key), doc.doc_id.encode(), db=dbs["keys"])
-        record = DocRecord(doc.content_hash, key, seq, doc.text, doc.metadata)
+        record = DocRecord(doc.content_hash, key, seq, doc.text, doc.metadata, doc.chunks)
         txn.put(dkey, rec.pack_doc(record), db=dbs["docs"])
         txn.put(dkey, rec.pack_logpos(seq, key), db=dbs["logpos"])
         txn.put(
@@ -532,7 +557,11 @@ class Store:
         dbs = self._db
 
         def write(txn: Any) -> tuple[int, int]:
-            live = {bytes(v[:32]) for v in txn.cursor(db=dbs["docs"]).iternext(keys=False, values=True)}
+            live = {
+                chash
+                for v in txn.cursor(db=dbs["docs"]).iternext(keys=False, values=True)
+                for chash in rec.unpack_doc_hashes_key(v)[0]
+            }
             dead = [bytes(k) for k in txn.cursor(db=dbs["vectors"]).iternext(keys=True, values=False)]
             dead = [h for h in dead if h not in live]
             for h in dead:
@@ -566,11 +595,12 @@ class Store:
         for rows in self._doc_pages(collection, batch, rec.unpack_doc):
             yield [(rec.suffix_str(k), d) for k, d in rows]
 
-    def content_keys(self, collection: str, batch: int = 16384) -> Iterator[list[tuple[int, bytes]]]:
-        """(index key, content hash) of every live document of ``collection``, ``batch`` per
-        short read transaction; reads the fixed header only (no text is decompressed)."""
-        for rows in self._doc_pages(collection, batch, rec.unpack_doc_hash_key):
-            yield [(ikey, chash) for _, (chash, ikey) in rows]
+    def content_keys(self, collection: str, batch: int = 16384) -> Iterator[list[tuple[int, list[bytes]]]]:
+        """(index key, content hashes: one per chunk) of every live document of ``collection``,
+        ``batch`` per short read transaction; reads the header and chunk table only (no text is
+        decompressed)."""
+        for rows in self._doc_pages(collection, batch, rec.unpack_doc_hashes_key):
+            yield [(ikey, hashes) for _, (hashes, ikey) in rows]
 
     def _doc_pages(
         self, collection: str, batch: int, unpack: Callable[[Any], T]
@@ -603,19 +633,30 @@ class Store:
             start = rows[-1][0]
 
     def matrix(self, collection: str) -> tuple[np.ndarray, list[str], np.ndarray]:
-        """Every live document of ``collection``: (index keys int64, ids, vectors float32)."""
+        """Every vector of ``collection``'s live documents, one row per chunk (a document stored
+        as several chunks has several rows, in chunk order): (index keys int64 (n,), ids (n),
+        vectors float32 (n, dims))."""
+        keys, ids, _ordinals, vectors = self.chunk_matrix(collection)
+        return keys, ids, vectors
+
+    def chunk_matrix(self, collection: str) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+        """:meth:`matrix` with each row's chunk ordinal: (index keys int64 (n,), ids (n),
+        ordinals int32 (n,), vectors float32 (n, dims))."""
         keys: list[int] = []
         ids: list[str] = []
+        ordinals: list[int] = []
         hashes: list[bytes] = []
         for rows in self.iter_documents(collection, batch=4096):
             for doc_id, doc in rows:
-                keys.append(doc.key)
-                ids.append(doc_id)
-                hashes.append(doc.content_hash)
+                for ordinal, chash in enumerate(doc.hashes):
+                    keys.append(doc.key)
+                    ids.append(doc_id)
+                    ordinals.append(ordinal)
+                    hashes.append(chash)
         meta = self.collection(collection)
         dims = meta.dimension if meta else 0
         vectors = self.vectors(hashes) if hashes else np.zeros((0, dims), np.float32)
-        return np.asarray(keys, dtype=np.int64), ids, vectors
+        return np.asarray(keys, dtype=np.int64), ids, np.asarray(ordinals, dtype=np.int32), vectors
 
     def changes(self, collection: str, since: int, until: int, limit: int) -> list[Change]:
         """Up to ``limit`` log entries with since < sequence <= until, in sequence order."""
@@ -686,8 +727,10 @@ class Store:
                 continue
             for rows in self.iter_documents(name, batch=4096):
                 for _, doc in rows:
-                    if texts.get(doc.content_hash) is None:
-                        texts[doc.content_hash] = doc.text
+                    for ordinal, chash in enumerate(doc.hashes):
+                        if texts.get(chash) is None:
+                            start, stop = doc.span(ordinal)
+                            texts[chash] = None if doc.text is None else doc.text[start:stop]
         ordered = sorted(texts)
         if len(ordered) > n:
             picks = np.random.default_rng(seed).choice(len(ordered), size=n, replace=False)

@@ -25,7 +25,11 @@ OP_DELETE = 2
 _DTYPES: dict[int, np.dtype[Any]] = {0: np.dtype("<f4"), 1: np.dtype("<f2")}
 _CODES = {v: k for k, v in _DTYPES.items()}
 _DOC_HEADER = struct.Struct(">32sQQBI")  # content hash, index key, sequence, flags, text bytes
-_HAS_TEXT, _ZLIB = 1, 2
+_HAS_TEXT, _ZLIB, _CHUNKED = 1, 2, 4
+# A chunked document's chunk table follows the header (before the text, so the hashes are read
+# without decompressing the text): count, then per chunk its content hash and character span.
+_CHUNK_COUNT = struct.Struct(">I")
+_CHUNK = struct.Struct(">32sII")  # content hash, start, stop (characters of the text)
 # Longer texts are zlib-compressed: a record over ~2 KB would take a whole LMDB overflow page.
 _COMPRESS_FROM = 200
 _LOGPOS = struct.Struct(">QQ")  # sequence of the doc's latest change, its index key
@@ -86,12 +90,42 @@ def unpack_vector(raw: bytes | memoryview) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class ChunkRef:
+    """One chunk of a document stored as several: the content hash its vector is stored under
+    (:func:`content_hash` of the chunk's text) and its span ``[start, stop)`` in the document's
+    text, in characters (Python string indices, Unicode code points)."""
+
+    content_hash: bytes
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
 class DocRecord:
+    """A stored document. ``content_hash``: :func:`content_hash` of its whole text (for a
+    document embedded whole, the key its vector is stored under). ``chunks``: empty for a
+    document embedded whole (one vector, every short document), else every chunk in text order,
+    each vector stored under its chunk's hash. :attr:`hashes` are the keys of its vectors."""
+
     content_hash: bytes
     key: int
     sequence: int
     text: str | None  # None: stored without text
     metadata: dict[str, Any]
+    chunks: tuple[ChunkRef, ...] = ()
+
+    @property
+    def hashes(self) -> list[bytes]:
+        """The content hashes of the document's vectors, one per chunk (one for a whole one)."""
+        return [c.content_hash for c in self.chunks] if self.chunks else [self.content_hash]
+
+    def span(self, ordinal: int) -> tuple[int, int]:
+        """Characters ``[start, stop)`` of chunk ``ordinal``; the whole text for a document
+        embedded whole (0, len(text); (0, 0) when stored without text)."""
+        if self.chunks:
+            chunk = self.chunks[ordinal]
+            return chunk.start, chunk.stop
+        return 0, len(self.text or "")
 
 
 def pack_doc(doc: DocRecord) -> bytes:
@@ -102,8 +136,30 @@ def pack_doc(doc: DocRecord) -> bytes:
             packed = zlib.compress(text, 6)
             if len(packed) < len(text):
                 flags, text = _HAS_TEXT | _ZLIB, packed
+    table = b""
+    if doc.chunks:
+        flags |= _CHUNKED
+        table = _CHUNK_COUNT.pack(len(doc.chunks)) + b"".join(
+            _CHUNK.pack(c.content_hash, c.start, c.stop) for c in doc.chunks
+        )
     meta = json.dumps(doc.metadata, separators=(",", ":")).encode("utf-8") if doc.metadata else b""
-    return _DOC_HEADER.pack(doc.content_hash, doc.key, doc.sequence, flags, len(text)) + text + meta
+    header = _DOC_HEADER.pack(doc.content_hash, doc.key, doc.sequence, flags, len(text))
+    return header + table + text + meta
+
+
+def _unpack_chunks(data: bytes | memoryview, flags: int) -> tuple[tuple[ChunkRef, ...], int]:
+    """(chunks, offset after the chunk table) of a packed document."""
+    start = _DOC_HEADER.size
+    if not flags & _CHUNKED:
+        return (), start
+    (count,) = _CHUNK_COUNT.unpack_from(data, start)
+    start += _CHUNK_COUNT.size
+    chunks = []
+    for _ in range(count):
+        chash, begin, stop = _CHUNK.unpack_from(data, start)
+        chunks.append(ChunkRef(bytes(chash), int(begin), int(stop)))
+        start += _CHUNK.size
+    return tuple(chunks), start
 
 
 def unpack_doc_hash_key(raw: bytes | memoryview) -> tuple[bytes, int]:
@@ -112,17 +168,25 @@ def unpack_doc_hash_key(raw: bytes | memoryview) -> tuple[bytes, int]:
     return bytes(chash), int(key)
 
 
+def unpack_doc_hashes_key(raw: bytes | memoryview) -> tuple[list[bytes], int]:
+    """(content hashes of its vectors, one per chunk; index key) of a packed document, without
+    decoding its text."""
+    chash, key, _sequence, flags, _length = _DOC_HEADER.unpack_from(raw)
+    chunks, _ = _unpack_chunks(raw, flags)
+    return ([c.content_hash for c in chunks] if chunks else [bytes(chash)]), int(key)
+
+
 def unpack_doc(raw: bytes | memoryview) -> DocRecord:
     data = bytes(raw)
     chash, key, sequence, flags, length = _DOC_HEADER.unpack_from(data)
-    start = _DOC_HEADER.size
+    chunks, start = _unpack_chunks(data, flags)
     end = start + length
     text = None
     if flags & _HAS_TEXT:
         body = data[start:end]
         text = (zlib.decompress(body) if flags & _ZLIB else body).decode("utf-8")
     meta = json.loads(data[end:]) if len(data) > end else {}
-    return DocRecord(chash, key, sequence, text, meta)
+    return DocRecord(chash, key, sequence, text, meta, chunks)
 
 
 def pack_logpos(sequence: int, key: int) -> bytes:

@@ -41,20 +41,22 @@ class Vector(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., dims: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ...) -> None: ...
 
 class EmbedOptions(_message.Message):
-    __slots__ = ("normalize", "dimensions", "precision", "prompt_name", "truncate", "truncation_direction")
+    __slots__ = ("normalize", "dimensions", "precision", "prompt_name", "truncate", "truncation_direction", "chunking")
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     PROMPT_NAME_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     TRUNCATION_DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    CHUNKING_FIELD_NUMBER: _ClassVar[int]
     normalize: bool
     dimensions: int
     precision: Precision
     prompt_name: str
     truncate: bool
     truncation_direction: TruncationDirection
-    def __init__(self, normalize: _Optional[bool] = ..., dimensions: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., prompt_name: _Optional[str] = ..., truncate: _Optional[bool] = ..., truncation_direction: _Optional[_Union[TruncationDirection, str]] = ...) -> None: ...
+    chunking: bool
+    def __init__(self, normalize: _Optional[bool] = ..., dimensions: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., prompt_name: _Optional[str] = ..., truncate: _Optional[bool] = ..., truncation_direction: _Optional[_Union[TruncationDirection, str]] = ..., chunking: _Optional[bool] = ...) -> None: ...
 
 class Timing(_message.Message):
     __slots__ = ("queue_ns", "tokenization_ns", "inference_ns", "total_ns", "tokens", "characters", "cache_hits")
@@ -174,14 +176,32 @@ class EmbedRequest(_message.Message):
     def __init__(self, inputs: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[EmbedOptions, _Mapping]] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
-    __slots__ = ("embeddings", "timing", "model_fingerprint")
+    __slots__ = ("embeddings", "timing", "model_fingerprint", "chunked")
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    CHUNKED_FIELD_NUMBER: _ClassVar[int]
     embeddings: _containers.RepeatedCompositeFieldContainer[Vector]
     timing: Timing
     model_fingerprint: str
-    def __init__(self, embeddings: _Optional[_Iterable[_Union[Vector, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., model_fingerprint: _Optional[str] = ...) -> None: ...
+    chunked: _containers.RepeatedCompositeFieldContainer[ChunkedEmbedding]
+    def __init__(self, embeddings: _Optional[_Iterable[_Union[Vector, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., model_fingerprint: _Optional[str] = ..., chunked: _Optional[_Iterable[_Union[ChunkedEmbedding, _Mapping]]] = ...) -> None: ...
+
+class ChunkedEmbedding(_message.Message):
+    __slots__ = ("chunks",)
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    chunks: _containers.RepeatedCompositeFieldContainer[ChunkEmbedding]
+    def __init__(self, chunks: _Optional[_Iterable[_Union[ChunkEmbedding, _Mapping]]] = ...) -> None: ...
+
+class ChunkEmbedding(_message.Message):
+    __slots__ = ("embedding", "start", "stop")
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    embedding: Vector
+    start: int
+    stop: int
+    def __init__(self, embedding: _Optional[_Union[Vector, _Mapping]] = ..., start: _Optional[int] = ..., stop: _Optional[int] = ...) -> None: ...
 
 class EmbedStreamRequest(_message.Message):
     __slots__ = ("id", "input", "options")
@@ -194,16 +214,18 @@ class EmbedStreamRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ..., input: _Optional[str] = ..., options: _Optional[_Union[EmbedOptions, _Mapping]] = ...) -> None: ...
 
 class EmbedStreamResponse(_message.Message):
-    __slots__ = ("id", "embedding", "error", "timing")
+    __slots__ = ("id", "embedding", "error", "chunks", "timing")
     ID_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     id: str
     embedding: Vector
     error: ItemError
+    chunks: ChunkedEmbedding
     timing: Timing
-    def __init__(self, id: _Optional[str] = ..., embedding: _Optional[_Union[Vector, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., embedding: _Optional[_Union[Vector, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., chunks: _Optional[_Union[ChunkedEmbedding, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
 
 class TokenizeRequest(_message.Message):
     __slots__ = ("inputs", "add_special_tokens", "prompt_name")
@@ -244,34 +266,40 @@ class TokenizeResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Tokenization, _Mapping]]] = ...) -> None: ...
 
 class IngestRequest(_message.Message):
-    __slots__ = ("collection", "id", "text", "metadata", "store_text")
+    __slots__ = ("collection", "id", "text", "metadata", "store_text", "chunking")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     STORE_TEXT_FIELD_NUMBER: _ClassVar[int]
+    CHUNKING_FIELD_NUMBER: _ClassVar[int]
     collection: str
     id: str
     text: str
     metadata: _struct_pb2.Struct
     store_text: bool
-    def __init__(self, collection: _Optional[str] = ..., id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., store_text: _Optional[bool] = ...) -> None: ...
+    chunking: bool
+    def __init__(self, collection: _Optional[str] = ..., id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., store_text: _Optional[bool] = ..., chunking: _Optional[bool] = ...) -> None: ...
 
 class IngestAck(_message.Message):
-    __slots__ = ("collection", "id", "content_hash", "cached", "sequence", "error")
+    __slots__ = ("collection", "id", "content_hash", "cached", "sequence", "error", "chunks_embedded", "chunks_cached")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_EMBEDDED_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_CACHED_FIELD_NUMBER: _ClassVar[int]
     collection: str
     id: str
     content_hash: str
     cached: bool
     sequence: int
     error: ItemError
-    def __init__(self, collection: _Optional[str] = ..., id: _Optional[str] = ..., content_hash: _Optional[str] = ..., cached: _Optional[bool] = ..., sequence: _Optional[int] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+    chunks_embedded: int
+    chunks_cached: int
+    def __init__(self, collection: _Optional[str] = ..., id: _Optional[str] = ..., content_hash: _Optional[str] = ..., cached: _Optional[bool] = ..., sequence: _Optional[int] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., chunks_embedded: _Optional[int] = ..., chunks_cached: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
     __slots__ = ("collection", "query", "k", "exact", "dimensions", "precision", "rescore_multiplier", "prompt_name", "include_text")
@@ -296,20 +324,26 @@ class SearchRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., k: _Optional[int] = ..., exact: _Optional[bool] = ..., dimensions: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., rescore_multiplier: _Optional[int] = ..., prompt_name: _Optional[str] = ..., include_text: _Optional[bool] = ...) -> None: ...
 
 class SearchHit(_message.Message):
-    __slots__ = ("id", "score", "text", "metadata", "text_truncated", "metadata_omitted")
+    __slots__ = ("id", "score", "text", "metadata", "text_truncated", "metadata_omitted", "snippet_start", "snippet_stop", "snippet")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     TEXT_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     METADATA_OMITTED_FIELD_NUMBER: _ClassVar[int]
+    SNIPPET_START_FIELD_NUMBER: _ClassVar[int]
+    SNIPPET_STOP_FIELD_NUMBER: _ClassVar[int]
+    SNIPPET_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     text: str
     metadata: _struct_pb2.Struct
     text_truncated: bool
     metadata_omitted: bool
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., text_truncated: _Optional[bool] = ..., metadata_omitted: _Optional[bool] = ...) -> None: ...
+    snippet_start: int
+    snippet_stop: int
+    snippet: str
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., text_truncated: _Optional[bool] = ..., metadata_omitted: _Optional[bool] = ..., snippet_start: _Optional[int] = ..., snippet_stop: _Optional[int] = ..., snippet: _Optional[str] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "timing", "sequence", "model_fingerprint")
@@ -356,7 +390,7 @@ class SyncVectorsRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., since_sequence: _Optional[int] = ..., bundle_fingerprint: _Optional[str] = ..., dimensions: _Optional[int] = ..., include_text: _Optional[bool] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class VectorChange(_message.Message):
-    __slots__ = ("sequence", "op", "id", "vector", "text", "metadata", "text_truncated", "content_hash")
+    __slots__ = ("sequence", "op", "id", "vector", "text", "metadata", "text_truncated", "content_hash", "chunks")
     class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OP_UNSPECIFIED: _ClassVar[VectorChange.Op]
@@ -373,6 +407,7 @@ class VectorChange(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     TEXT_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     op: VectorChange.Op
     id: str
@@ -381,7 +416,20 @@ class VectorChange(_message.Message):
     metadata: _struct_pb2.Struct
     text_truncated: bool
     content_hash: str
-    def __init__(self, sequence: _Optional[int] = ..., op: _Optional[_Union[VectorChange.Op, str]] = ..., id: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., text_truncated: _Optional[bool] = ..., content_hash: _Optional[str] = ...) -> None: ...
+    chunks: _containers.RepeatedCompositeFieldContainer[ChunkVector]
+    def __init__(self, sequence: _Optional[int] = ..., op: _Optional[_Union[VectorChange.Op, str]] = ..., id: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., text_truncated: _Optional[bool] = ..., content_hash: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[ChunkVector, _Mapping]]] = ...) -> None: ...
+
+class ChunkVector(_message.Message):
+    __slots__ = ("vector", "content_hash", "start", "stop")
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    vector: Vector
+    content_hash: str
+    start: int
+    stop: int
+    def __init__(self, vector: _Optional[_Union[Vector, _Mapping]] = ..., content_hash: _Optional[str] = ..., start: _Optional[int] = ..., stop: _Optional[int] = ...) -> None: ...
 
 class SyncVectorsResponse(_message.Message):
     __slots__ = ("changes", "head_sequence", "remaining", "incarnation", "reset")
