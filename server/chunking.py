@@ -40,7 +40,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from server.embedder import Embedder, EncodeResult, Priority
-from server.errors import InvalidArgument
+from server.errors import InvalidArgument, TooLarge
 from server.model import ModelSpec
 
 # Sentence starts that are anchors: 1 in this many (by hash). Measured on 60 texts of 8 SciFact
@@ -201,12 +201,21 @@ async def embed_chunks(
     *,
     prompt_name: str = "",
     max_chunks: int,
+    max_chars: int,
     wait: bool = False,
 ) -> tuple[list[list[ChunkSpan]], list[np.ndarray], EncodeResult]:
     """Cut each of ``texts`` into chunks and embed every chunk (interactive priority): (chunks
     per text, their vectors per text: float32 (chunks, dims), the encoder's result for all of
     them). ``names``: each text's request field, for errors. InvalidArgument naming the text at
-    which the chunks pass ``max_chunks``; the encoder's errors (naming the text) otherwise."""
+    which the chunks pass ``max_chunks``, TooLarge for a text over ``max_chars`` characters
+    (checked first: cutting tokenizes the whole text); the encoder's errors otherwise."""
+    for text, name in zip(texts, names, strict=True):
+        if len(text) > max_chars:
+            raise TooLarge(
+                f"{name} is {len(text):,} characters; chunking takes at most {max_chars:,} "
+                "(--chunk-max-chars): send it in parts",
+                field=name,
+            )
     spans = await asyncio.to_thread(lambda: [chunker.split(text) for text in texts])
     total = 0
     for text_spans, name in zip(spans, names, strict=True):

@@ -64,6 +64,7 @@ class IngestOutcome:
     error: ServiceError | None = None
     chunks: int = 0  # vectors the document is stored as (1: embedded whole)
     chunks_embedded: int = 0  # of them, computed for this request (the rest were stored)
+    unembedded_chars: int = 0  # characters at the end past --chunk-max-chars, stored, not embedded
 
 
 def stale_message(collection: str, stored: str, serving: str) -> str:
@@ -199,13 +200,15 @@ class Ingestor:
         max_document_bytes: int | None = None,
         chunker: Chunker | None = None,
         chunking: bool = True,
+        chunk_max_chars: int | None = None,
     ) -> None:
         """``max_document_bytes``: the largest text stored, in UTF-8 bytes (None: any).
         ``chunker``: cuts long documents (None: never, every document is embedded whole, cut at
-        the model's maximum); ``chunking``: whether documents that do not say are chunked."""
+        the model's maximum); ``chunking``: whether documents that do not say are chunked;
+        ``chunk_max_chars``: characters of a document that chunking embeds (None: all)."""
         self.store, self.indexes, self.embedder, self.spec = store, indexes, embedder, spec
         self.max_document_bytes = max_document_bytes
-        self.chunker, self.chunking = chunker, chunking
+        self.chunker, self.chunking, self.chunk_max_chars = chunker, chunking, chunk_max_chars
         self.prompt = spec.document_prompt_name
         self.prompt_text = spec.prompt_text(self.prompt)
 
@@ -225,6 +228,7 @@ class Ingestor:
                 spec, window=settings.chunk_tokens, overlap=settings.chunk_overlap_tokens
             ),
             chunking=settings.chunking,
+            chunk_max_chars=settings.chunk_max_chars,
         )
 
     def screen(self, item: IngestItem) -> IngestItem | IngestOutcome:
@@ -311,7 +315,12 @@ class Ingestor:
                 embedded = len({h for h in hashes[i] if h in missing})
                 missing.difference_update(hashes[i])
                 count = len(hashes[i])
-                out.append(IngestOutcome(item, whole[i].hex(), embedded == 0, seq, None, count, embedded))
+                tail = self._unembedded(item.text, chunks.get(i))
+                out.append(
+                    IngestOutcome(item, whole[i].hex(), embedded == 0, seq, None, count, embedded, tail)
+                )
+                if tail:
+                    metrics.CUT_DOCUMENTS.inc()
                 metrics.INGEST_CHUNKS.labels("embedded").inc(embedded)
                 metrics.INGEST_CHUNKS.labels("cached").inc(count - embedded)
                 if count > 1:
@@ -327,10 +336,25 @@ class Ingestor:
         for i, item in items.items():
             if not (self.chunking if item.chunking is None else item.chunking):
                 continue
-            spans = self.chunker.split(item.text)
+            spans = self.chunker.split(self._chunked_part(item.text))
             if len(spans) > 1:
                 out[i] = [(span.start, span.stop) for span in spans]
         return out
+
+    def _chunked_part(self, text: str) -> str:
+        """The beginning of ``text`` that chunking embeds: at most --chunk-max-chars, cut after
+        the last whitespace in reach (a word is never cut), the whole text when it is shorter."""
+        limit = self.chunk_max_chars
+        if limit is None or len(text) <= limit:
+            return text
+        cut = max(text.rfind(" ", 0, limit), text.rfind("\n", 0, limit))
+        return text[: cut if cut > 0 else limit]
+
+    def _unembedded(self, text: str, spans: list[tuple[int, int]] | None) -> int:
+        """Characters at the end of a chunked ``text`` past --chunk-max-chars (0: none)."""
+        if spans is None or self.chunk_max_chars is None or len(text) <= self.chunk_max_chars:
+            return 0
+        return len(text) - spans[-1][1]
 
     @staticmethod
     def _upsert(

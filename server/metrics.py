@@ -47,6 +47,10 @@ INGEST_CHUNKS = Counter(
     "computed (embedded) or already stored (cached)",
     ["result"],
 )
+CUT_DOCUMENTS = Counter(
+    "embed_ingest_cut_documents_total",
+    "chunked documents longer than --chunk-max-chars: their tail is stored but not embedded",
+)
 CHUNKED_DOCUMENTS = Counter(
     "embed_ingest_chunked_documents_total",
     "ingested documents longer than the model reads, stored as several chunks",

@@ -84,8 +84,11 @@ class Settings:
     )
     search_max_k: int = _opt(1000, "largest k a Search may ask for")
     # --- chunking of long documents (issue 13) ---
+    # Off by default until chunking keeps issue 20's memory bound: with it on, the parent's peak
+    # during a stream of 2 MiB documents (tests/test_faults_memory.py, bound 48 MiB) measured
+    # 12-48 MiB in 5 runs against 23-35 MiB with it off.
     chunking: bool = _opt(
-        True,
+        False,
         "Ingest splits a document longer than the model reads into overlapping token windows, "
         "each embedded and stored under its own content hash (false: cut it at the model's "
         "maximum, as before; IngestRequest.chunking overrides this per document)",
@@ -98,6 +101,17 @@ class Settings:
     )
     chunk_overlap_tokens: int = _opt(
         32, "tokens a chunk window repeats of the text before it (less than half of a window)"
+    )
+    # Bounds the work and memory one document can cost (issue 20's bound holds with chunking):
+    # cutting tokenizes the whole text (about 28x its size in memory) and each chunk is embedded
+    # and stored. 64 Ki characters is ~15k tokens, ~65 chunks: a paper of 25-30 pages. Measured
+    # (tests/test_faults_memory.py, 2 MiB documents): the parent peaked 40-64 MiB above its
+    # baseline at 256 Ki (the chunks' tokenization for the workers), over that test's 48 MiB bound.
+    chunk_max_chars: int = _opt(
+        65_536,
+        "characters of a document that chunking embeds; the rest is stored (returned, searchable "
+        "by its chunks' text no further) but not embedded, and IngestAck.unembedded_chars says how "
+        "much. An EmbedOptions.chunking input longer than this is refused",
     )
     # An index is a cache of the store (it catches up from the change log after a crash), so it
     # is written on a timer instead of after every call: one small Ingest or Delete must not
@@ -251,6 +265,7 @@ class Settings:
                 f"--worker-trim-tokens must be 0 (never) or positive, got {self.worker_trim_tokens}"
             )
         positive = (
+            "chunk_max_chars",
             "max_batch_tokens",
             "contended_batch_tokens",
             "interactive_lane_tokens",

@@ -63,7 +63,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
     """
     from tests.server_harness import running_server
 
-    with running_server(tmp_path_factory.mktemp("live") / "data") as server:
+    # Chunking on (off by default): the shared server's tests cover chunked documents too.
+    with running_server(tmp_path_factory.mktemp("live") / "data", "--chunking") as server:
         yield server
 
 

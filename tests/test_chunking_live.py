@@ -239,3 +239,31 @@ def test_embed_returns_a_vector_per_chunk_with_its_span(live_server: Any, corpus
     assert [r.WhichOneof("result") for r in responses] == ["chunks", "chunks"]
     assert [(c.start, c.stop) for c in responses[0].chunks.chunks] == [(c.start, c.stop) for c in long.chunks]
     assert len(responses[1].chunks.chunks) == 1
+
+
+def test_a_document_past_chunk_max_chars_embeds_its_beginning_and_says_so(live_server: Any) -> None:
+    """--chunk-max-chars (65,536 by default) bounds one document's chunks: the text past it is
+    stored, not embedded, and the ack counts those characters; Embed's chunking refuses it."""
+    from protos.embedding.v1.embedding_pb2_grpc import EmbeddingServiceStub
+    from server.settings import Settings
+
+    limit = Settings().chunk_max_chars
+    marker = uuid.uuid4().hex
+    abstracts = [f"{text} [{marker}]" for _, text, _ in scifact_docs(200)]
+    text = ""
+    while len(text) <= limit + 2000:
+        text += abstracts[len(text) % len(abstracts)] + "\n\n"
+    collection = f"cut-{marker[:8]}"
+    (ack,) = ingest(live_server.address, collection, [("big", text, {})])
+    assert not ack.HasField("error")
+    # cut at the last whitespace before the limit: less than a word short of it
+    assert len(text) - limit <= ack.unembedded_chars < len(text) - limit + 100, ack
+    assert ack.chunks_embedded + ack.chunks_cached > 1
+    channel = grpc.insecure_channel(live_server.address, options=[("grpc.max_send_message_length", 8 << 20)])
+    with channel:
+        with pytest.raises(grpc.RpcError) as info:
+            EmbeddingServiceStub(channel).Embed(
+                pb.EmbedRequest(inputs=[text], options=pb.EmbedOptions(chunking=True)), timeout=60
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "inputs[0]" in str(info.value.details()) and "--chunk-max-chars" in str(info.value.details())

@@ -75,8 +75,7 @@ def test_export_edge_makes_the_running_servers_bundle_from_the_same_store(tmp_pa
         acks = ingest(server.address, "export", scifact_docs(240))
         assert len(acks) == 240 and not any(a.HasField("error") for a in acks)
         with grpc.insecure_channel(server.address) as channel:
-            # A client fetching the bundle makes the server fit it on the 240 stored documents'
-            # vectors (one per chunk: most SciFact abstracts are longer than the model reads).
+            # A client fetching the bundle makes the server fit it on the 240 stored documents.
             fetch = EdgeServiceStub(channel).GetEdgeBundle(pb.GetEdgeBundleRequest(files=["tokenizer.json"]))
             assert next(iter(fetch)).manifest.fingerprint
             served = EmbeddingServiceStub(channel).Info(pb.InfoRequest(), timeout=30).edge_bundle_fingerprint
@@ -84,8 +83,5 @@ def test_export_edge_makes_the_running_servers_bundle_from_the_same_store(tmp_pa
     assert _export("--out", str(tmp_path / "exported"), "--data-dir", str(tmp_path / "data"), *settings) == 0
     exported = EdgeBundle.load(tmp_path / "exported", verify=True)
     on_disk = EdgeBundle.load(tmp_path / "data" / "edge_bundle", verify=True)
-    stored_vectors = sum(a.chunks_embedded for a in acks)  # a fresh store: every distinct chunk embedded
-    assert stored_vectors > 240
-    assert exported.manifest.projection_kind == "rotation"
-    assert exported.manifest.extra["fit_vectors"] == stored_vectors
+    assert exported.manifest.projection_kind == "rotation" and exported.manifest.extra["fit_vectors"] == 240
     assert exported.fingerprint == on_disk.fingerprint == served

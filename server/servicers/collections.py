@@ -72,6 +72,7 @@ def _ack(outcome: IngestOutcome) -> pb.IngestAck:
         sequence=outcome.sequence,
         chunks_embedded=outcome.chunks_embedded,
         chunks_cached=outcome.chunks - outcome.chunks_embedded,
+        unembedded_chars=outcome.unembedded_chars,
     )
     if outcome.error is not None:
         ack.error.CopyFrom(item_error(outcome.error))

@@ -92,6 +92,7 @@ class EmbeddingServicer:
             names,
             prompt_name=options.prompt_name,
             max_chunks=CHUNKS_PER_INPUT * self.runtime.settings.max_client_batch_size,
+            max_chars=self.runtime.settings.chunk_max_chars,
             wait=wait,
         )
         chunked = [_chunked(s, to_protos(v, options, ranges)) for s, v in zip(spans, vectors, strict=True)]

@@ -282,7 +282,7 @@ class IngestRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., store_text: _Optional[bool] = ..., chunking: _Optional[bool] = ...) -> None: ...
 
 class IngestAck(_message.Message):
-    __slots__ = ("collection", "id", "content_hash", "cached", "sequence", "error", "chunks_embedded", "chunks_cached")
+    __slots__ = ("collection", "id", "content_hash", "cached", "sequence", "error", "chunks_embedded", "chunks_cached", "unembedded_chars")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
@@ -291,6 +291,7 @@ class IngestAck(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_EMBEDDED_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_CACHED_FIELD_NUMBER: _ClassVar[int]
+    UNEMBEDDED_CHARS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     id: str
     content_hash: str
@@ -299,7 +300,8 @@ class IngestAck(_message.Message):
     error: ItemError
     chunks_embedded: int
     chunks_cached: int
-    def __init__(self, collection: _Optional[str] = ..., id: _Optional[str] = ..., content_hash: _Optional[str] = ..., cached: _Optional[bool] = ..., sequence: _Optional[int] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., chunks_embedded: _Optional[int] = ..., chunks_cached: _Optional[int] = ...) -> None: ...
+    unembedded_chars: int
+    def __init__(self, collection: _Optional[str] = ..., id: _Optional[str] = ..., content_hash: _Optional[str] = ..., cached: _Optional[bool] = ..., sequence: _Optional[int] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., chunks_embedded: _Optional[int] = ..., chunks_cached: _Optional[int] = ..., unembedded_chars: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
     __slots__ = ("collection", "query", "k", "exact", "dimensions", "precision", "rescore_multiplier", "prompt_name", "include_text")
