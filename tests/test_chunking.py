@@ -39,16 +39,12 @@ def test_windows_fit_the_model_cut_at_word_starts_and_cover_the_text(chunker: Ch
     spans = chunker.split(text)
     assert len(spans) > 5
     encoding = chunker.tokenizer.encode(text, add_special_tokens=False)
-    word_starts = {0} | {
-        encoding.offsets[i][0]
-        for i in range(1, len(encoding.ids))
-        if encoding.word_ids[i] != encoding.word_ids[i - 1]
-    }
+    offsets, words = encoding.offsets, encoding.word_ids  # each access builds a new list: once
+    word_starts = {0} | {offsets[i][0] for i in range(1, len(offsets)) if words[i] != words[i - 1]}
+    token_ends = {end for _, end in offsets}
     for span in spans:
         assert span.start in word_starts  # never inside a word or a word piece
-        assert span.stop == len(text) or span.stop in {
-            encoding.offsets[i][1] for i in range(len(encoding.ids))
-        }
+        assert span.stop == len(text) or span.stop in token_ends
         piece = text[span.start : span.stop]
         tokens = len(chunker.tokenizer.encode(piece, add_special_tokens=False).ids)
         assert tokens <= chunker.window  # a chunk never holds more than the model reads
