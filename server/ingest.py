@@ -199,7 +199,7 @@ class Ingestor:
         *,
         max_document_bytes: int | None = None,
         chunker: Chunker | None = None,
-        chunking: bool = True,
+        chunking: bool = False,
         chunk_max_chars: int | None = None,
     ) -> None:
         """``max_document_bytes``: the largest text stored, in UTF-8 bytes (None: any).
