@@ -40,8 +40,9 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from server.embedder import Embedder, EncodeResult, Priority
-from server.errors import InvalidArgument, TooLarge
+from server.errors import InvalidArgument
 from server.model import ModelSpec
+from server.tokenization import check_sizes
 
 # Sentence starts that are anchors: 1 in this many (by hash). Measured on 60 texts of 8 SciFact
 # abstracts with one paragraph edited: 1 in 5 with a quarter-segment minimum changed 1.28-1.40
@@ -209,13 +210,7 @@ async def embed_chunks(
     them). ``names``: each text's request field, for errors. InvalidArgument naming the text at
     which the chunks pass ``max_chunks``, TooLarge for a text over ``max_chars`` characters
     (checked first: cutting tokenizes the whole text); the encoder's errors otherwise."""
-    for text, name in zip(texts, names, strict=True):
-        if len(text) > max_chars:
-            raise TooLarge(
-                f"{name} is {len(text):,} characters; chunking takes at most {max_chars:,} "
-                "(--chunk-max-chars): send it in parts",
-                field=name,
-            )
+    check_sizes(texts, names, max_chars, "--chunk-max-chars")
     spans = await asyncio.to_thread(lambda: [chunker.split(text) for text in texts])
     total = 0
     for text_spans, name in zip(spans, names, strict=True):

@@ -34,14 +34,16 @@ def field_names(field: FieldNames, count: int) -> list[str]:
     return names
 
 
-def check_sizes(texts: Sequence[str], names: Sequence[str], max_chars: int) -> None:
-    """InvalidArgument for the first text longer than ``max_chars`` characters: cheap, so it
-    runs before any tokenization."""
+def check_sizes(
+    texts: Sequence[str], names: Sequence[str], max_chars: int, option: str = "--max-input-chars"
+) -> None:
+    """TooLarge (an InvalidArgument) for the first text longer than ``max_chars`` characters,
+    naming the ``option`` that sets the limit: cheap, so it runs before any tokenization."""
     for text, name in zip(texts, names, strict=True):
         if len(text) > max_chars:
             raise TooLarge(
                 f"{name} has {len(text)} characters, more than the limit of {max_chars} "
-                "(--max-input-chars); send a shorter text",
+                f"({option}); send a shorter text",
                 field=name,
             )
 
