@@ -323,10 +323,12 @@ class Scheduler:
         return batch
 
 
-def pad_batch(items: list[Item], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """input_ids, attention_mask, token_type_ids (int64), right-padded to the items' width
-    (:func:`padded_width` of the longest)."""
-    width = padded_width(max(item.length for item in items))
+def pad_batch(
+    items: list[Item], pad_id: int, *, multiple: int = PAD_MULTIPLE
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """input_ids, attention_mask, token_type_ids (int64), right-padded to the longest item's
+    length rounded up to ``multiple`` (1: no rounding, so one item is not padded at all)."""
+    width = -(-max(item.length for item in items) // multiple) * multiple
     ids = np.full((len(items), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(items), width), dtype=np.int64)
     for row, item in enumerate(items):

@@ -3,10 +3,14 @@
 Why: a query handed to a worker waits for the batch that worker is computing (up to
 --max-batch-tokens of bulk work: ~0.5-2 s during an ingest on a loaded 2-core host) and pays
 the queue wait, a thread hop, pickling and two pipe messages. The lane runs ONNX Runtime on
-the ONNX export of the same model in this process (``--interactive-lane-threads`` threads, one
-single-threaded ``session.run`` each; ORT releases the GIL), so an interactive input reaches a
-model as soon as a lane thread is free, whatever bulk work is queued; the OS shares the cores
-between the lane and the workers.
+the ONNX export of the same model in this process (``--interactive-lane-threads`` runners, one
+``session.run`` at a time each; ORT releases the GIL), so an interactive input reaches a model
+as soon as a runner is free, whatever bulk work is queued; the OS shares the cores between the
+lane and the workers. One run may use ``--interactive-lane-op-threads`` threads (ORT's intra-op
+pool, which spins between operators as ORT does by default): an idle server answers a single
+query on every core (measured, README Interactive latency: inference 3.8 ms on one thread,
+2.2 ms on two; an ingest beside it kept >= 0.85 of its docs/s). A lane batch is padded to its
+longest input only (one input: no padding), not to the workers' multiple of 16.
 
 What it computes with (:func:`lane_graph`): the workers' own graph for ``--backend onnx`` (the
 same vectors), the fp32 graph for ``--backend torch`` (cosine 0.9999998 to torch fp32 measured
@@ -33,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from embedcore import OnnxModel, Tokens, l2_normalize
-from server.batching import Scheduler, pad_batch, padded_width
+from server.batching import Scheduler, pad_batch
 from server.model import ModelSpec
 from server.onnx_export import FP32_NAME, INT8_NAME
 
@@ -65,11 +69,19 @@ class InteractiveLane:
     """
 
     def __init__(
-        self, model: OnnxModel, pad_id: int, *, max_tokens: int, threads: int, max_queue_items: int
+        self,
+        model: OnnxModel,
+        pad_id: int,
+        *,
+        max_tokens: int,
+        threads: int,
+        max_queue_items: int,
+        op_threads: int = 1,
     ) -> None:
         self.model = model
         self.pad_id = pad_id
         self.threads = threads
+        self.op_threads = op_threads
         # Interactive batches never wait to fill (see server.batching): max_wait is not used.
         self.scheduler = Scheduler(
             max_batch_tokens=max_tokens, max_wait_ms=0, max_queue_items=max_queue_items
@@ -105,7 +117,7 @@ class InteractiveLane:
             started = time.perf_counter_ns()
             try:
                 out, inference_ns = await loop.run_in_executor(
-                    self._executor, self._forward, *pad_batch(batch, self.pad_id)
+                    self._executor, self._forward, *pad_batch(batch, self.pad_id, multiple=1)
                 )
             except Exception as exc:  # ORT failed on this batch: its calls fail, the lane goes on
                 log.exception("interactive lane failed on a batch")
@@ -121,11 +133,8 @@ class InteractiveLane:
         """(n, dims) float32 raw vectors of ``tokens``, one row at a time, blocking (start-up check)."""
         rows = []
         for t in tokens:
-            width = padded_width(len(t.ids))
-            ids = np.full((1, width), self.pad_id, dtype=np.int64)
-            ids[0, : len(t.ids)] = t.ids
-            mask = (np.arange(width) < len(t.ids)).astype(np.int64)[None, :]
-            rows.append(self.model.raw(ids, mask, np.zeros_like(ids))[0])
+            ids = np.asarray(t.ids, dtype=np.int64)[None, :]  # alone and unpadded, as _run does
+            rows.append(self.model.raw(ids, np.ones_like(ids), np.zeros_like(ids))[0])
         return np.stack(rows)
 
 
@@ -135,10 +144,23 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def load_lane(
-    spec: ModelSpec, graph: Path, pad_id: int, *, max_tokens: int, threads: int, max_queue_items: int
+    spec: ModelSpec,
+    graph: Path,
+    pad_id: int,
+    *,
+    max_tokens: int,
+    threads: int,
+    max_queue_items: int,
+    op_threads: int = 1,
 ) -> InteractiveLane:
-    """Open ``graph`` with single-threaded runs (blocking: call it off the event loop)."""
-    model = OnnxModel(graph, pooling=spec.pooling, normalize=spec.normalize, threads=1)
+    """Open ``graph`` with runs of up to ``op_threads`` threads (blocking: call it off the event
+    loop); ``threads`` runners take batches from the lane's queue."""
+    model = OnnxModel(graph, pooling=spec.pooling, normalize=spec.normalize, threads=op_threads)
     return InteractiveLane(
-        model, pad_id, max_tokens=max_tokens, threads=threads, max_queue_items=max_queue_items
+        model,
+        pad_id,
+        max_tokens=max_tokens,
+        threads=threads,
+        max_queue_items=max_queue_items,
+        op_threads=op_threads,
     )

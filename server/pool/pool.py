@@ -194,6 +194,7 @@ class EncoderPool:
             self.pad_id,
             max_tokens=settings.interactive_lane_tokens,
             threads=settings.interactive_lane_threads or cpu_worker_count(settings),
+            op_threads=settings.interactive_lane_op_threads or usable_cores(),
             max_queue_items=settings.max_queue_items,
         )
         probes = await self.tokenize(list(PROBES))
@@ -211,9 +212,10 @@ class EncoderPool:
             return None
         lane.start()
         log.info(
-            "interactive lane on: %s, %d thread(s), cosine to the workers >= %.6f",
+            "interactive lane on: %s, %d runner(s) of up to %d thread(s), cosine to the workers >= %.6f",
             graph.name,
             lane.threads,
+            lane.op_threads,
             agreement,
         )
         return lane
