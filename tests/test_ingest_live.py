@@ -140,3 +140,32 @@ def test_acks_follow_request_order_across_commits(live_server, batch: int) -> No
     assert [a.id for a in acks] == [d[0] for d in docs]
     assert sorted(a.sequence for a in acks) == [a.sequence for a in acks]
     assert sum(not a.cached for a in acks) <= 50  # 50 distinct texts: embedded at most once each
+
+
+def test_cli_ingest_chunking_flags_override_the_server(live_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The shared server chunks by default: the CLI's --no-chunking keeps a long document whole,
+    no flag leaves it to the server, and the two flags together are refused."""
+    import json
+
+    from tests._collections import scifact_docs
+
+    long_text = " ".join(text for _, text, _ in scifact_docs(4, skip=300))  # ~1,000 tokens
+    corpus = tmp_path / "long.jsonl"
+    corpus.write_text(json.dumps({"_id": "long", "title": "", "text": long_text}) + "\n")
+    cmd = [sys.executable, "-m", "server", "ingest", str(corpus), "--server", live_server.address]
+    outputs = {}
+    for collection, flags in (("cli-whole", ["--no-chunking"]), ("cli-default", [])):
+        done = subprocess.run(
+            [*cmd, "--collection", collection, *flags], capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+        outputs[collection] = done.stdout
+    assert "1 chunks (0 docs longer than the model reads were chunked)" in outputs["cli-whole"]
+    assert "(1 docs longer than the model reads were chunked)" in outputs["cli-default"]
+    both = subprocess.run(
+        [*cmd, "--collection", "cli-x", "--chunking", "--no-chunking"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr

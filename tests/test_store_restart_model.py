@@ -31,8 +31,25 @@ def _results(address: str) -> list[tuple[list[str], list[str]]]:
 def test_restart_then_model_change_then_reembed(tmp_path: Path) -> None:
     data = tmp_path / "data"
     docs = scifact_docs(100, skip=200)
+    # Two documents past the model's 256 tokens, chunked or not by their own request (the
+    # server's --chunking is off): reembed must keep each one's form, whatever its own flags.
+    long_text = " ".join(text for _, text, _ in scifact_docs(6, skip=300))
     with running_server(data) as server:
         ingest(server.address, COLLECTION, docs)
+        channel, service = stub(server.address)
+        with channel:
+            long_acks = list(
+                service.Ingest(
+                    iter(
+                        [
+                            pb.IngestRequest(collection="long", id="chunked", text=long_text, chunking=True),
+                            pb.IngestRequest(collection="long", id="whole", text=long_text, chunking=False),
+                        ]
+                    ),
+                    timeout=600,
+                )
+            )
+        assert [a.chunks_embedded + a.chunks_cached > 1 for a in long_acks] == [True, False]
         before = _results(server.address)
         assert server.stop() == 0
     with running_server(data) as server:
@@ -75,7 +92,7 @@ def test_restart_then_model_change_then_reembed(tmp_path: Path) -> None:
         assert server.stop() == 0
 
     done = subprocess.run(
-        [sys.executable, "-m", "server", "reembed", "--data-dir", str(data), *model_args],
+        [sys.executable, "-m", "server", "reembed", "--data-dir", str(data), *model_args, "--chunking"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -88,7 +105,11 @@ def test_restart_then_model_change_then_reembed(tmp_path: Path) -> None:
         doc = store.documents(COLLECTION, [docs[0][0]])[0]
         assert doc is not None and doc.content_hash == content_hash(new.fingerprint, "", docs[0][1])
         assert doc.sequence > 100  # logged again: edge clients resync the new vectors
+        chunked, whole = store.documents("long", ["chunked", "whole"])
+        assert chunked is not None and len(chunked.chunks) > 1  # chunked again under the new model
+        assert whole is not None and not whole.chunks  # still whole, though reembed ran with --chunking
         removed, kept = store.gc()
-        assert (removed, kept) == (100, 100)  # the old model's vectors, no longer referenced
+        # the old model's vectors, no longer referenced: 100 documents + the long ones' chunks and whole
+        assert (removed, kept) == (100 + len(chunked.chunks) + 1, 100 + len(chunked.chunks) + 1)
     finally:
         store.close()

@@ -24,9 +24,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_server_arguments(parser)
     parser.add_argument("--limit", type=int, default=0, help="only the first N documents (0 = all)")
     parser.add_argument("--no-text", action="store_true", help="do not keep document text in the store")
-    parser.add_argument(
+    chunking = parser.add_mutually_exclusive_group()
+    chunking.add_argument(
+        "--chunking",
+        dest="chunking",
+        action="store_const",
+        const=True,
+        help="chunk documents longer than the model reads (IngestRequest.chunking=true), "
+        "whatever the server's --chunking",
+    )
+    chunking.add_argument(
         "--no-chunking",
-        action="store_true",
+        dest="chunking",
+        action="store_const",
+        const=False,
         help="cut documents longer than the model reads at its maximum instead of chunking them "
         "(IngestRequest.chunking=false)",
     )
@@ -81,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
                 request.metadata.update(metadata)
             if args.no_text:
                 request.store_text = False
-            if args.no_chunking:
-                request.chunking = False
+            if args.chunking is not None:  # unset: the server's --chunking decides
+                request.chunking = args.chunking
             yield request
 
     embedded = cached = failed = 0

@@ -50,7 +50,9 @@ async def reembed_collection(
     store: Store, ingestor: Ingestor, collection: str, progress: Callable[[int], None]
 ) -> ReembedReport:
     """Rewrite every document of ``collection`` through the Ingest path (content-hash hits are
-    not embedded again) while it stays marked with its old model; then switch it."""
+    not embedded again) while it stays marked with its old model; then switch it. Each document
+    keeps its stored form, whatever the server's --chunking: one stored as chunks is chunked
+    again, one stored whole (short, or ingested with chunking off) is embedded whole."""
     from server.ingest import IngestItem
 
     meta = store.collection(collection)
@@ -60,7 +62,7 @@ async def reembed_collection(
     without_text: list[str] = []
     for rows in store.iter_documents(collection, batch=BATCH):
         items = [
-            IngestItem(collection, doc_id, doc.text, doc.metadata)
+            IngestItem(collection, doc_id, doc.text, doc.metadata, chunking=bool(doc.chunks))
             for doc_id, doc in rows
             if doc.text is not None
         ]
