@@ -12,7 +12,7 @@ MAX_RRF_K = 1000
 # The dense side's weight in WEIGHTED fusion when a request does not set one: the best of
 # 0.0, 0.1, ..., 1.0 by nDCG@10 on SciFact titles as queries (benchmarks/tune_hybrid.py; never
 # on SciFact's test queries).
-DEFAULT_ALPHA = 0.4
+DEFAULT_ALPHA = 0.5
 CANDIDATES = 100  # each side's list is max(k, CANDIDATES) deep
 
 Ranked = Sequence[tuple[str, float]]

@@ -52,6 +52,7 @@ from server.store import records as rec
 from server.store.lmdb_store import Store
 
 log = logging.getLogger(__name__)
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every build at DEBUG
 
 FORMAT = 1
 # What a saved index must have been tokenized with to be loaded (a change rebuilds it).
