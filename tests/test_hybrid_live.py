@@ -59,10 +59,13 @@ def test_lexical_finds_a_rare_word_that_dense_misses(live_server, corpus) -> Non
     hit = lexical.hits[0]
     assert hit.score > 0 and hit.text == corpus[-1][1]
     assert (hit.snippet_start, hit.snippet_stop, hit.snippet) == (0, len(hit.text), "")
-    dense = search(live_server.address, COLLECTION, RARE, k=10)
-    assert RARE_DOC not in ranked(dense)
+    # The embedding of a made-up word is near no document's: dense puts another document first,
+    # and this one scores like unrelated ones.
+    dense = search(live_server.address, COLLECTION, RARE, k=100)
+    assert dense.hits[0].id != RARE_DOC
+    assert dict(_pairs(dense))[RARE_DOC] < 0.2
     hybrid = search(live_server.address, COLLECTION, RARE, k=10, mode=HYBRID)
-    assert RARE_DOC in ranked(hybrid)
+    assert ranked(hybrid)[0] == RARE_DOC
 
 
 def _pairs(response: pb.SearchResponse) -> list[tuple[str, float]]:
@@ -86,7 +89,9 @@ def test_rrf_and_weighted_fusion_match_a_hand_computation(live_server, corpus) -
         assert [i for i, _ in got] == [i for i, _ in expected]
         assert [s for _, s in got] == pytest.approx([s for _, s in expected], rel=1e-5)
         got_k = _pairs(search(live_server.address, COLLECTION, query, k=5, mode=HYBRID, rrf_k=1))
-        assert got_k == pytest.approx(fusion.rrf([dense, lexical], k=1)[:5], rel=1e-5)
+        want_k = fusion.rrf([dense, lexical], k=1)[:5]
+        assert [i for i, _ in got_k] == [i for i, _ in want_k]
+        assert [s for _, s in got_k] == pytest.approx([s for _, s in want_k], rel=1e-5)
 
         weighted = _pairs(
             search(
