@@ -60,6 +60,7 @@ TOKENIZER = {"lower": True, "stopwords": "en", "stemmer": "english", "library": 
 DEBOUNCE_S = 0.5
 MAX_WAIT_S = 5.0
 _PAGE = 4096  # change-log entries per read
+_RETRY_S = 30.0  # after a failed rebuild
 
 
 class _Closed(Exception):
@@ -290,6 +291,8 @@ class LexicalIndexes:
         snapshot = build_snapshot(self.store, collection, self._closed)
         if snapshot is None:
             return None
+        if self._closed.is_set() and self._thread is not None and threading.current_thread() is self._thread:
+            raise _Closed  # the store is being closed: nothing more may read it
         if index is None or index.incarnation != snapshot.incarnation:
             index = LexicalIndex(collection, snapshot)
         else:
@@ -405,16 +408,17 @@ class LexicalIndexes:
             for name in ready:
                 if self._closed.is_set():
                     return
+                with self._lock:
+                    index = self._indexes.get(name)
+                if index is None:
+                    continue
                 try:
-                    with self._lock:
-                        index = self._indexes.get(name)
-                    if index is not None:
-                        self._build(name, index)
+                    self._build(name, index)
                 except _Closed:
                     return
                 except Exception:
-                    log.exception("lexical index %r: rebuilding failed; retrying later", name)
-                    time.sleep(0)  # let the others run; a failing one is retried next round
+                    log.exception("lexical index %r: rebuilding failed; retrying in %.0f s", name, _RETRY_S)
+                    index.last_build_end, index.last_build_s = time.monotonic(), _RETRY_S
             if ready:
                 continue
             with self._cond:
