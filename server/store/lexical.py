@@ -158,25 +158,27 @@ class LexicalIndex:
             quiet = min(self.last_change + DEBOUNCE_S, self.first_pending + MAX_WAIT_S)
             return max(quiet, self.last_build_end + self.last_build_s)
 
-    def search(self, query: str, depth: int) -> list[tuple[str, float]]:
-        """(id, BM25 score) of the best ``depth`` documents that match a query term, best first."""
+    def search(self, query: str, depth: int) -> tuple[list[tuple[str, float]], int]:
+        """(id, BM25 score) of the best ``depth`` documents that match a query term, best first;
+        the sequence that answer reflects (read with the rows it searched)."""
         terms = tokenize([query])[0]
         with self.lock:
             snapshot, masked = self.snapshot, self.masked.copy()
+            reflected = self.seen if self.pending == 0 else snapshot.sequence
         model = snapshot.model
         if model is None:
-            return []
+            return [], reflected
         vocab = model.vocab_dict
         term_ids = [vocab[t] for t in terms if t in vocab and t != ""]
         if not term_ids:
-            return []
+            return [], reflected
         scores = np.asarray(model.get_scores_from_ids(term_ids), dtype=np.float32)
         scores[masked] = 0.0
         matched = np.flatnonzero(scores > 0)
         if len(matched) > depth:
             matched = matched[np.argpartition(-scores[matched], depth)[:depth]]
         order = matched[np.argsort(-scores[matched], kind="stable")]
-        return [(snapshot.ids[i], float(scores[i])) for i in order]
+        return [(snapshot.ids[i], float(scores[i])) for i in order], reflected
 
     def nbytes(self) -> int:
         model = self.snapshot.model
@@ -277,7 +279,7 @@ class LexicalIndexes:
         index = self.get(collection)
         if index is None:
             return [], 0
-        return index.search(query, depth), index.reflected()
+        return index.search(query, depth)
 
     def nbytes(self) -> int:
         if not self.directory.is_dir():
