@@ -13,6 +13,10 @@ non-test data, then every mode measured on the test queries.
 2. **Measuring.** ``embed-server eval``'s configurations server/full/float32 (exact),
    server/full/float32/ann, server/bm25, server/hybrid/rrf and server/hybrid/weighted on the
    test split (the server's defaults for rrf_k and hybrid_alpha).
+3. **Lag.** How long after its ack a new document is in LEXICAL answers (SearchResponse.sequence
+   at or past the ack's) in the test collection: ``--lag-singles`` documents one at a time, then
+   a stream of ``--lag-stream`` abstracts while LEXICAL is polled every 50 ms; the probe
+   documents are deleted afterwards.
 
     python benchmarks/bench_hybrid.py --server 127.0.0.1:50771   # a running server
     python benchmarks/bench_hybrid.py                            # starts one (fresh store)
@@ -25,19 +29,24 @@ import gzip
 import hashlib
 import json
 import random
+import statistics
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from _common import SHARED_DATA, RunRecord, add_json_argument, server_process
 
+from protos.embedding.v1 import embedding_pb2 as pb
+from protos.embedding.v1 import embedding_pb2_grpc as pb_grpc
 from server import fusion
 from server.evaluation.configs import EvalConfig
 from server.evaluation.datasets import read_qrels
 from server.evaluation.metrics import evaluate_run
 from server.evaluation.runner import EvalOptions, run_evaluation
-from server.evaluation.server_path import ServerClient
+from server.evaluation.server_path import ServerClient, collection_name
 
 TEST_CONFIGS = (
     "server/full/float32",
@@ -115,12 +124,71 @@ def tune(client: ServerClient, dataset: Path, docs: int, queries: int, seed: int
     }
 
 
+def lag(address: str, dataset: Path, singles: int, stream: int) -> dict[str, Any]:
+    """Seconds from ack to a LEXICAL answer reflecting it (see the module docstring)."""
+    import grpc
+
+    from server.evaluation.datasets import load_beir
+
+    data = load_beir(dataset, "test")
+    collection = collection_name(data.name, list(data.corpus))
+    abstracts = list(data.corpus.values())[:stream]
+    channel = grpc.insecure_channel(address)
+    service = pb_grpc.CollectionServiceStub(channel)
+    probe = pb.SearchRequest(collection=collection, query="lagprobe", k=1, mode=pb.SEARCH_MODE_LEXICAL)
+
+    def reached(sequence: int) -> float:
+        while True:
+            if service.Search(probe, timeout=60).sequence >= sequence:
+                return time.perf_counter()
+            time.sleep(0.01)
+
+    one: list[float] = []
+    for i in range(singles):
+        text = f"Lagprobe single {i}: a document that says nothing else."
+        [ack] = service.Ingest(iter([pb.IngestRequest(collection=collection, id=f"lagprobe-{i}", text=text)]))
+        acked = time.perf_counter()
+        one.append(reached(ack.sequence) - acked)
+    acks: list[tuple[float, int]] = []
+
+    def send() -> None:
+        requests = (
+            pb.IngestRequest(
+                collection=collection, id=f"lagprobe-stream-{i}", text=f"Lagprobe stream {i}. {t}"
+            )
+            for i, t in enumerate(abstracts)
+        )
+        for ack in service.Ingest(requests, timeout=600):
+            acks.append((time.perf_counter(), ack.sequence))
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    polls: list[tuple[float, int]] = []
+    while sender.is_alive() or not polls or polls[-1][1] < max(s for _, s in acks):
+        polls.append((time.perf_counter(), service.Search(probe, timeout=60).sequence))
+        time.sleep(0.05)
+    sender.join()
+    streamed = [next(t for t, s in polls if t >= at and s >= seq) - at for at, seq in acks]
+    ids = [f"lagprobe-{i}" for i in range(singles)] + [f"lagprobe-stream-{i}" for i in range(len(abstracts))]
+    service.Delete(pb.DeleteRequest(collection=collection, ids=ids), timeout=60)
+    channel.close()
+    return {
+        "collection": collection,
+        "documents": len(data.corpus),
+        "singles_s": [round(x, 3) for x in one],
+        "stream_documents": len(abstracts),
+        "stream_seconds": round(acks[-1][0] - acks[0][0], 2) if acks else 0.0,
+        "stream_median_s": round(statistics.median(streamed), 3) if streamed else None,
+        "stream_max_s": round(max(streamed), 3) if streamed else None,
+    }
+
+
 def measure(address: str, dataset: Path) -> list[dict[str, Any]]:
     outcome = run_evaluation(EvalOptions(server=address, dataset=dataset, configs=TEST_CONFIGS))
     return outcome.json_rows()
 
 
-def report(dev: dict[str, Any], test: list[dict[str, Any]]) -> None:
+def report(dev: dict[str, Any], test: list[dict[str, Any]], lags: dict[str, Any]) -> None:
     print(
         f"\nchoice on {dev['queries']} title queries over {dev['documents']} untitled abstracts (not test):"
     )
@@ -134,6 +202,12 @@ def report(dev: dict[str, Any], test: list[dict[str, Any]]) -> None:
     for row in test:
         if row.get("task") == "retrieval":
             print(f"  {row['label']:<26} nDCG@10 {row['ndcg@10']:.4f}  R@100 {row['recall@100']:.4f}")
+    print(
+        f"\nlag, ack to LEXICAL: one at a time {lags['singles_s']} s; a stream of {lags['stream_documents']}"
+    )
+    print(
+        f"  over {lags['stream_seconds']} s: median {lags['stream_median_s']} s, max {lags['stream_max_s']} s"
+    )
 
 
 def main() -> int:
@@ -145,30 +219,33 @@ def main() -> int:
     parser.add_argument("--dev-docs", type=int, default=2000)
     parser.add_argument("--dev-queries", type=int, default=500)
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--lag-singles", type=int, default=5)
+    parser.add_argument("--lag-stream", type=int, default=400)
     add_json_argument(parser, "bench_hybrid")
     args = parser.parse_args()
     record = RunRecord("bench_hybrid")
 
-    def run(address: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def run(address: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
         client = ServerClient(address)
         try:
             client.wait_ready()
             dev = tune(client, args.dataset, args.dev_docs, args.dev_queries, args.seed)
         finally:
             client.close()
-        return dev, measure(address, args.dataset)
+        test = measure(address, args.dataset)
+        return dev, test, lag(address, args.dataset, args.lag_singles, args.lag_stream)
 
     if args.server:
-        dev, test = run(args.server)
+        dev, test, lags = run(args.server)
     else:
         with (
             tempfile.TemporaryDirectory(prefix="bench-hybrid-") as tmp,
             server_process(Path(tmp) / "data") as server,
         ):
-            dev, test = run(server.address)
-    report(dev, test)
+            dev, test, lags = run(server.address)
+    report(dev, test, lags)
     print(record.load_line())
-    record.write(args.json, {"server": args.server or "fresh", "dev": dev, "test": test})
+    record.write(args.json, {"server": args.server or "fresh", "dev": dev, "test": test, "lag": lags})
     return 0
 
 

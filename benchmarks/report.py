@@ -392,6 +392,15 @@ def hybrid(data: dict[str, Any]) -> list[str]:
         f"{alpha}; the server's WEIGHTED answers matched the client-side fusion on {dev['server_agrees_queries']} "
         "queries.",
     ]
+    lag = data.get("lag")
+    if lag:
+        lines += [
+            "",
+            f"Lag from ack to a LEXICAL answer holding the document, in that collection ({lag['documents']:,} "
+            f"documents): {', '.join(f'{s:.2f}' for s in lag['singles_s'])} s for documents sent one at a time; "
+            f"during a stream of {lag['stream_documents']} abstracts acknowledged over {lag['stream_seconds']} s, "
+            f"median {lag['stream_median_s']:.2f} s, max {lag['stream_max_s']:.2f} s.",
+        ]
     return lines
 
 
