@@ -8,7 +8,9 @@ score matrix is built at once), so it is kept in step in two parts:
   it indexed. Every search (and every Ingest / Delete, through :meth:`LexicalIndexes.touch`)
   reads the change log after the last sequence seen; a change of a row's document after that
   row's sequence (a delete, or an update: new text) masks the row out. A deleted document is
-  never returned, and an updated one is never found by its old words.
+  never returned, and an updated one is never found by its old words. A masked row still counts
+  in BM25's statistics (document frequencies, average length) until the next rebuild, which is
+  scheduled as for additions.
 - **Additions wait for a rebuild.** New and updated texts are counted as pending and a background
   thread rebuilds the index from the store once changes pause for :data:`DEBOUNCE_S` (at most
   :data:`MAX_WAIT_S` after the first pending change while they keep coming), and no sooner after
@@ -109,7 +111,8 @@ class LexicalIndex:
         self.masked = np.zeros(len(snapshot.ids), dtype=bool)
         self.seen = snapshot.sequence  # the change log was read up to here
         self.pending = 0  # texts added or changed since the snapshot (not searchable yet)
-        self.first_pending = 0.0  # monotonic time of the first of them
+        self.changed = 0  # rows masked or texts pending since the snapshot: a rebuild is due
+        self.first_change = 0.0  # monotonic time of the first of them
         self.last_change = 0.0
 
     @property
@@ -139,23 +142,27 @@ class LexicalIndex:
                     indexed = -1 if row is None else int(self.snapshot.seqs[row])
                     if change.sequence <= indexed:
                         continue  # the build already read this version
+                    doc = change.doc
+                    added = change.op == rec.OP_UPSERT and doc is not None and bool(doc.text)
+                    if row is None and not added:
+                        continue  # a document this index never had, gone or without text
                     if row is not None:
                         self.masked[row] = True
-                    doc = change.doc
-                    if change.op == rec.OP_UPSERT and doc is not None and doc.text:
-                        if self.pending == 0:
-                            self.first_pending = now
+                    if added:
                         self.pending += 1
-                        self.last_change = now
+                    if self.changed == 0:
+                        self.first_change = now
+                    self.changed += 1
+                    self.last_change = now
                 self.seen = changes[-1].sequence
             return self.pending
 
     def due_at(self) -> float | None:
-        """Monotonic time the next rebuild is due, None when nothing is pending."""
+        """Monotonic time the next rebuild is due, None when nothing changed since the build."""
         with self.lock:
-            if self.pending == 0:
+            if self.changed == 0:
                 return None
-            quiet = min(self.last_change + DEBOUNCE_S, self.first_pending + MAX_WAIT_S)
+            quiet = min(self.last_change + DEBOUNCE_S, self.first_change + MAX_WAIT_S)
             return max(quiet, self.last_build_end + self.last_build_s)
 
     def search(self, query: str, depth: int) -> tuple[list[tuple[str, float]], int]:
@@ -270,8 +277,9 @@ class LexicalIndexes:
                 if index is None:
                     return None
                 self._indexes[collection] = index
-        if index.catch_up(self.store):
-            self.touch(collection)
+        index.catch_up(self.store)
+        if index.changed:
+            self.touch(collection)  # the rebuild thread schedules it
         return index
 
     def search(self, collection: str, query: str, depth: int) -> tuple[list[tuple[str, float]], int]:
