@@ -29,8 +29,9 @@ Files, per collection, under ``<indexes>/lexical/``: ``<digest>.<gen>/`` (bm25s'
 ``rows.json``, the id of each row, and ``seqs.npy``, its document sequence), written after each
 build, then ``<digest>.json`` naming generation ``<gen>``, the collection's incarnation and the
 sequence read before the build's scan: its rename commits the save. At start a saved index of
-the same incarnation and tokenizer is loaded and caught up (removals masked); pending additions
-or any damage make it rebuilt from the store before the collection is served.
+the same incarnation and tokenizer is loaded when it is up to date with the store; one behind
+it (any change since its build), damaged or missing is rebuilt from the store before the
+collection is served.
 """
 
 from __future__ import annotations
@@ -270,8 +271,8 @@ class LexicalIndexes:
                 return None
             if index is None or index.incarnation != meta.incarnation:
                 index = self._load(collection, meta.incarnation)
-                if index is None or index.catch_up(self.store):
-                    why = "missing or stale" if index is None else "behind the store"
+                if index is None or index.catch_up(self.store) or index.changed:
+                    why = "missing or stale" if index is None else "behind the store"  # even by deletes
                     log.info("lexical index %r %s: building it from the store", collection, why)
                     index = self._build(collection, index)
                 if index is None:
