@@ -15,8 +15,8 @@ non-test data, then every mode measured on the test queries.
    test split (the server's defaults for rrf_k and hybrid_alpha).
 3. **Lag.** How long after its ack a new document is in LEXICAL answers (SearchResponse.sequence
    at or past the ack's) in the test collection: ``--lag-singles`` documents one at a time, then
-   a stream of ``--lag-stream`` abstracts while LEXICAL is polled every 50 ms; the probe
-   documents are deleted afterwards.
+   a stream of ``--lag-stream`` abstracts (new texts each run, so they are embedded) while
+   LEXICAL is polled every 50 ms; the probe documents are deleted afterwards.
 
     python benchmarks/bench_hybrid.py --server 127.0.0.1:50771   # a running server
     python benchmarks/bench_hybrid.py                            # starts one (fresh store)
@@ -155,7 +155,7 @@ def lag(address: str, dataset: Path, singles: int, stream: int) -> dict[str, Any
     def send() -> None:
         requests = (
             pb.IngestRequest(
-                collection=collection, id=f"lagprobe-stream-{i}", text=f"Lagprobe stream {i}. {t}"
+                collection=collection, id=f"lagprobe-stream-{i}", text=f"Lagprobe stream {run} {i}. {t}"
             )
             for i, t in enumerate(abstracts)
         )
