@@ -34,6 +34,7 @@ from server.errors import InvalidArgument, NotFound, NotReady, PreconditionFaile
 from server.model import ModelSpec
 from server.settings import Settings
 from server.store import ChunkRef, Indexes, StaleCollection, Store, Upsert, VectorsMissing, content_hash
+from server.store.lexical import LexicalIndexes
 from server.validation import check_characters, check_metadata
 
 log = logging.getLogger(__name__)
@@ -201,20 +202,30 @@ class Ingestor:
         chunker: Chunker | None = None,
         chunking: bool = False,
         chunk_max_chars: int | None = None,
+        lexical: LexicalIndexes | None = None,
     ) -> None:
         """``max_document_bytes``: the largest text stored, in UTF-8 bytes (None: any).
         ``chunker``: cuts long documents (None: never, every document is embedded whole, cut at
         the model's maximum); ``chunking``: whether documents that do not say are chunked;
-        ``chunk_max_chars``: characters of a document that chunking embeds (None: all)."""
+        ``chunk_max_chars``: characters of a document that chunking embeds (None: all);
+        ``lexical``: the BM25 indexes, told of every commit (None: there are none)."""
         self.store, self.indexes, self.embedder, self.spec = store, indexes, embedder, spec
         self.max_document_bytes = max_document_bytes
+        self.lexical = lexical
         self.chunker, self.chunking, self.chunk_max_chars = chunker, chunking, chunk_max_chars
         self.prompt = spec.document_prompt_name
         self.prompt_text = spec.prompt_text(self.prompt)
 
     @classmethod
     def from_settings(
-        cls, store: Store, indexes: Indexes | None, embedder: Embedder, spec: ModelSpec, settings: Settings
+        cls,
+        store: Store,
+        indexes: Indexes | None,
+        embedder: Embedder,
+        spec: ModelSpec,
+        settings: Settings,
+        *,
+        lexical: LexicalIndexes | None = None,
     ) -> Ingestor:
         """The ingestor a server with ``settings`` runs (the server, ``reembed`` and
         ``export-edge`` all build theirs here): its document size limit and chunking options."""
@@ -229,6 +240,7 @@ class Ingestor:
             ),
             chunking=settings.chunking,
             chunk_max_chars=settings.chunk_max_chars,
+            lexical=lexical,
         )
 
     def screen(self, item: IngestItem) -> IngestItem | IngestOutcome:
@@ -400,6 +412,9 @@ class Ingestor:
         if self.indexes is not None and rewrite_from is None:
             for collection in {u.collection for u in upserts}:
                 self.indexes.get(collection).catch_up(self.store)
+        if self.lexical is not None:
+            for collection in {u.collection for u in upserts}:
+                self.lexical.touch(collection)
         return results
 
     async def delete(self, collection: str, doc_ids: Sequence[str]) -> tuple[int, int]:
@@ -414,4 +429,6 @@ class Ingestor:
         deleted, sequence = await asyncio.to_thread(self.store.delete, collection, list(doc_ids))
         if self.indexes is not None and meta.fingerprint == self.spec.fingerprint:
             await asyncio.to_thread(self.indexes.get, collection)  # catches up with the delete
+        if self.lexical is not None:
+            self.lexical.touch(collection)
         return deleted, sequence

@@ -25,6 +25,7 @@ from server.model import ModelSpec
 from server.search import Searcher
 from server.settings import Settings
 from server.store import Indexes, Store, open_store
+from server.store.lexical import LexicalIndexes
 from server.sync import Syncer
 from server.tei import TeiEngine
 from server.tokenization import TokenInspector
@@ -42,6 +43,7 @@ class Runtime:
     embedder: Embedder
     store: Store
     indexes: Indexes
+    lexical: LexicalIndexes  # BM25 over the stored texts (LEXICAL and HYBRID search)
     calibration: Calibration
     edge: EdgeBundles
     ingestor: Ingestor
@@ -64,6 +66,10 @@ class Runtime:
                     await task
                 except Exception:
                     log.exception("background task %s had failed", task.get_name())
+        try:
+            await asyncio.to_thread(self.lexical.close)
+        except Exception:
+            log.exception("stopping the lexical index thread failed")
         saved = True
         try:
             await asyncio.to_thread(self.indexes.save_all)
@@ -115,8 +121,9 @@ async def build_runtime(
             metric="ip" if spec.normalize else "cos",
             dtype=settings.index_dtype,
         )
-        phase("loading the vector indexes")
-        await asyncio.to_thread(_warm_indexes, store, indexes, spec.fingerprint)
+        lexical = LexicalIndexes(store, settings.data_dir / "indexes" / "lexical")
+        phase("loading the vector and lexical indexes")
+        await asyncio.to_thread(_warm_indexes, store, indexes, lexical, spec.fingerprint)
         phase("starting the encoder workers")
         await embedder.start()
 
@@ -141,7 +148,8 @@ async def build_runtime(
         indexes=indexes,
         calibration=calibration,
         edge=edge,
-        ingestor=Ingestor.from_settings(store, indexes, embedder, spec, settings),
+        lexical=lexical,
+        ingestor=Ingestor.from_settings(store, indexes, embedder, spec, settings, lexical=lexical),
         searcher=Searcher(
             store,
             indexes,
@@ -149,6 +157,7 @@ async def build_runtime(
             spec,
             settings.search_max_k,
             max_message_bytes=settings.max_message_bytes,
+            lexical=lexical,
         ),
         syncer=Syncer(store, spec, edge, max_message_bytes=settings.max_message_bytes),
         tokens=TokenInspector(
@@ -156,12 +165,14 @@ async def build_runtime(
         ),
         tei=TeiEngine(spec, embedder, settings, edge),
     )
+    lexical.start()
     runtime.tasks.append(asyncio.create_task(_save_indexes_periodically(runtime), name="index-saver"))
     return runtime
 
 
-def _warm_indexes(store: Store, indexes: Indexes, fingerprint: str) -> None:
-    """Load or rebuild the index of every current collection, and say which ones are stale."""
+def _warm_indexes(store: Store, indexes: Indexes, lexical: LexicalIndexes, fingerprint: str) -> None:
+    """Load or rebuild the vector and lexical indexes of every current collection, and say which
+    ones are stale."""
     for row in store.collection_rows(fingerprint):
         if row.stale:
             log.warning(
@@ -174,6 +185,7 @@ def _warm_indexes(store: Store, indexes: Indexes, fingerprint: str) -> None:
             )
         else:
             indexes.get(row.name)
+            lexical.get(row.name)
     indexes.save_all()
 
 

@@ -8,6 +8,11 @@ not vectors: the index and brute force over-fetch chunks and keep each document'
 quantized first pass keeps the ``k * rescore_multiplier`` documents whose best chunk scores
 highest, then rescores all their chunks.
 
+Modes: DENSE (above), LEXICAL (BM25 over the stored texts: :mod:`server.store.lexical`; no query
+embedding) and HYBRID: a dense and a lexical candidate list, each ``max(k, 100)`` deep, fused by
+:mod:`server.fusion` (RRF, or a weighted sum of min-max normalized scores). A lexical hit covers
+the whole document (its span is the whole text); a hybrid hit keeps its dense side's best chunk.
+
 Brute-force paths use a per-collection matrix of normalized vectors (one row per chunk), cached
 until the collection's sequence moves.
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -28,16 +34,20 @@ from typing import Any, Literal
 import numpy as np
 
 from embedcore import l2_normalize, truncate_dims
+from server import fusion
 from server import message_size as size
 from server.embedder import Embedder, Priority
 from server.errors import InvalidArgument, NotFound, PreconditionFailed
 from server.ingest import stale_message, validate_collection
 from server.model import ModelSpec
 from server.store import Indexes, Store
+from server.store.lexical import LexicalIndexes
 from server.validation import check_characters
 from server.vectors import check_truncate_dim
 
 FirstPass = Literal["float", "int8", "ubinary"]
+Mode = Literal["dense", "lexical", "hybrid"]
+FusionKind = Literal["rrf", "weighted"]
 MAX_RESCORE_MULTIPLIER = 100
 
 
@@ -52,12 +62,16 @@ class SearchQuery:
     rescore_multiplier: int = 4
     prompt_name: str | None = None  # None: the model's query prompt
     include_text: bool = True
+    mode: Mode = "dense"
+    fusion: FusionKind | None = None  # None: unset (HYBRID: RRF)
+    alpha: float | None = None  # WEIGHTED: the dense side's weight; None: fusion.DEFAULT_ALPHA
+    rrf_k: int | None = None  # RRF: the rank constant; None: fusion.DEFAULT_RRF_K
 
 
 @dataclass(frozen=True)
 class Hit:
     id: str
-    score: float  # cosine similarity of the query and the document's best chunk
+    score: float  # dense: cosine similarity of the best chunk; lexical: BM25; hybrid: fused
     text: str
     metadata: dict[str, Any]
     text_truncated: bool = False  # cut to keep the response under the message limit
@@ -114,9 +128,12 @@ class Searcher:
         max_k: int,
         *,
         max_message_bytes: int,
+        lexical: LexicalIndexes | None = None,
     ) -> None:
-        """``max_message_bytes``: the server's gRPC message limit, which a response must fit."""
+        """``max_message_bytes``: the server's gRPC message limit, which a response must fit.
+        ``lexical``: the BM25 indexes (None: LEXICAL and HYBRID are FAILED_PRECONDITION)."""
         self.store, self.indexes, self.embedder, self.spec, self.max_k = store, indexes, embedder, spec, max_k
+        self.lexical = lexical
         self.max_response_bytes = max_message_bytes - size.RESPONSE_OVERHEAD
         self._matrices: dict[str, _Matrix] = {}
         self._lock = threading.Lock()
@@ -135,6 +152,41 @@ class Searcher:
                 f"rescore_multiplier must be between 1 and {MAX_RESCORE_MULTIPLIER}",
                 field="rescore_multiplier",
             )
+        self._validate_mode(q)
+
+    @staticmethod
+    def _validate_mode(q: SearchQuery) -> None:
+        """The mode's own fields, and the dense fields a LEXICAL search has no use for."""
+        if q.mode == "lexical":
+            dense_fields = {
+                "exact": q.exact,
+                "dimensions": q.truncate_dim is not None,
+                "precision": q.first_pass != "float",
+                "prompt_name": q.prompt_name is not None,
+            }
+            for name, used in dense_fields.items():
+                if used:
+                    raise InvalidArgument(
+                        f"{name} shapes the dense ranking; mode LEXICAL has none (leave it unset)",
+                        field=name,
+                    )
+        if q.fusion is not None and q.mode != "hybrid":
+            raise InvalidArgument("fusion applies to mode HYBRID only (leave it unset)", field="fusion")
+        weighted = q.mode == "hybrid" and q.fusion == "weighted"
+        if q.alpha is not None:
+            if not weighted:
+                raise InvalidArgument(
+                    "hybrid_alpha applies to mode HYBRID with fusion WEIGHTED only", field="hybrid_alpha"
+                )
+            if not (math.isfinite(q.alpha) and 0.0 <= q.alpha <= 1.0):
+                raise InvalidArgument(
+                    f"hybrid_alpha must be between 0 and 1, got {q.alpha}", field="hybrid_alpha"
+                )
+        if q.rrf_k is not None:
+            if q.mode != "hybrid" or weighted:
+                raise InvalidArgument("rrf_k applies to mode HYBRID with fusion RRF only", field="rrf_k")
+            if not 1 <= q.rrf_k <= fusion.MAX_RRF_K:
+                raise InvalidArgument(f"rrf_k must be between 1 and {fusion.MAX_RRF_K}", field="rrf_k")
 
     async def search(self, q: SearchQuery) -> SearchResult:
         self.validate(q)
@@ -143,12 +195,21 @@ class Searcher:
             raise NotFound(f"no collection {q.collection!r}", field="collection")
         if meta.fingerprint != self.spec.fingerprint:
             raise PreconditionFailed(stale_message(q.collection, meta.fingerprint, self.spec.fingerprint))
+        if q.mode != "dense" and self.lexical is None:
+            raise PreconditionFailed("this server has no lexical indexes: only mode DENSE is available")
+        if q.mode == "lexical":
+            matches, lexical_sequence = await asyncio.to_thread(self._rank_lexical, q, q.k)
+            lexical_hits = await asyncio.to_thread(self._hits, q, [(i, s, -1) for i, s in matches])
+            return SearchResult(lexical_hits, lexical_sequence)
         prompt = self.spec.query_prompt_name if q.prompt_name is None else q.prompt_name
         encoded = await self.embedder.encode(
             [q.query], prompt_name=prompt, priority=Priority.INTERACTIVE, field=["query"]
         )
         query = encoded.vectors[0]
-        ranked, sequence = await asyncio.to_thread(self._rank, q, query)
+        if q.mode == "hybrid":
+            ranked, sequence = await asyncio.to_thread(self._rank_hybrid, q, query)
+        else:
+            ranked, sequence = await asyncio.to_thread(self._rank, q, query)
         hits = await asyncio.to_thread(self._hits, q, ranked)
         return SearchResult(
             hits,
@@ -158,6 +219,27 @@ class Searcher:
             encoded.inference_ns,
             sum(encoded.token_counts),
         )
+
+    def _rank_lexical(self, q: SearchQuery, depth: int) -> tuple[list[tuple[str, float]], int]:
+        """(id, BM25 score) of the best ``depth`` documents, best first; the sequence reflected."""
+        assert self.lexical is not None  # checked by search()
+        return self.lexical.search(q.collection, q.query, depth)
+
+    def _rank_hybrid(self, q: SearchQuery, query: np.ndarray) -> tuple[list[tuple[str, float, int]], int]:
+        """Both candidate lists, ``max(k, 100)`` deep, fused; the older of their sequences.
+        Each hit keeps its dense side's best chunk (-1, the whole text, when only BM25 found it)."""
+        depth = max(q.k, fusion.CANDIDATES)
+        dense, dense_sequence = self._rank(dataclasses.replace(q, k=depth), query)
+        lexical, lexical_sequence = self._rank_lexical(q, depth)
+        dense_pairs = [(doc_id, score) for doc_id, score, _ in dense]
+        if q.fusion == "weighted":
+            alpha = fusion.DEFAULT_ALPHA if q.alpha is None else q.alpha
+            fused = fusion.weighted(dense_pairs, lexical, alpha)
+        else:
+            fused = fusion.rrf([dense_pairs, lexical], fusion.DEFAULT_RRF_K if q.rrf_k is None else q.rrf_k)
+        ordinal = {doc_id: o for doc_id, _, o in dense}
+        ranked = [(doc_id, score, ordinal.get(doc_id, -1)) for doc_id, score in fused[: q.k]]
+        return ranked, min(dense_sequence, lexical_sequence)
 
     def _rank(self, q: SearchQuery, query: np.ndarray) -> tuple[list[tuple[str, float, int]], int]:
         """(id, score, best chunk ordinal) of the best documents, best first; the sequence."""
@@ -219,14 +301,16 @@ class Searcher:
             return cached
 
     def _hits(self, q: SearchQuery, ranked: list[tuple[str, float, int]]) -> list[Hit]:
+        """Hits of (id, score, best chunk ordinal; -1: the whole document) in rank order."""
         docs = self.store.documents(q.collection, [doc_id for doc_id, _, _ in ranked])
         hits = []
         for (doc_id, score, ordinal), doc in zip(ranked, docs, strict=True):
             if doc is None or ordinal >= len(doc.hashes):  # deleted or changed since ranking
                 continue
             text = (doc.text or "") if q.include_text else ""
-            start, stop = doc.span(ordinal)
-            snippet = text[start:stop] if doc.chunks else ""
+            whole = ordinal < 0
+            start, stop = (0, len(doc.text or "")) if whole else doc.span(ordinal)
+            snippet = text[start:stop] if doc.chunks and not whole else ""
             metadata = doc.metadata if q.include_text else {}
             hits.append(Hit(doc_id, score, text, metadata, False, False, start, stop, snippet))
         return fit_hits(hits, self.max_response_bytes)

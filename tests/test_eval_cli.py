@@ -83,6 +83,10 @@ def test_eval_end_to_end_json_shape_and_perfect_ranking(
     assert full["ndcg@10"] == pytest.approx(1.0)
     assert full["recall@10"] == pytest.approx(1.0) and full["mrr@10"] == pytest.approx(1.0)
     assert by_label["server/256/float32"]["dims"] == 256
+    for label in ("server/bm25", "server/hybrid/rrf", "server/hybrid/weighted"):
+        row = by_label[label]
+        assert "unavailable" not in row, row.get("unavailable")
+        assert 0.0 < row["ndcg@10"] <= 1.0 and row["mode"] in ("lexical", "hybrid")
 
     (sts_row,) = [r for r in rows if r["task"] == "sts"]
     assert sts_row["pairs"] == 3

@@ -1,8 +1,10 @@
 """The configurations one evaluation run measures, and what each one produced.
 
-Labels are ``path/dims/precision[/variant]``; ``--configs`` selects by glob (``'server/*'``,
-``'edge-local/*/fitted'``). The list is fixed and dataset-independent: nothing here is tuned
-to any one benchmark.
+Labels are ``path/dims/precision[/variant]``, and ``server/bm25`` (LEXICAL search: BM25 over the
+stored texts) and ``server/hybrid/rrf``, ``server/hybrid/weighted`` (HYBRID search, the server's
+default fusion parameters, the dense side through the index as a default request);
+``--configs`` selects by glob (``'server/*'``, ``'edge-local/*/fitted'``). The list is fixed and
+dataset-independent: nothing here is tuned to any one benchmark.
 """
 
 from __future__ import annotations
@@ -27,11 +29,17 @@ class EvalConfig:
     precision: str = "float32"  # float32 | float16 | int8 | binary+rescore
     exact: bool = True  # server: brute force (True) or the approximate index
     rotation: str = ""  # edge-local: "naive" truncation or the bundle's "fitted" projection
+    mode: str = "dense"  # server: "dense" | "lexical" | "hybrid" (SearchRequest.mode)
+    fusion: str = ""  # server, hybrid: "rrf" | "weighted"
 
     @property
     def label(self) -> str:
         if self.path == "edge-auto":
             return "edge-auto"
+        if self.mode == "lexical":
+            return "server/bm25"
+        if self.mode == "hybrid":
+            return f"server/hybrid/{self.fusion}"
         parts = [self.path, "full" if self.dims is None else str(self.dims)]
         if self.path == "server":
             parts.append(self.precision)
@@ -46,6 +54,8 @@ def default_configs() -> list[EvalConfig]:
     configs = [EvalConfig("server"), EvalConfig("server", exact=False)]
     configs += [EvalConfig("server", dims=d) for d in SERVER_DIMS]
     configs += [EvalConfig("server", precision=p) for p in SERVER_PRECISIONS]
+    configs.append(EvalConfig("server", exact=False, mode="lexical"))
+    configs += [EvalConfig("server", exact=False, mode="hybrid", fusion=f) for f in ("rrf", "weighted")]
     configs += [EvalConfig("edge-local", dims=d, rotation=r) for r in EDGE_ROTATIONS for d in EDGE_DIMS]
     configs.append(EvalConfig("edge-auto"))
     return configs
@@ -83,6 +93,9 @@ class ConfigResult:
         }
         if self.config.path == "server":
             row["exact"] = self.config.exact
+            row["mode"] = self.config.mode
+            if self.config.fusion:
+                row["fusion"] = self.config.fusion
         if self.config.rotation:
             row["rotation"] = self.config.rotation
         for name in RETRIEVAL_METRICS:

@@ -88,8 +88,10 @@ def _retrieval(
     collection = options.collection or collection_name(data.name, list(data.corpus))
     say(f"{data.name}/{options.split}: {len(data.corpus)} documents, {len(data.queries)} judged queries")
     ingest_error = ""
+    sequence = 0
     try:
         summary = client.ingest(collection, data.corpus, _progress(len(data.corpus)))
+        sequence = summary.sequence
         outcome.ingest = {
             "collection": collection,
             "documents": summary.documents,
@@ -116,7 +118,7 @@ def _retrieval(
         try:
             for config in configs:
                 outcome.results.append(
-                    _one(config, data, collection, client, edge, full_dims, options, ingest_error)
+                    _one(config, data, collection, client, edge, full_dims, options, ingest_error, sequence)
                 )
         finally:
             edge.close()
@@ -131,6 +133,7 @@ def _one(
     full_dims: int | None,
     options: EvalOptions,
     ingest_error: str,
+    sequence: int = 0,
 ) -> ConfigResult:
     dims = full_dims if config.dims is None else config.dims
     result = ConfigResult(config=config, dims=dims, queries=len(data.qrels))
@@ -139,6 +142,8 @@ def _one(
         if ingest_error:
             raise Unavailable(f"corpus not ingested: {ingest_error}")
         if config.path == "server":
+            if config.mode != "dense":  # BM25 sees the corpus once its index was rebuilt with it
+                client.wait_lexical(collection, sequence)
             run = client.search_all(collection, data.queries, config, options.concurrency)
         else:
             run, result.local_share, result.dims = run_edge(edge, config, data.queries)

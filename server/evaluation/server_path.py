@@ -27,6 +27,8 @@ _PRECISION = {
     "int8": pb.PRECISION_INT8,
     "binary+rescore": pb.PRECISION_UBINARY,
 }
+_MODE = {"dense": pb.SEARCH_MODE_DENSE, "lexical": pb.SEARCH_MODE_LEXICAL, "hybrid": pb.SEARCH_MODE_HYBRID}
+_FUSION = {"": pb.FUSION_UNSPECIFIED, "rrf": pb.FUSION_RRF, "weighted": pb.FUSION_WEIGHTED}
 _MESSAGE_BYTES = 64 * 1024 * 1024
 SEARCH_K = 100  # Recall@100 needs the top 100
 _SERVING = b"\x08\x01"  # grpc.health.v1.HealthCheckResponse(status=SERVING), serialized
@@ -57,6 +59,7 @@ class IngestSummary:
     errors: int
     seconds: float
     first_error: str = ""
+    sequence: int = 0  # the highest acknowledged change-log sequence
 
 
 class ServerClient:
@@ -136,7 +139,7 @@ class ServerClient:
                 yield pb.IngestRequest(collection=collection, id=doc_id, text=text)
 
         start = time.perf_counter()
-        acks = cached = errors = 0
+        acks = cached = errors = sequence = 0
         first_error = ""
         try:
             # The whole corpus is one call: no per-call deadline that a large corpus could outlive.
@@ -147,13 +150,32 @@ class ServerClient:
                     first_error = first_error or f"{ack.id}: {ack.error.message}"
                 elif ack.cached:
                     cached += 1
+                sequence = max(sequence, ack.sequence)
                 if progress is not None:
                     progress(acks)
         except grpc.RpcError as exc:
             raise Unavailable(describe(exc, "CollectionService.Ingest")) from exc
         if acks != len(corpus):
             raise Unavailable(f"CollectionService.Ingest acknowledged {acks} of {len(corpus)} documents")
-        return IngestSummary(acks, cached, errors, time.perf_counter() - start, first_error)
+        return IngestSummary(acks, cached, errors, time.perf_counter() - start, first_error, sequence)
+
+    def wait_lexical(self, collection: str, sequence: int, seconds: float = 600.0) -> None:
+        """Wait until LEXICAL search reflects the collection up to ``sequence`` (the lexical index
+        is rebuilt in the background after an ingest; SearchResponse.sequence says how far it is)."""
+        deadline = time.monotonic() + seconds
+        request = pb.SearchRequest(
+            collection=collection, query="a", k=1, include_text=False, mode=pb.SEARCH_MODE_LEXICAL
+        )
+        while True:
+            try:
+                response = self._collections.Search(request, timeout=self.timeout, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                raise Unavailable(describe(exc, "CollectionService.Search")) from exc
+            if response.sequence >= sequence:
+                return
+            if time.monotonic() > deadline:
+                raise Unavailable(f"the lexical index did not reach sequence {sequence} in {seconds:.0f} s")
+            time.sleep(0.1)
 
     def search(self, collection: str, query: str, config: EvalConfig) -> dict[str, float]:
         request = pb.SearchRequest(
@@ -163,6 +185,8 @@ class ServerClient:
             exact=config.exact,
             precision=_PRECISION[config.precision],
             include_text=False,
+            mode=_MODE[config.mode],
+            fusion=_FUSION[config.fusion],
         )
         if config.dims is not None:
             request.dimensions = config.dims

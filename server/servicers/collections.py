@@ -20,11 +20,18 @@ from server.errors import InvalidArgument
 from server.ingest import MAX_COLLECTION_BYTES, MAX_ID_BYTES, IngestItem, IngestOutcome, ReadAhead, footprint
 from server.memory import release_freed_memory
 from server.runtime import Runtime
-from server.search import FirstPass, SearchQuery
+from server.search import FirstPass, FusionKind, Mode, SearchQuery
 from server.servicers._convert import item_error, plain_struct, precision_of, struct
 from server.servicers._rpc import UnparsedRequest, abort
 from server.sync import SyncRequest
-from server.validation import MAX_DELETE_IDS, check_count, check_name, check_prompt_name, check_unique
+from server.validation import (
+    MAX_DELETE_IDS,
+    check_count,
+    check_name,
+    check_prompt_name,
+    check_unique,
+    choice,
+)
 from server.vectors import Precision
 
 log = logging.getLogger(__name__)
@@ -36,6 +43,17 @@ _FIRST_PASS: dict[Precision, FirstPass] = {
     Precision.FLOAT32: "float",
     Precision.INT8: "int8",
     Precision.UBINARY: "ubinary",
+}
+_MODE: dict[int, Mode] = {
+    pb.SEARCH_MODE_UNSPECIFIED: "dense",
+    pb.SEARCH_MODE_DENSE: "dense",
+    pb.SEARCH_MODE_LEXICAL: "lexical",
+    pb.SEARCH_MODE_HYBRID: "hybrid",
+}
+_FUSION: dict[int, FusionKind | None] = {
+    pb.FUSION_UNSPECIFIED: None,
+    pb.FUSION_RRF: "rrf",
+    pb.FUSION_WEIGHTED: "weighted",
 }
 
 
@@ -145,6 +163,12 @@ class CollectionServicer:
             precision = precision_of(request.precision, "precision")
             if precision not in _FIRST_PASS:
                 raise InvalidArgument("precision must be FLOAT32, INT8 or UBINARY", field="precision")
+            mode = choice(request.mode, _MODE, "mode", "DENSE, LEXICAL or HYBRID")
+            if mode == "lexical" and request.rescore_multiplier:
+                raise InvalidArgument(
+                    "rescore_multiplier shapes the dense ranking; mode LEXICAL has none (leave it unset)",
+                    field="rescore_multiplier",
+                )
             query = SearchQuery(
                 collection=request.collection,
                 query=request.query,
@@ -159,6 +183,10 @@ class CollectionServicer:
                     else None
                 ),
                 include_text=request.include_text if request.HasField("include_text") else True,
+                mode=mode,
+                fusion=choice(request.fusion, _FUSION, "fusion", "RRF or WEIGHTED"),
+                alpha=request.hybrid_alpha if request.HasField("hybrid_alpha") else None,
+                rrf_k=request.rrf_k if request.HasField("rrf_k") else None,
             )
             result = await self.runtime.searcher.search(query)
         except Exception as exc:
