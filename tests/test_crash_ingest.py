@@ -147,8 +147,9 @@ def test_kill_9_during_ingest_loses_no_acknowledged_document(tmp_path: Path) -> 
         log = server.log()
         # The older file was loaded and reconciled with the store up to its head, not rebuilt
         # from scratch (which would hide a reconcile that misses changes).
-        assert f"index '{COLLECTION}' loaded at sequence {head}" in log, log[-2000:]
-        assert "building it from the store" not in log
+        # Qualified by the logger: the lexical index logs the same words for its own rebuild.
+        assert f"server.store.index: index '{COLLECTION}' loaded at sequence {head}" in log, log[-2000:]
+        assert f"server.store.index: index '{COLLECTION}' missing or outdated" not in log
         exact = search(server.address, COLLECTION, "sourdough", k=N, exact=True)
         approx = search(server.address, COLLECTION, "sourdough", k=N)
         assert len(exact.hits) == len(approx.hits) == N - len(deleted)

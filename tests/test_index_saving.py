@@ -46,7 +46,8 @@ def test_indexes_are_saved_on_a_timer_and_at_shutdown_not_per_call(tmp_path: Pat
     assert _saved_sequence(data) == deleted.sequence  # saved at shutdown
 
     with running_server(data, "--index-save-interval-s", "0.2") as server:
-        assert f"index '{COLLECTION}' loaded at sequence {deleted.sequence}" in server.log()
+        loaded = f"server.store.index: index '{COLLECTION}' loaded at sequence {deleted.sequence}"
+        assert loaded in server.log()
         hits = search(server.address, COLLECTION, docs[5][1], k=24, prompt_name="").hits
         assert len(hits) == 23 and docs[5][0] not in {h.id for h in hits}
         channel, service = stub(server.address)

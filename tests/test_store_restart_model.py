@@ -54,7 +54,8 @@ def test_restart_then_model_change_then_reembed(tmp_path: Path) -> None:
         assert server.stop() == 0
     with running_server(data) as server:
         assert _results(server.address) == before
-        assert "index 'restart' loaded at sequence 100" in server.log()  # saved at shutdown, not rebuilt
+        # Saved at shutdown, not rebuilt (the logger's name: the lexical index says the same words).
+        assert "server.store.index: index 'restart' loaded at sequence 100" in server.log()
         assert server.stop() == 0
 
     # "another model": the same weights with an edited config file, hence another fingerprint

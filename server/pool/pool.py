@@ -9,7 +9,11 @@ watched on the event loop, so ``embed_workers_ready`` drops at once); queued ite
 the restart instead of failing.
 
 Interactive calls go to the :mod:`~server.pool.lane` (ONNX Runtime in this process) while it is
-on, else to the workers' queue ahead of bulk work (see :mod:`server.batching`).
+on, else to the workers' queue ahead of bulk work (see :mod:`server.batching`). A lane with a
+backlog (:data:`LANE_BACKLOG` items: a bulk-sized EmbedStream, never a burst of single queries)
+lends new interactive items to workers that have nothing else to do: a bulk stream then runs on
+the workers' compute (bf16 where native) as well as the lane's, and an ingest is never slowed
+by it (no worker with bulk work queued takes them).
 """
 
 from __future__ import annotations
@@ -43,6 +47,10 @@ from server.settings import Settings
 from server.tokenization import TextTokenizer, field_names
 
 log = logging.getLogger(__name__)
+
+# Items queued in the lane past which new interactive items may go to idle workers: more than
+# any burst of single queries (64 concurrent clients), far fewer than a stream's window (256).
+LANE_BACKLOG = 64
 
 # Inputs shorter than this (characters, all texts of a call) are tokenized on the event loop:
 # a thread hop costs more than the tokenizer does for a sentence.
@@ -115,6 +123,7 @@ class EncoderPool:
             contended_batch_tokens=settings.contended_batch_tokens,
         )
         self.lane: InteractiveLane | None = None
+        self._computing = 0  # workers running a batch now
         devices = worker_devices(settings)
         cpu_workers = sum(d == "cpu" for d in devices)
         threads = settings.threads_per_worker or max(1, usable_cores() // max(cpu_workers, 1))
@@ -322,6 +331,7 @@ class EncoderPool:
             metrics.BATCH_SIZE.observe(len(batch))
             metrics.BATCH_TOKENS.observe(int(ids.size))
             started = time.perf_counter_ns()
+            self._computing += 1
             try:
                 out = await loop.run_in_executor(worker.io, worker.run_blocking, ids, mask, types, timeout)
             except WorkerFailed as exc:
@@ -331,6 +341,8 @@ class EncoderPool:
                     if not item.future.done():
                         item.future.set_exception(WorkerFailed(exc.message))
                 continue
+            finally:
+                self._computing -= 1
             metrics.ITEMS.labels(batch[0].priority.name.lower()).inc(len(batch))
             for row, item in enumerate(batch):
                 if not item.future.done():
@@ -384,6 +396,26 @@ class EncoderPool:
         )
         return await asyncio.to_thread(check)
 
+    @property
+    def computing(self) -> int:
+        """Workers running a batch now (0 to ``len(workers)``)."""
+        return self._computing
+
+    def _route(self, priority: Priority) -> Scheduler:
+        """The queue for new items of ``priority``: interactive to the lane while it is on, unless
+        the lane has a backlog and a worker is idle with nothing queued (module docstring)."""
+        lane = self.lane
+        if lane is None or priority is not Priority.INTERACTIVE:
+            return self.scheduler
+        if (
+            lane.scheduler.depth() >= LANE_BACKLOG
+            and self.scheduler.depth() == 0
+            and self._computing < len(self.workers)
+        ):
+            metrics.LANE_OVERFLOW.inc()
+            return self.scheduler
+        return lane.scheduler
+
     async def encode_tokens(
         self, prepared: Prepared, *, priority: Priority = Priority.INTERACTIVE, wait: bool | None = None
     ) -> EncodeResult:
@@ -392,11 +424,7 @@ class EncoderPool:
             raise NotReady("the encoder pool is still starting")
         loop = asyncio.get_running_loop()
         items = [Item(ids=t.ids, priority=priority, future=loop.create_future()) for t in prepared.tokens]
-        # One route per kind of work (server.pool.lane): interactive to the lane while it is on.
-        lane = self.lane
-        scheduler = (
-            lane.scheduler if lane is not None and priority is Priority.INTERACTIVE else self.scheduler
-        )
+        scheduler = self._route(priority)
         try:
             if wait if wait is not None else priority is Priority.BULK:
                 step = scheduler.max_queue_items  # a bigger bulk call is queued in parts
