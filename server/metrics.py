@@ -30,7 +30,7 @@ QUEUE_WAITING = Gauge(
 )
 LANE_OVERFLOW = Counter(
     "embed_lane_overflow_total",
-    "interactive items sent to idle workers because the interactive lane had a backlog",
+    "interactive items an idle worker took from the interactive lane's backlog",
 )
 BATCH_SIZE = Histogram(
     "embed_batch_size", "inputs per model batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)

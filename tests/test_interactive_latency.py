@@ -89,7 +89,7 @@ async def test_the_lane_answers_queries_while_every_worker_is_stuck_in_bulk_work
         assert fast.vectors.shape == (len(queries), spec.dimension)
         assert fast.inference_ns > 0 and fast.queue_ns >= 0
         assert len((await bulk).vectors) == len(docs)
-        # The worker idle, nothing queued: a backlog in the lane lends items to it, and they get
+        # The worker idle, nothing queued: it takes batches of the lane's backlog, and they get
         # the worker's vectors (cosine >= 0.999 to the lane's).
         before = REGISTRY.get_sample_value(overflow) or 0.0
         lane_only = (await pool.encode(docs, priority=Priority.INTERACTIVE)).vectors

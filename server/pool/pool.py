@@ -9,11 +9,11 @@ watched on the event loop, so ``embed_workers_ready`` drops at once); queued ite
 the restart instead of failing.
 
 Interactive calls go to the :mod:`~server.pool.lane` (ONNX Runtime in this process) while it is
-on, else to the workers' queue ahead of bulk work (see :mod:`server.batching`). A lane with a
-backlog (:data:`LANE_BACKLOG` items: a bulk-sized EmbedStream, never a burst of single queries)
-lends new interactive items to workers that have nothing else to do: a bulk stream then runs on
-the workers' compute (bf16 where native) as well as the lane's, and an ingest is never slowed
-by it (no worker with bulk work queued takes them).
+on, else to the workers' queue ahead of bulk work (see :mod:`server.batching`). A worker with
+nothing queued takes a batch from the lane's backlog once it holds :data:`LANE_BACKLOG` items
+(a bulk-sized EmbedStream, never a burst of single queries): a bulk stream then runs on the
+workers' compute (bf16 where native) as well as the lane's, at the workers' batch size, and an
+ingest is never slowed by it (a worker with bulk work queued takes that instead).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -48,8 +49,8 @@ from server.tokenization import TextTokenizer, field_names
 
 log = logging.getLogger(__name__)
 
-# Items queued in the lane past which new interactive items may go to idle workers: more than
-# any burst of single queries (64 concurrent clients), far fewer than a stream's window (256).
+# Items queued in the lane past which an idle worker takes a batch of them: more than any burst
+# of single queries (64 concurrent clients), far fewer than a stream's window (256).
 LANE_BACKLOG = 64
 
 # Inputs shorter than this (characters, all texts of a call) are tokenized on the event loop:
@@ -123,6 +124,7 @@ class EncoderPool:
             contended_batch_tokens=settings.contended_batch_tokens,
         )
         self.lane: InteractiveLane | None = None
+        self._lane_started = asyncio.Event()  # set once the lane is on or known to be off
         self._computing = 0  # workers running a batch now
         devices = worker_devices(settings)
         cpu_workers = sum(d == "cpu" for d in devices)
@@ -177,6 +179,7 @@ class EncoderPool:
             self.settings.interactive_lane == "auto" and all(w.device == "cpu" for w in self.workers)
         ):
             self.lane = await self._start_lane()
+        self._lane_started.set()
 
     async def _start_lane(self) -> InteractiveLane | None:
         """Open the lane's graph (exporting it once, in a child process: torch stays out of this
@@ -299,16 +302,43 @@ class EncoderPool:
             return []
         take = asyncio.ensure_future(self.scheduler.next_batch())
         death = asyncio.ensure_future(died.wait())
+        lane = self.lane
+        # The lane starts after the workers: a worker already waiting watches for it too.
+        backlog: asyncio.Future[Any] | None = asyncio.ensure_future(
+            lane.scheduler.wait_depth(LANE_BACKLOG) if lane else self._lane_started.wait()
+        )
+        lent: list[Item] = []
         try:
-            await asyncio.wait({take, death}, return_when=asyncio.FIRST_COMPLETED)
+            while not lent:
+                waits = {take, death} if backlog is None else {take, death, backlog}
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if take.done() or death.done() or backlog is None:
+                    break
+                if lane is None:  # started (with the lane on, or found off)
+                    lane = self.lane
+                    backlog = asyncio.ensure_future(lane.scheduler.wait_depth(LANE_BACKLOG)) if lane else None
+                    continue
+                if self.scheduler.depth() > 0:  # bulk work filling a batch: it leaves soon, ours
+                    backlog = None
+                    continue
+                lent = lane.scheduler.take_nowait(self.scheduler.max_batch_tokens)
+                if not lent:  # the lane's runners took the backlog first: watch for the next one
+                    backlog = asyncio.ensure_future(lane.scheduler.wait_depth(LANE_BACKLOG))
         finally:
             death.cancel()
+            if backlog is not None:
+                backlog.cancel()
             if not take.done():
                 take.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await take
         if take.cancelled():
-            return []
+            if lent:
+                metrics.LANE_OVERFLOW.inc(len(lent))
+            return lent
+        if lent:  # our own queue answered in the same instant: the lent items go back
+            assert lane is not None
+            lane.scheduler.requeue(lent)
         return take.result()
 
     async def _dispatch(self, worker: WorkerHandle) -> None:
@@ -402,17 +432,10 @@ class EncoderPool:
         return self._computing
 
     def _route(self, priority: Priority) -> Scheduler:
-        """The queue for new items of ``priority``: interactive to the lane while it is on, unless
-        the lane has a backlog and a worker is idle with nothing queued (module docstring)."""
+        """The queue for new items of ``priority``: interactive to the lane while it is on (idle
+        workers take batches of its backlog: :meth:`_next_batch`)."""
         lane = self.lane
         if lane is None or priority is not Priority.INTERACTIVE:
-            return self.scheduler
-        if (
-            lane.scheduler.depth() >= LANE_BACKLOG
-            and self.scheduler.depth() == 0
-            and self._computing < len(self.workers)
-        ):
-            metrics.LANE_OVERFLOW.inc()
             return self.scheduler
         return lane.scheduler
 
