@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from usearch.index import Index
 
 from protos.embedding.v1 import embedding_pb2 as pb
 from server.model import load_spec
@@ -70,9 +71,10 @@ def _ingest_until_killed(
                     f"the ingest failed without the kill: {exc.code()} {exc.details()}"
                 ) from exc
         finally:
-            if not timer.is_alive() and not timer.finished.is_set():
-                process.kill()  # the ingest outran the timer: kill now, still mid-test
-            timer.join()
+            if timer.ident is None:  # never started (the stream ended first): kill now, mid-test
+                process.kill()
+            else:
+                timer.join()  # (joining a timer never started raised over the real failure)
     return acks, finished
 
 
@@ -138,10 +140,13 @@ def test_kill_9_during_ingest_loses_no_acknowledged_document(tmp_path: Path) -> 
             update_acks = list(service.Ingest(iter(requests(COLLECTION, changes)), timeout=120))
             assert len(update_acks) == len(changes) and not any(a.HasField("error") for a in update_acks)
             head = max(a.sequence for a in update_acks)
-        saved = _saved_sequence(data)
+        saved, saved_points = _saved_index(data)
         server.process.kill()
         assert server.process.wait(60) == -signal.SIGKILL
     assert saved < reply.sequence < head  # the file predates the deletes and updates
+    # ... and holds the points the reconcile must remove: every document stored at start-up
+    # (the deleted ones and the updated ones' old texts among them), one point per content.
+    assert saved_points == stored, (saved_points, stored)
 
     with running_server(data) as server:
         log = server.log()
@@ -165,9 +170,15 @@ def test_kill_9_during_ingest_loses_no_acknowledged_document(tmp_path: Path) -> 
         a.id: (a.content_hash, a.sequence) for a in final if a.id not in deleted and a.id not in updated
     }
     assert _check_store(data, survivors) == N - len(deleted)
+    # The reconciled index, saved at the clean stop, holds exactly the live contents: the
+    # deleted documents' and the old texts' points were removed from the graph, not only hidden.
+    assert _saved_index(data) == (head, N - len(deleted))
 
 
-def _saved_sequence(data: Path) -> int:
-    """The change-log sequence the saved index file of the collection reflects."""
+def _saved_index(data: Path) -> tuple[int, int]:
+    """(change-log sequence, points) of the collection's saved index file."""
     (sidecar,) = (data / "indexes").glob("*.json")
-    return int(json.loads(sidecar.read_text())["sequence"])
+    meta = json.loads(sidecar.read_text())
+    index = Index.restore(str(sidecar.with_name(f"{sidecar.stem}.{meta['generation']}.usearch")))
+    assert index is not None
+    return int(meta["sequence"]), len(index)
