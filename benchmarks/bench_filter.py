@@ -37,6 +37,7 @@ from typing import Any
 import grpc
 import numpy as np
 from _common import SHARED_DATA, RunRecord, add_json_argument, server_process
+from report import filtered_search
 
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1 import embedding_pb2_grpc as rpc
@@ -44,6 +45,9 @@ from server.evaluation.datasets import load_beir
 
 COLLECTION = "scifact-filter"
 SELECTIVITY = (1.0, 0.1, 0.01, 0.001)
+# The edge bundle plays no part here: PCA instead of the adaptor, which embeds ~10,000
+# pseudo-query sentences at the start of a server holding SciFact (minutes on 2 cores).
+SERVER_ARGS = ("--edge-projection", "rotation")
 KEPT_COUNTS = (5, 10, 25, 50, 100, 250, 500, 1000, 2000, 3000, 4000)
 
 
@@ -183,29 +187,6 @@ def selectivity(
     return rows
 
 
-def table(result: dict[str, Any]) -> str:
-    k = result["k"]
-    lines = [
-        "| kept (share) | default request p50 / p95 ms | exact p50 / p95 ms | LEXICAL p50 / p95 ms "
-        f"| default recall@{k} vs exact |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for row in result["selectivity"]:
-        share = "no filter" if row["share"] is None else f"{row['kept']:,} ({row['share']:.1%})"
-        lexical = row.get("lexical_ms")
-        lexical_cell = "-" if lexical is None else f"{lexical['p50']:.1f} / {lexical['p95']:.1f}"
-        lines.append(
-            f"| {share} | {row['default_ms']['p50']:.1f} / {row['default_ms']['p95']:.1f} "
-            f"| {row['exact_ms']['p50']:.1f} / {row['exact_ms']['p95']:.1f} "
-            f"| {lexical_cell} "
-            f"| {'-' if row.get('recall_at_k') is None else row['recall_at_k']} |"
-        )
-    lines += ["", "| kept documents | exact p50 ms | index (oversampled) p50 ms |", "| --- | --- | --- |"]
-    for row in result["crossover"]["rows"]:
-        lines.append(f"| {row['kept']:,} | {row['exact_ms']['p50']:.1f} | {row['index_ms']['p50']:.1f} |")
-    return "\n".join(lines)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -230,13 +211,13 @@ def main() -> int:
     texts = list(dataset.queries.values())[: args.queries]
     with tempfile.TemporaryDirectory(prefix="bench-filter-") as tmp:
         data_dir = args.data_dir or Path(tmp) / "data"
-        with server_process(data_dir, "--search-filter-exact-max", "0") as server:
+        with server_process(data_dir, *SERVER_ARGS, "--search-filter-exact-max", "0") as server:
             n = ingest(server.address, dataset.corpus, args.seed)
             vectors = query_vectors(server.address, texts)
             print("crossover (server with --search-filter-exact-max 0):", flush=True)
             cross = crossover(server.address, vectors, texts, args.k, n)
         extra = [] if args.threshold is None else ["--search-filter-exact-max", str(args.threshold)]
-        with server_process(data_dir, *extra) as server:
+        with server_process(data_dir, *SERVER_ARGS, *extra) as server:
             print(f"selectivity (server with {' '.join(extra) or 'the default threshold'}):", flush=True)
             rows = selectivity(server.address, vectors, texts, args.k, n)
     result = {
@@ -248,7 +229,7 @@ def main() -> int:
         "selectivity": rows,
     }
     print()
-    print(table(result))
+    print("\n".join(filtered_search(result)))
     print(f"\nmeasured crossover: exact up to {cross['measured_threshold']} kept documents")
     print(record.load_line())
     record.write(args.json, result)

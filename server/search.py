@@ -22,9 +22,10 @@ extracted once), cached with the collection's incarnation and sequence. Every pa
 the documents the filter keeps: brute force and the quantized first pass score only their rows;
 the approximate index, which cannot filter inside its graph (usearch's Python binding), is
 skipped for an exact search of the kept documents when at most ``filter_exact_max`` are kept
-(``--search-filter-exact-max``, measured: benchmarks/bench_filter.py), and otherwise asked for
-``k * documents / kept * FILTER_OVERSAMPLE`` candidates, falling back to the exact search when
-fewer than k of them pass. LEXICAL ranks only kept rows; HYBRID fuses two filtered lists.
+(``--search-filter-exact-max``, 1000 by default, measured: benchmarks/bench_filter.py), and
+otherwise asked for ``k * documents / kept * FILTER_OVERSAMPLE`` candidates, falling back to
+the exact search when fewer than k of them pass. LEXICAL ranks only kept rows; HYBRID fuses
+two filtered lists.
 
 A search may give a vector instead of a query (``SearchQuery.vector``): it is normalized and
 used as the query's embedding would be.
@@ -178,7 +179,7 @@ class Searcher:
         *,
         max_message_bytes: int,
         lexical: LexicalIndexes | None = None,
-        filter_exact_max: int = 2000,
+        filter_exact_max: int = 1000,
         batch_max_queries: int = 64,
     ) -> None:
         """``max_message_bytes``: the server's gRPC message limit, which a response must fit.

@@ -84,10 +84,13 @@ class Settings:
     )
     search_max_k: int = _opt(1000, "largest k a Search may ask for")
     # usearch's Python binding cannot filter inside its graph walk: a filter keeping few
-    # documents would make the index walk most of the collection. Measured crossover of exact
-    # search over the kept documents vs the oversampled index: benchmarks/bench_filter.py.
+    # documents makes the oversampled index walk most of the collection. Measured on SciFact
+    # (5,183 documents, k=10, benchmarks/bench_filter.py, README "Filtered search latency"):
+    # exact over the kept documents 7-9 ms p50 up to 1,000 kept, the index 25-29 ms at 5-10 kept,
+    # 9.4 ms at 500, 8.1 ms at 1,000 and 7-8 ms from 2,000 (exact 19-21 ms there): the crossover
+    # lies between 500 and 1,000; at 1,000 exact costs ~1 ms more and returns the exact top k.
     search_filter_exact_max: int = _opt(
-        2000,
+        1000,
         "a Search whose metadata filter keeps at most this many documents scores them exactly "
         "instead of asking the approximate index (oversampled, exact when too few pass); 0 = "
         "always ask the index first",
