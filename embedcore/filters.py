@@ -32,8 +32,9 @@ Errors: :class:`FilterError` (a ``ValueError``) whose ``path`` names the offendi
 way a person would point at it: ``and[1].year.gte``; its message repeats it.
 
 Evaluation: :meth:`Filter.matches` on one metadata dict, :meth:`Filter.mask` on a
-:class:`MetadataTable` (many documents at once, each field's column extracted once per table);
-both apply the same per-value tests.
+:class:`MetadataTable` (many documents at once: each field's column is extracted once per table
+and split by JSON type into numpy arrays, so a query costs a few vectorized comparisons; a
+column holding lists is evaluated value by value with the per-document tests).
 """
 
 from __future__ import annotations
@@ -194,11 +195,16 @@ class _Not(Filter):
 
 @dataclass(frozen=True)
 class _Field(Filter):
-    """Tests on one field (a path into nested objects)."""
+    """Tests on one field (a path into nested objects). ``tests`` are the per-value form of
+    ``equal`` and the range (used on one document, and on columns holding lists); a column of
+    scalars is evaluated with numpy from the same description."""
 
     keys: tuple[str, ...]
     tests: tuple[Callable[[Any], bool], ...] = ()  # every one holds for one element ...
     exists: bool | None = None
+    equal: tuple[tuple[Any, ...], ...] = ()  # each group: equal to one of its values (eq, in)
+    bounds: tuple[tuple[str, float], ...] = ()  # (gt | gte | lt | lte, bound)
+    dates: bool = False  # the bounds are instants (seconds since the epoch)
 
     def value_matches(self, value: Any) -> bool:
         present = value is not _MISSING and value is not None
@@ -221,8 +227,64 @@ class _Field(Filter):
         return self.value_matches(lookup(metadata, self.keys))
 
     def mask(self, table: MetadataTable) -> np.ndarray:
-        column = table.column(self.keys)
-        return np.fromiter((self.value_matches(v) for v in column), dtype=bool, count=len(column))
+        typed = table.typed(self.keys)
+        if typed is None:  # a column holding lists: any element may match
+            column = table.column(self.keys)
+            return np.fromiter((self.value_matches(v) for v in column), dtype=bool, count=len(column))
+        out = typed.present.copy() if self.tests else np.ones(len(table), dtype=bool)
+        if self.exists is not None:
+            out &= typed.present == self.exists
+        for group in self.equal:
+            any_of = np.zeros(len(table), dtype=bool)
+            for wanted in group:
+                any_of |= typed.equal(wanted)
+            out &= any_of
+        if self.bounds:
+            values = typed.instants() if self.dates else typed.numbers
+            with np.errstate(invalid="ignore"):  # NaN: not a number / not a date, outside
+                for op, bound in self.bounds:
+                    out &= _COMPARE[op](values, bound)
+        return out
+
+
+_COMPARE: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
+    "gt": np.greater,
+    "gte": np.greater_equal,
+    "lt": np.less,
+    "lte": np.less_equal,
+}
+
+
+@dataclass
+class _Typed:
+    """One field's column of scalars by JSON type, for numpy evaluation: present (not missing,
+    not null); numbers (NaN where not a number; booleans are not numbers); strings (None where
+    not a string); booleans (1 true, 0 false, -1 not a boolean)."""
+
+    present: np.ndarray
+    numbers: np.ndarray
+    strings: np.ndarray
+    booleans: np.ndarray
+    _instants: np.ndarray | None = None
+
+    def equal(self, wanted: Any) -> np.ndarray:
+        if isinstance(wanted, bool):
+            return np.asarray(self.booleans == int(wanted))
+        if _is_number(wanted):
+            return np.asarray(self.numbers == float(wanted))
+        return np.asarray(self.strings == wanted, dtype=bool)
+
+    def instants(self) -> np.ndarray:
+        """Seconds since the epoch of the ISO-8601 strings (NaN elsewhere), made on first use."""
+        if self._instants is None:
+            out = np.full(len(self.strings), np.nan)
+            for i, text in enumerate(self.strings):
+                if text is not None:
+                    moment = instant(text)
+                    if moment is not None:
+                        out[i] = moment
+            self._instants = out
+        return self._instants
 
 
 def lookup(metadata: Any, keys: Sequence[str]) -> Any:
@@ -246,16 +308,46 @@ class MetadataTable:
     ids: list[str]
     metadata: list[dict[str, Any]]
     _columns: dict[tuple[str, ...], list[Any]] = field(default_factory=dict, repr=False)
+    _typed: dict[tuple[str, ...], _Typed | None] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def column(self, keys: tuple[str, ...]) -> list[Any]:
+        """The field's value in every document (a private marker where it is missing)."""
         found = self._columns.get(keys)
         if found is None:
             found = [lookup(m, keys) for m in self.metadata]
             self._columns[keys] = found
         return found
+
+    def typed(self, keys: tuple[str, ...]) -> _Typed | None:
+        """The field's column split by JSON type (see :class:`_Typed`), made once; None when
+        some document holds a list there (evaluated value by value)."""
+        if keys in self._typed:
+            return self._typed[keys]
+        column = self.column(keys)
+        n = len(column)
+        present = np.zeros(n, dtype=bool)
+        numbers = np.full(n, np.nan)
+        strings = np.full(n, None, dtype=object)
+        booleans = np.full(n, -1, dtype=np.int8)
+        typed: _Typed | None = _Typed(present, numbers, strings, booleans)
+        for i, value in enumerate(column):
+            if value is _MISSING or value is None:
+                continue
+            present[i] = True
+            if isinstance(value, bool):
+                booleans[i] = int(value)
+            elif isinstance(value, int | float):
+                numbers[i] = value
+            elif isinstance(value, str):
+                strings[i] = value
+            elif isinstance(value, list):
+                typed = None
+                break
+        self._typed[keys] = typed
+        return typed
 
 
 # -- parsing -------------------------------------------------------------------------------------
@@ -304,13 +396,14 @@ def _clause(name: str, value: Any, path: str, depth: int) -> Filter:
     if isinstance(value, dict):
         return _operators(keys, value, here)
     _scalar(value, here)
-    return _Field(keys, (functools.partial(_same, wanted=value),))
+    return _Field(keys, (functools.partial(_same, wanted=value),), equal=((value,),))
 
 
 def _operators(keys: tuple[str, ...], ops: dict[str, Any], path: str) -> _Field:
     if not ops:
         raise FilterError(f"must hold at least one operator ({', '.join(OPERATORS)})", path)
     tests: list[Callable[[Any], bool]] = []
+    equal: list[tuple[Any, ...]] = []
     exists: bool | None = None
     bounds: dict[str, float] = {}
     kinds: dict[str, str] = {}
@@ -319,12 +412,14 @@ def _operators(keys: tuple[str, ...], ops: dict[str, Any], path: str) -> _Field:
         if op == "eq":
             _scalar(value, here)
             tests.append(functools.partial(_same, wanted=value))
+            equal.append((value,))
         elif op == "in":
             if not isinstance(value, list) or not 1 <= len(value) <= MAX_IN_VALUES:
                 raise FilterError(f"must be a list of 1 to {MAX_IN_VALUES} values, got {_kind(value)}", here)
             for i, item in enumerate(value):
                 _scalar(item, f"{here}[{i}]")
             tests.append(functools.partial(_one_of, choices=tuple(value)))
+            equal.append(tuple(value))
         elif op in RANGES:
             if _is_number(value):
                 bounds[op], kinds[op] = float(value), "number"
@@ -345,11 +440,12 @@ def _operators(keys: tuple[str, ...], ops: dict[str, Any], path: str) -> _Field:
             exists = value
         else:
             raise FilterError(f"is not an operator (one of {', '.join(OPERATORS)})", here)
+    dates = "date" in kinds.values()
     if bounds:
         if len(set(kinds.values())) > 1:
             raise FilterError("mixes number and date bounds; give one kind", path)
-        tests.append(_range_test(bounds, dates="date" in kinds.values()))
-    return _Field(keys, tuple(tests), exists)
+        tests.append(_range_test(bounds, dates=dates))
+    return _Field(keys, tuple(tests), exists, tuple(equal), tuple(bounds.items()), dates)
 
 
 def _scalar(value: Any, path: str) -> None:

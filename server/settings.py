@@ -86,9 +86,9 @@ class Settings:
     # usearch's Python binding cannot filter inside its graph walk: a filter keeping few
     # documents makes the oversampled index walk most of the collection. Measured on SciFact
     # (5,183 documents, k=10, benchmarks/bench_filter.py, README "Filtered search latency"):
-    # exact over the kept documents 7-9 ms p50 up to 1,000 kept, the index 25-29 ms at 5-10 kept,
-    # 9.4 ms at 500, 8.1 ms at 1,000 and 7-8 ms from 2,000 (exact 19-21 ms there): the crossover
-    # lies between 500 and 1,000; at 1,000 exact costs ~1 ms more and returns the exact top k.
+    # exact over the kept documents 2.8-5.4 ms p50 up to 1,000 kept, the oversampled index
+    # 33-50 ms at 5-25 kept, 5.1 ms at 500, 6.0 ms at 1,000, 3-4 ms from 2,000 (exact 9-12 ms
+    # there): exact is as fast up to 1,000 kept (two runs) and returns the exact top k.
     search_filter_exact_max: int = _opt(
         1000,
         "a Search whose metadata filter keeps at most this many documents scores them exactly "

@@ -103,10 +103,20 @@ def test_limits_are_errors_not_crashes() -> None:
 # -- random filters: the table evaluation is the per-document one ------------------------------
 
 _VALUES = st.one_of(
-    st.integers(0, 5), st.sampled_from(["a", "b", "2020-01-01", "2021-06-01T00:00:00+05:00"]), st.booleans()
+    st.integers(0, 5),
+    st.sampled_from([2.0, 3.5, "a", "b", "2020-01-01", "2021-06-01T00:00:00+05:00", "2021-06-01T00:00:00"]),
+    st.booleans(),
 )
 _META = st.dictionaries(
     st.sampled_from(["x", "y", "z"]), st.one_of(st.none(), _VALUES, st.lists(_VALUES, max_size=3)), max_size=3
+)
+
+
+# Columns of scalars (and objects) only: evaluated with numpy, not value by value.
+_SCALAR_META = st.dictionaries(
+    st.sampled_from(["x", "y", "z"]),
+    st.one_of(st.none(), _VALUES, st.fixed_dictionaries({"x": _VALUES})),
+    max_size=3,
 )
 
 
@@ -117,7 +127,9 @@ def _leaf() -> st.SearchStrategy[dict[str, Any]]:
         st.fixed_dictionaries({"eq": _VALUES}),
         st.fixed_dictionaries({"in": st.lists(_VALUES, min_size=1, max_size=3)}),
         st.fixed_dictionaries({"gte": st.integers(0, 5)}, optional={"lt": st.integers(0, 6)}),
+        st.fixed_dictionaries({"gt": st.integers(0, 5)}, optional={"lte": st.integers(0, 6)}),
         st.fixed_dictionaries({"gt": st.sampled_from(["2020-01-01", "2021-06-01"])}),
+        st.fixed_dictionaries({"lte": st.sampled_from(["2020-01-01", "2021-05-31T19:00:00Z"])}),
         st.fixed_dictionaries({"exists": st.booleans()}),
     )
     return st.builds(lambda f, o: {f: o}, field, op)
@@ -141,4 +153,15 @@ def test_table_evaluation_equals_per_document_evaluation(
 ) -> None:
     f = parse_filter(json.dumps(spec))
     table = MetadataTable([str(i) for i in range(len(docs))], docs)
+    assert f.mask(table).tolist() == [f.matches(d) for d in docs]
+
+
+@settings(max_examples=200, derandomize=True, deadline=None, database=None)
+@given(spec=_FILTERS, docs=st.lists(_SCALAR_META, min_size=1, max_size=12))
+def test_vectorized_evaluation_equals_per_document_evaluation(
+    spec: dict[str, Any], docs: list[dict[str, Any]]
+) -> None:
+    f = parse_filter(json.dumps(spec))
+    table = MetadataTable([str(i) for i in range(len(docs))], docs)
+    assert all(table.typed(keys) is not None for keys in (("x",), ("y",), ("z",)))
     assert f.mask(table).tolist() == [f.matches(d) for d in docs]

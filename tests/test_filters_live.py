@@ -277,10 +277,11 @@ def test_search_by_vector_equals_search_by_its_text(live_server: Any, corpus: di
                 [h.score for h in by_text.hits], abs=1e-5
             )
         # a longer vector in the same direction: normalized, the same hits and scores
-        scaled = search(address, COLLECTION, "", k=K, vector=[3 * x for x in vector], exact=True)
-        exact = search(address, COLLECTION, query, k=K, exact=True)
-        assert ranked(scaled) == ranked(exact)
-        assert [h.score for h in scaled.hits] == pytest.approx([h.score for h in exact.hits], abs=1e-5)
+        for exact in (True, False):  # brute force, and the index (inner product: scores scale)
+            scaled = search(address, COLLECTION, "", k=K, vector=[3 * x for x in vector], exact=exact)
+            unit = search(address, COLLECTION, query, k=K, exact=exact)
+            assert ranked(scaled) == ranked(unit)
+            assert [h.score for h in scaled.hits] == pytest.approx([h.score for h in unit.hits], abs=1e-5)
     bad: list[tuple[dict[str, Any], str]] = [
         ({"vector": [0.1] * 10}, "384 dimensions"),
         ({"vector": [float("nan")] * 384}, "finite"),
