@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from google.protobuf.json_format import MessageToDict
 
-from edge_client import CollectionNotFound, EdgeClient, InvalidInput
+from edge_client import CollectionNotFound, EdgeClient, InvalidInput, cli
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1.embedding_pb2_grpc import EmbeddingServiceStub
 from server import fusion
@@ -360,6 +360,34 @@ def test_edge_filter_keeps_what_the_server_filter_keeps(
         assert [h.id for h in through] == ranked(server_default)
     with pytest.raises(InvalidInput, match=r"and\[0\]\.year\.gte"):
         edge.search(query, collection=COLLECTION, mode="local", filter='{"and": [{"year": {"gte": []}}]}')
+
+
+def test_edge_cli_search_takes_a_filter(
+    corpus: dict[str, Any], edge: EdgeClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    query = scifact_queries(1)[0]
+    spec = '{"source": "pubmed", "year": {"lt": 2005}}'
+    argv = [
+        "search",
+        query,
+        "--collection",
+        COLLECTION,
+        "--home",
+        str(edge.home),
+        "--mode",
+        "local",
+        "--k",
+        "5",
+    ]
+    assert cli.main([*argv, "--json", "--filter", spec]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    wanted = edge.search(query, collection=COLLECTION, k=5, mode="local", filter=spec).results
+    assert [r["id"] for r in printed["results"]] == [h.id for h in wanted] and wanted
+    assert all(
+        r["metadata"]["source"] == "pubmed" and r["metadata"]["year"] < 2005 for r in printed["results"]
+    )
+    assert cli.main([*argv, "--filter", '{"year": {"gte": "soon"}}']) == 1
+    assert "year.gte" in capsys.readouterr().err
 
 
 # -- list, get, drop --------------------------------------------------------------------------
