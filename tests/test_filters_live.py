@@ -30,6 +30,7 @@ from google.protobuf.json_format import MessageToDict
 from edge_client import CollectionNotFound, EdgeClient, InvalidInput, cli
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1.embedding_pb2_grpc import EmbeddingServiceStub
+from server import cli as server_cli
 from server import fusion
 from tests._collections import (
     LIVE_FILTER_EXACT_MAX,
@@ -388,6 +389,12 @@ def test_edge_cli_search_takes_a_filter(
     )
     assert cli.main([*argv, "--filter", '{"year": {"gte": "soon"}}']) == 1
     assert "year.gte" in capsys.readouterr().err
+    # embed-server search takes one too
+    address = ["--server", edge.server, "--collection", COLLECTION, "--k", "5", "--exact"]
+    assert server_cli.main(["search", query, *address, "--json", "--filter", spec]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    exact = search(edge.server, COLLECTION, query, k=5, exact=True, filter=spec, include_text=False)
+    assert [r["id"] for r in printed["results"]] == ranked(exact)
 
 
 # -- list, get, drop --------------------------------------------------------------------------
