@@ -35,6 +35,7 @@ COMMANDS = {
     "bench_http_fp32": "python benchmarks/bench_http.py --rounds 4 --server-arg=--dtype=float32",
     "bench_http": "python benchmarks/bench_http.py --rounds 4",
     "bench_hybrid": "python benchmarks/bench_hybrid.py",
+    "bench_filter": "python benchmarks/bench_filter.py --data-dir /tmp/bench-filter/data",
 }
 
 
@@ -404,6 +405,47 @@ def hybrid(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def filtered_search(data: dict[str, Any]) -> list[str]:
+    """bench_filter: latency by selectivity, then the crossover that sets the threshold."""
+    k = data["k"]
+    lines = [
+        f"SciFact test corpus ({data['documents']:,} documents) with synthetic metadata; {data['queries']} test "
+        f"queries searched by their vectors (no query embedding in the timings), k={k}, client-side per "
+        f"RPC. Default request: the approximate index, or exact over the kept documents when at most "
+        f"--search-filter-exact-max are kept ({data.get('threshold') or 'the default'}).",
+        "",
+        "| kept (share) | default request p50 / p95 ms | exact p50 / p95 ms | LEXICAL p50 / p95 ms "
+        f"| default recall@{k} vs exact |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in data["selectivity"]:
+        share = "no filter" if row["share"] is None else f"{row['kept']:,} ({row['share']:.1%})"
+        lexical = row.get("lexical_ms")
+        lexical_cell = "-" if lexical is None else f"{lexical['p50']:.1f} / {lexical['p95']:.1f}"
+        recall = row.get("recall_at_k")
+        lines.append(
+            f"| {share} | {row['default_ms']['p50']:.1f} / {row['default_ms']['p95']:.1f} "
+            f"| {row['exact_ms']['p50']:.1f} / {row['exact_ms']['p95']:.1f} | {lexical_cell} "
+            f"| {'-' if recall is None else recall} |"
+        )
+    cross = data["crossover"]
+    lines += [
+        "",
+        "Crossover (server with `--search-filter-exact-max 0`: an approximate request always asks the index, "
+        'oversampled, exact when too few candidates pass) by kept documents (`{"rank": {"lt": n}}`):',
+        "",
+        "| kept documents | exact over them p50 ms | index, oversampled p50 ms |",
+        "| --- | --- | --- |",
+    ]
+    for row in cross["rows"]:
+        lines.append(f"| {row['kept']:,} | {row['exact_ms']['p50']:.1f} | {row['index_ms']['p50']:.1f} |")
+    lines += [
+        "",
+        f"Measured crossover: exact is as fast or faster up to {cross['measured_threshold']:,} kept documents.",
+    ]
+    return lines
+
+
 # block -> (results file, renderer, whether its figures are timings)
 BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]], bool]] = {
     "throughput": ("bench_throughput", throughput, True),
@@ -417,6 +459,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]], bool]] = {
     "http": ("bench_http_fp32", http_api, True),
     "http-auto": ("bench_http", http_api, True),
     "hybrid": ("bench_hybrid", hybrid, False),
+    "filter": ("bench_filter", filtered_search, True),
 }
 
 

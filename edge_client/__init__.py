@@ -14,6 +14,7 @@ from edge_client._sync import SyncReport
 from edge_client.errors import (
     BundleError,
     BundleIntegrityError,
+    CollectionNotFound,
     EdgeError,
     FingerprintMismatch,
     InvalidInput,
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BundleError",
     "BundleIntegrityError",
+    "CollectionNotFound",
     "EdgeClient",
     "EdgeError",
     "FingerprintMismatch",

@@ -21,11 +21,18 @@ from google.protobuf.json_format import MessageToDict
 from edge_client._download import Progress, Waiting, install_bundle
 from edge_client._sync import SyncReport, sync_collection
 from edge_client._transport import open_channel
-from edge_client.errors import BundleError, InvalidInput, NotInitialized, ServerError, ServerUnavailable
+from edge_client.errors import (
+    BundleError,
+    CollectionNotFound,
+    InvalidInput,
+    NotInitialized,
+    ServerError,
+    ServerUnavailable,
+)
 from edge_client.index import Hit, LocalIndex
 from edge_client.policy import Policy, fit_threshold, weak_evidence
 from embedcore import BundleError as BundleFormatError
-from embedcore import EdgeBundle
+from embedcore import EdgeBundle, Filter, FilterError, parse_filter
 from embedcore.transport import ClientCredentials, explain
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1 import embedding_pb2_grpc as rpc
@@ -311,19 +318,31 @@ class EdgeClient:
                 self._cache.popitem(last=False)
         return vector
 
-    def search_local(self, text: str, *, collection: str, k: int = 10) -> list[Hit]:
+    def search_local(
+        self, text: str, *, collection: str, k: int = 10, filter: str | None = None
+    ) -> list[Hit]:
+        """The local index's best ``k`` (those ``filter`` keeps: see :meth:`search`)."""
         check_text(text, "query")
+        keep = parse_metadata_filter(filter)
         index = self.index(collection)
-        return index.search(self.embed_query(text, index.dims), k)
+        return index.search(self.embed_query(text, index.dims), k, keep=keep)
 
     def search_server(
-        self, text: str, *, collection: str, k: int = 10, timeout: float | None = None
+        self,
+        text: str,
+        *,
+        collection: str,
+        k: int = 10,
+        timeout: float | None = None,
+        filter: str | None = None,
     ) -> list[Hit]:
-        """Full-dimension search on the server; ServerUnavailable when unreachable or too slow."""
+        """Full-dimension search on the server; ServerUnavailable when unreachable or too slow,
+        CollectionNotFound when it has no such collection."""
+        parse_metadata_filter(filter)  # refused here as the server would refuse it
         stub = rpc.CollectionServiceStub(self.channel)
         try:
             reply = stub.Search(
-                pb.SearchRequest(collection=collection, query=text, k=k),
+                pb.SearchRequest(collection=collection, query=text, k=k, filter=filter or ""),
                 timeout=timeout or self.timeout,
                 metadata=self._metadata,
             )
@@ -331,6 +350,10 @@ class EdgeClient:
             failure = explain(exc, self.server, timeout=timeout or self.timeout, credentials=self.credentials)
             if failure.unreachable:
                 raise ServerUnavailable(failure.summary, code=failure.code, detail=failure.detail) from exc
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise CollectionNotFound(
+                    f"the server has no collection {collection!r}", code=failure.code, detail=failure.detail
+                ) from exc
             message = f"server search failed: {failure.summary}"
             raise ServerError(message, code=failure.code, detail=failure.detail) from exc
         return [
@@ -356,18 +379,23 @@ class EdgeClient:
         mode: Mode = "auto",
         comprehensive: bool = False,
         timeout: float | None = None,
+        filter: str | None = None,
     ) -> SearchResult:
         """Search ``collection``: locally, on the server, or ``auto`` (see edge_client.policy).
-        InvalidInput for an empty query or one with a NUL character, in every mode."""
+        ``filter``: a metadata filter as JSON text, the server's language (SearchRequest.filter,
+        embedcore.filters): locally only the documents it keeps are ranked (exactly), and the
+        server gets it. InvalidInput for an empty query or one with a NUL character, and for a
+        malformed filter (naming the offending part, e.g. ``and[1].year.gte``), in every mode."""
         if mode not in ("local", "server", "auto"):
             raise ValueError(f"mode must be local, server or auto, got {mode!r}")
         check_text(text, "query")
+        parse_metadata_filter(filter)
         if mode == "server":
-            hits = self.search_server(text, collection=collection, k=k, timeout=timeout)
+            hits = self.search_server(text, collection=collection, k=k, timeout=timeout, filter=filter)
             return SearchResult(hits, "server")
         t0 = time.perf_counter()
         try:
-            hits = self.search_local(text, collection=collection, k=k)
+            hits = self.search_local(text, collection=collection, k=k, filter=filter)
             reason = None
             if mode == "auto":
                 index, fingerprint = self.index(collection), self.bundle.fingerprint
@@ -380,7 +408,7 @@ class EdgeClient:
         if mode == "local" or reason is None:
             return SearchResult(hits, "local", timings_ms={"local": local_ms})
         try:
-            server_hits = self.search_server(text, collection=collection, k=k, timeout=timeout)
+            server_hits = self.search_server(text, collection=collection, k=k, timeout=timeout, filter=filter)
         except ServerError as exc:
             # Fallback failed: the local answer stands, flagged, with both reasons.
             reason = f"{reason}; server failed: {exc}"
@@ -398,6 +426,16 @@ class EdgeClient:
             "threshold": index.get_state("threshold"),
             "bundle": self.bundle.fingerprint,
         }
+
+
+def parse_metadata_filter(text: str | None) -> Filter | None:
+    """The parsed filter (None for none or ""); InvalidInput naming the offending part."""
+    if not text:
+        return None
+    try:
+        return parse_filter(text)
+    except FilterError as exc:
+        raise InvalidInput(f"filter: {exc}") from None
 
 
 def check_text(text: str, what: str) -> None:

@@ -12,7 +12,8 @@ A checkpoint is (collection incarnation, sequence): a sequence means something o
 incarnation of the collection it was read from. When the server's collection is not that one
 any more (recreated under the same name, a wiped data directory) or its head is below the
 checkpoint, the server answers ``reset``: the synced documents are dropped (documents added on
-the device stay) and everything the server holds follows.
+the device stay) and everything the server holds follows. A collection the server does not
+have (NOT_FOUND: dropped) raises CollectionNotFound after dropping what was synced of it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import grpc
 import numpy as np
 from google.protobuf.json_format import MessageToDict
 
-from edge_client.errors import FingerprintMismatch, ServerError, ServerUnavailable
+from edge_client.errors import CollectionNotFound, FingerprintMismatch, ServerError, ServerUnavailable
 from edge_client.index import Chunk, LocalIndex, vector_content
 from protos.embedding.v1 import embedding_pb2 as pb
 
@@ -163,6 +164,19 @@ def sync_collection(
                 f"the server refused to sync {collection!r}: {exc.details()} This edge runs bundle "
                 f"{bundle_fingerprint}; run `edge-client init --server HOST:PORT` to fetch the "
                 "server's bundle, then sync again (the local index is rebuilt)."
+            ) from exc
+        if code == grpc.StatusCode.NOT_FOUND:
+            # Dropped on the server (or never there): what was synced of it goes, with the
+            # checkpoint, so a collection created again under the name starts from scratch.
+            index.drop_source("sync")
+            for name, value in (("sequence", "0"), ("incarnation", ""), ("synced_at", "")):
+                index.set_state(name, value)
+            index.save()
+            raise CollectionNotFound(
+                f"the server has no collection {collection!r} (dropped or never created); "
+                "its synced documents were removed from the local index",
+                code=code.name,
+                detail=exc.details() or "",
             ) from exc
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             raise ServerUnavailable(

@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--comprehensive", action="store_true", help="auto: always ask the server")
+    p.add_argument(
+        "--filter",
+        default=None,
+        metavar="JSON",
+        help='metadata filter, the server\'s language: {"year": {"gte": 2010}, "source": "pubmed"} '
+        "(README: Metadata filters)",
+    )
     p.add_argument("--server", default=None, help="HOST:PORT (default: the one given to init)")
     p.add_argument("--timeout", type=float, default=5.0, help="server deadline in seconds")
     return parser
@@ -140,6 +147,7 @@ def _run(args: argparse.Namespace, credentials: transport.ClientCredentials | No
                 k=args.k,
                 mode=args.mode,
                 comprehensive=args.comprehensive,
+                filter=args.filter,
             )
             if args.verbose and result.detail:
                 print(f"  gRPC: {result.detail}", file=sys.stderr)

@@ -8,7 +8,8 @@ EdgeError
 ├── LocalIndexError       the local index is missing, corrupt or built for another bundle
 ├── FingerprintMismatch   the server's bundle/collection fingerprint is not ours (re-init)
 └── ServerError           the server could not answer
-    └── ServerUnavailable      unreachable or past the deadline (search falls back locally)
+    ├── ServerUnavailable      unreachable or past the deadline (search falls back locally)
+    └── CollectionNotFound     the server has no such collection (dropped, or never created)
 """
 
 from __future__ import annotations
@@ -56,3 +57,8 @@ class ServerError(EdgeError):
 
 class ServerUnavailable(ServerError):
     """The server is unreachable or did not answer before the deadline."""
+
+
+class CollectionNotFound(ServerError):
+    """The server has no collection of that name (it was dropped, or never created). A sync
+    that gets this drops what it had synced of the collection and its sync state."""

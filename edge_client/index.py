@@ -46,6 +46,7 @@ import onnxruntime  # noqa: F401
 from usearch.index import Index  # isort: skip
 
 from edge_client.errors import LocalIndexError
+from embedcore import Filter, MetadataTable
 from embedcore.ann import add_reachable
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,19 @@ class Chunk:
     stop: int
 
 
+@dataclass(frozen=True)
+class _Table:
+    """The documents' metadata (row n: document n, in key order) and one row per vector of
+    theirs: its document's number, its vector key, its span (-1, 0: embedded whole)."""
+
+    version: int
+    metadata: MetadataTable
+    keys: list[int]  # document n's key
+    owner: np.ndarray  # (rows,) int64
+    vkeys: np.ndarray  # (rows,) uint64
+    spans: list[tuple[int, int]]
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (key INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, text TEXT,
     metadata TEXT, source TEXT NOT NULL);
@@ -135,6 +149,8 @@ class LocalIndex:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
+        self._version = 0  # bumped by every write: the metadata table (filters) follows it
+        self._table: _Table | None = None
         # Documents added locally whose vectors were lost with a damaged index file: the
         # client embeds them again (their texts are in sqlite); synced ones are synced again.
         self.lost_local: list[tuple[str, str, dict[str, Any]]] = []
@@ -251,6 +267,7 @@ class LocalIndex:
         self.rescore = self._new("f16") if self.dtype == "b1" else None
         self.removed_since_build = 0
         self._documents = 0
+        self._version += 1
 
     def drop_source(self, source: str) -> int:
         """Delete every document that came from ``source`` ("sync" or "local"); returns how many."""
@@ -374,6 +391,7 @@ class LocalIndex:
             ],
         )
         self._documents += len(keys) - len(before)
+        self._version += 1
         self._drop_unused({v for found in before.values() for v in found} - set(flat_vkeys))
 
     def delete(self, ids: Sequence[str]) -> int:
@@ -383,6 +401,7 @@ class LocalIndex:
         self.db.executemany("DELETE FROM docs WHERE key = ?", [(k,) for k in before])
         self.db.executemany("DELETE FROM chunks WHERE key = ?", [(k,) for k in before])
         self._documents -= len(before)
+        self._version += 1
         self._drop_unused({v for found in before.values() for v in found})
         return len(before)
 
@@ -462,10 +481,13 @@ class LocalIndex:
         self.rebuilds += 1
 
     # --- reads -------------------------------------------------------------------------------
-    def search(self, vector: np.ndarray, k: int) -> list[Hit]:
+    def search(self, vector: np.ndarray, k: int, *, keep: Filter | None = None) -> list[Hit]:
         """Best ``k`` documents for one unit-length query vector, best first (score = cosine of
         the document's best chunk). Documents sharing a vector share its score and come in id
-        order."""
+        order. ``keep``: a metadata filter (embedcore.filters, as the server's Search): only
+        the documents it keeps are ranked, exactly (every kept document's vectors scored)."""
+        if keep is not None:
+            return self._search_kept(vector, k, keep)
         distinct = len(self.index)
         if not distinct or k <= 0:
             return []
@@ -490,6 +512,77 @@ class LocalIndex:
             if len(hits) >= k or wanted >= distinct:
                 return hits
             wanted = min(wanted * 4, distinct)
+
+    def _metadata(self) -> _Table:
+        """Every document's metadata and vectors' keys, read once per version of the index."""
+        if self._table is None or self._table.version != self._version:
+            ids: list[str] = []
+            metadata: list[dict[str, Any]] = []
+            keys: list[int] = []
+            for key, doc_id, meta in self.db.execute("SELECT key, id, metadata FROM docs ORDER BY key"):
+                keys.append(int(key))
+                ids.append(str(doc_id))
+                metadata.append(json.loads(meta or "{}"))
+            # One row per vector of a document: its own (embedded whole) or each chunk's.
+            rows = self.db.execute(
+                "SELECT key, vkey, -1, 0 FROM docs WHERE NOT EXISTS "
+                "(SELECT 1 FROM chunks WHERE chunks.key = docs.key) "
+                "UNION ALL SELECT key, vkey, start, stop FROM chunks ORDER BY 1, 3"
+            ).fetchall()
+            number = {key: n for n, key in enumerate(keys)}
+            self._table = _Table(
+                self._version,
+                MetadataTable(ids, metadata),
+                keys,
+                np.asarray([number[int(r[0])] for r in rows], dtype=np.int64),
+                np.asarray([int(r[1]) for r in rows], dtype=np.uint64),
+                [(int(r[2]), int(r[3])) for r in rows],
+            )
+        return self._table
+
+    def _search_kept(self, vector: np.ndarray, k: int, keep: Filter) -> list[Hit]:
+        """Exact search over the documents ``keep`` keeps (see :meth:`search`)."""
+        table = self._metadata()
+        kept = keep.mask(table.metadata)
+        rows = np.flatnonzero(kept[table.owner]) if len(table.owner) else np.zeros(0, np.int64)
+        if not len(rows) or k <= 0:
+            return []
+        source = self.rescore if self.rescore is not None else self.index
+        vkeys = table.vkeys[rows]
+        stored = np.asarray(source.get(vkeys, dtype="f32"), dtype=np.float32).reshape(len(rows), self.dims)
+        stored /= np.clip(np.linalg.norm(stored, axis=1, keepdims=True), 1e-12, None)
+        query = np.asarray(vector, dtype=np.float32).reshape(self.dims)
+        scores = stored @ (query / max(float(np.linalg.norm(query)), 1e-12))
+        order = np.argsort(-scores, kind="stable")
+        hits: list[Hit] = []
+        seen: set[int] = set()
+        for i in order.tolist():
+            doc = int(table.owner[rows[i]])
+            if doc in seen:
+                continue
+            seen.add(doc)
+            row = self.db.execute(
+                "SELECT text, text_truncated FROM docs WHERE key = ?", (table.keys[doc],)
+            ).fetchone()
+            text = str(row[0] or "")
+            start, stop = table.spans[rows[i]]
+            whole = start < 0
+            hits.append(
+                Hit(
+                    table.metadata.ids[doc],
+                    float(scores[i]),
+                    text,
+                    table.metadata.metadata[doc],
+                    bool(row[1]),
+                    int(vkeys[i]),
+                    0 if whole else start,
+                    len(text) if whole else stop,
+                    "" if whole else text[start:stop],
+                )
+            )
+            if len(hits) >= k:
+                break
+        return hits
 
     def _walk(self, index: Index, query: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """(keys, distances) of the ``count`` nearest (fewer only when the index holds fewer)."""

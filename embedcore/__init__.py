@@ -3,7 +3,8 @@
 Both sides import these public names (never each other's modules): the tokenizer set up as
 sentence-transformers does, pooling and normalization in numpy, Matryoshka truncation, the
 edge projection (identity, PCA rotation, linear adaptor), the edge-bundle format and the ONNX
-Runtime encoder built from it. Dependencies: numpy, tokenizers, onnxruntime.
+Runtime encoder built from it, and the metadata filter language of Search.
+Dependencies: numpy, tokenizers, onnxruntime.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from embedcore.bundle import (
     verify_file,
 )
 from embedcore.errors import BundleError, BundleIntegrityError
+from embedcore.filters import Filter, FilterError, MetadataTable, parse_filter
 from embedcore.onnx_encoder import OnnxEncoder, OnnxModel
 from embedcore.pooling import PoolingMode, l2_normalize, pool, truncate_dims
 from embedcore.projection import Projection, fit_pca_rotation, pca_directions
@@ -46,7 +48,10 @@ __all__ = [
     "BundleIntegrityError",
     "EdgeBundle",
     "FileEntry",
+    "Filter",
+    "FilterError",
     "Manifest",
+    "MetadataTable",
     "ModelTokenizer",
     "NoContentError",
     "OnnxEncoder",
@@ -65,6 +70,7 @@ __all__ = [
     "no_content_message",
     "pad_token_id",
     "pad_tokens",
+    "parse_filter",
     "pca_directions",
     "pool",
     "sha256_file",

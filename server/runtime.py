@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from server.calibration import Calibration, sample_path
+from server.catalog import Catalog
 from server.edge_builder import EdgeBundles
 from server.embedder import Embedder, Priority
 from server.ingest import Ingestor
@@ -48,6 +49,7 @@ class Runtime:
     edge: EdgeBundles
     ingestor: Ingestor
     searcher: Searcher
+    catalog: Catalog  # ListCollections, DropCollection, GetDocuments
     syncer: Syncer
     tokens: TokenInspector
     tei: TeiEngine  # TEI's API (gRPC tei.v1 and the HTTP routes) over the same embedder
@@ -140,6 +142,17 @@ async def build_runtime(
     except BaseException:
         await asyncio.to_thread(store.close)
         raise
+    searcher = Searcher(
+        store,
+        indexes,
+        embedder,
+        spec,
+        settings.search_max_k,
+        max_message_bytes=settings.max_message_bytes,
+        lexical=lexical,
+        filter_exact_max=settings.search_filter_exact_max,
+        batch_max_queries=settings.search_batch_max_queries,
+    )
     runtime = Runtime(
         settings=settings,
         spec=spec,
@@ -150,14 +163,14 @@ async def build_runtime(
         edge=edge,
         lexical=lexical,
         ingestor=Ingestor.from_settings(store, indexes, embedder, spec, settings, lexical=lexical),
-        searcher=Searcher(
+        searcher=searcher,
+        catalog=Catalog(
             store,
             indexes,
-            embedder,
-            spec,
-            settings.search_max_k,
+            lexical,
+            searcher,
+            serving_fingerprint=spec.fingerprint,
             max_message_bytes=settings.max_message_bytes,
-            lexical=lexical,
         ),
         syncer=Syncer(store, spec, edge, max_message_bytes=settings.max_message_bytes),
         tokens=TokenInspector(

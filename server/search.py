@@ -16,6 +16,20 @@ the whole document (its span is the whole text); a hybrid hit keeps its dense si
 Brute-force paths use a per-collection matrix of normalized vectors (one row per chunk), cached
 until the collection's sequence moves.
 
+Metadata filters (:mod:`embedcore.filters`, ``SearchQuery.filter``) are evaluated over a
+per-collection table of the documents' metadata (read without their texts, each field's column
+extracted once), cached with the collection's incarnation and sequence. Every path ranks only
+the documents the filter keeps: brute force and the quantized first pass score only their rows;
+the approximate index, which cannot filter inside its graph (usearch's Python binding), is
+skipped for an exact search of the kept documents when at most ``filter_exact_max`` are kept
+(``--search-filter-exact-max``, 1000 by default, measured: benchmarks/bench_filter.py), and
+otherwise asked for ``k * documents / kept * FILTER_OVERSAMPLE`` candidates, falling back to
+the exact search when fewer than k of them pass. LEXICAL ranks only kept rows; HYBRID fuses
+two filtered lists.
+
+A search may give a vector instead of a query (``SearchQuery.vector``): it is normalized and
+used as the query's embedding would be.
+
 A response is bounded in bytes, not only by ``k`` (server.message_size): every hit keeps its id
 and score; texts fill what is left of the message limit in rank order, and a text that does not
 fit is cut (``text_truncated``); only when the hits' metadata alone would not fit is it left out
@@ -25,19 +39,21 @@ of the lowest-ranked hits (``metadata_omitted``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from embedcore import l2_normalize, truncate_dims
+from embedcore import Filter, FilterError, MetadataTable, l2_normalize, parse_filter, truncate_dims
 from server import fusion
 from server import message_size as size
 from server.embedder import Embedder, Priority
-from server.errors import InvalidArgument, NotFound, PreconditionFailed
+from server.errors import InvalidArgument, NotFound, PreconditionFailed, ServiceError
 from server.ingest import stale_message, validate_collection
 from server.model import ModelSpec
 from server.store import Indexes, Store
@@ -49,6 +65,9 @@ FirstPass = Literal["float", "int8", "ubinary"]
 Mode = Literal["dense", "lexical", "hybrid"]
 FusionKind = Literal["rrf", "weighted"]
 MAX_RESCORE_MULTIPLIER = 100
+# Candidates asked of the approximate index per result a filter is expected to keep: twice
+# what the kept share predicts, so one round usually holds k kept documents.
+FILTER_OVERSAMPLE = 2.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +85,8 @@ class SearchQuery:
     fusion: FusionKind | None = None  # None: unset (HYBRID: RRF)
     alpha: float | None = None  # WEIGHTED: the dense side's weight; None: fusion.DEFAULT_ALPHA
     rrf_k: int | None = None  # RRF: the rank constant; None: fusion.DEFAULT_RRF_K
+    filter: str = ""  # a metadata filter's JSON text (embedcore.filters); "": none
+    vector: np.ndarray | None = None  # (dims,) float32: search by it instead of query
 
 
 @dataclass(frozen=True)
@@ -95,6 +116,33 @@ class SearchResult:
 
 
 @dataclass
+class _Metadata:
+    """Every live document's metadata of one collection version, and what a filter kept."""
+
+    version: tuple[str, int]  # (incarnation, sequence)
+    table: MetadataTable
+    row_of: dict[str, int]
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """The documents a filter keeps: a mask over the metadata table's rows."""
+
+    meta: _Metadata
+    mask: np.ndarray  # (documents,) bool
+    count: int
+
+    def allows(self, ids: list[str]) -> np.ndarray:
+        """(len(ids),) bool: which of ``ids`` are kept (an id the table lacks is not)."""
+        rows = [self.meta.row_of.get(i, -1) for i in ids]
+        out = np.zeros(len(ids), dtype=bool)
+        for n, row in enumerate(rows):
+            if row >= 0:
+                out[n] = self.mask[row]
+        return out
+
+
+@dataclass
 class _Matrix:
     sequence: int
     ids: list[str]  # per row (a chunked document's id on each of its rows)
@@ -102,6 +150,8 @@ class _Matrix:
     ordinals: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # (n,) chunk of each row
     owner: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (n,) document number
     documents: int = 0
+    doc_ids: list[str] = field(default_factory=list)  # (documents,) in id order
+    incarnation: str = ""
     # (kind, dims) -> truncated or quantized copies, made on first use; same lifetime as vectors
     derived: dict[tuple[str, int], tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
 
@@ -129,20 +179,32 @@ class Searcher:
         *,
         max_message_bytes: int,
         lexical: LexicalIndexes | None = None,
+        filter_exact_max: int = 1000,
+        batch_max_queries: int = 64,
     ) -> None:
         """``max_message_bytes``: the server's gRPC message limit, which a response must fit.
-        ``lexical``: the BM25 indexes (None: LEXICAL and HYBRID are FAILED_PRECONDITION)."""
+        ``lexical``: the BM25 indexes (None: LEXICAL and HYBRID are FAILED_PRECONDITION).
+        ``filter_exact_max``: a filter keeping at most this many documents is answered by an
+        exact search over them instead of the approximate index. ``batch_max_queries``: the
+        most searches one :meth:`search_batch` takes."""
         self.store, self.indexes, self.embedder, self.spec, self.max_k = store, indexes, embedder, spec, max_k
         self.lexical = lexical
+        self.filter_exact_max = filter_exact_max
+        self.batch_max_queries = batch_max_queries
         self.max_response_bytes = max_message_bytes - size.RESPONSE_OVERHEAD
         self._matrices: dict[str, _Matrix] = {}
+        self._metadata: dict[str, _Metadata] = {}
         self._lock = threading.Lock()
 
-    def validate(self, q: SearchQuery) -> None:
+    def validate(self, q: SearchQuery) -> Filter | None:
+        """InvalidArgument naming the field for a query the server refuses; the parsed filter."""
         validate_collection(q.collection)
-        if not q.query.strip():
-            raise InvalidArgument("query must not be empty", field="query")
-        check_characters(q.query, "query")
+        if q.vector is not None:
+            self._validate_vector(q)
+        else:
+            if not q.query.strip():
+                raise InvalidArgument("query must not be empty (or give vector instead)", field="query")
+            check_characters(q.query, "query")
         if not 0 < q.k <= self.max_k:
             raise InvalidArgument(f"k must be between 1 and {self.max_k}", field="k")
         if q.truncate_dim is not None:
@@ -153,6 +215,35 @@ class Searcher:
                 field="rescore_multiplier",
             )
         self._validate_mode(q)
+        if not q.filter:
+            return None
+        try:
+            return parse_filter(q.filter)
+        except FilterError as exc:
+            raise InvalidArgument(f"filter: {exc}", field="filter") from None
+
+    def _validate_vector(self, q: SearchQuery) -> None:
+        assert q.vector is not None  # the caller's branch
+        if q.query:
+            raise InvalidArgument("give query or vector, not both", field="vector")
+        if q.mode != "dense":
+            raise InvalidArgument(
+                "vector searches the embeddings only: mode must be DENSE (LEXICAL and HYBRID need "
+                "query text)",
+                field="vector",
+            )
+        if q.prompt_name is not None:
+            raise InvalidArgument("prompt_name applies to query text, not to vector", field="prompt_name")
+        dims = self.spec.dimension
+        if q.vector.shape != (dims,):
+            raise InvalidArgument(
+                f"vector has {q.vector.size} values; the model's vectors have {dims} dimensions",
+                field="vector",
+            )
+        if not np.isfinite(q.vector).all():
+            raise InvalidArgument("vector must hold finite numbers (no NaN or Infinity)", field="vector")
+        if not np.any(q.vector):
+            raise InvalidArgument("vector must not be all zeros (it has no direction)", field="vector")
 
     @staticmethod
     def _validate_mode(q: SearchQuery) -> None:
@@ -188,8 +279,30 @@ class Searcher:
             if not 1 <= q.rrf_k <= fusion.MAX_RRF_K:
                 raise InvalidArgument(f"rrf_k must be between 1 and {fusion.MAX_RRF_K}", field="rrf_k")
 
-    async def search(self, q: SearchQuery) -> SearchResult:
-        self.validate(q)
+    async def search_batch(self, queries: list[SearchQuery]) -> list[SearchResult]:
+        """One result per query, in order; each response gets an equal share of the message
+        limit. Every query is validated first: an error names its position (``requests[i]``)."""
+        if not 0 < len(queries) <= self.batch_max_queries:
+            raise InvalidArgument(
+                f"requests must hold 1 to {self.batch_max_queries} searches, got {len(queries)}",
+                field="requests",
+            )
+        for i, q in enumerate(queries):
+            with positioned("requests", i):
+                self.validate(q)
+        budget = self.max_response_bytes // len(queries)
+
+        async def one(i: int, q: SearchQuery) -> SearchResult:
+            with positioned("requests", i):
+                return await self.search(q, budget=budget)
+
+        return list(await asyncio.gather(*(one(i, q) for i, q in enumerate(queries))))
+
+    async def search(self, q: SearchQuery, *, budget: int | None = None) -> SearchResult:
+        """The best ``q.k`` documents (see the module docstring); ``budget``: the response's
+        bytes (default: the message limit)."""
+        kept_filter = self.validate(q)
+        budget = self.max_response_bytes if budget is None else budget
         meta = await asyncio.to_thread(self.store.collection, q.collection)
         if meta is None:
             raise NotFound(f"no collection {q.collection!r}", field="collection")
@@ -197,40 +310,75 @@ class Searcher:
             raise PreconditionFailed(stale_message(q.collection, meta.fingerprint, self.spec.fingerprint))
         if q.mode != "dense" and self.lexical is None:
             raise PreconditionFailed("this server has no lexical indexes: only mode DENSE is available")
+        kept = None
+        if kept_filter is not None:
+            kept = await asyncio.to_thread(self._kept, q.collection, kept_filter)
         if q.mode == "lexical":
-            matches, lexical_sequence = await asyncio.to_thread(self._rank_lexical, q, q.k)
-            lexical_hits = await asyncio.to_thread(self._hits, q, [(i, s, -1) for i, s in matches])
+            matches, lexical_sequence = await asyncio.to_thread(self._rank_lexical, q, q.k, kept)
+            lexical_hits = await asyncio.to_thread(self._hits, q, [(i, s, -1) for i, s in matches], budget)
             return SearchResult(lexical_hits, lexical_sequence)
-        prompt = self.spec.query_prompt_name if q.prompt_name is None else q.prompt_name
-        encoded = await self.embedder.encode(
-            [q.query], prompt_name=prompt, priority=Priority.INTERACTIVE, field=["query"]
-        )
-        query = encoded.vectors[0]
-        if q.mode == "hybrid":
-            ranked, sequence = await asyncio.to_thread(self._rank_hybrid, q, query)
+        if q.vector is not None:
+            query = l2_normalize(np.asarray(q.vector, dtype=np.float32)[None, :])[0]
+            timing: tuple[int, int, int, int] = (0, 0, 0, 0)
         else:
-            ranked, sequence = await asyncio.to_thread(self._rank, q, query)
-        hits = await asyncio.to_thread(self._hits, q, ranked)
-        return SearchResult(
-            hits,
-            sequence,
-            encoded.queue_ns,
-            encoded.tokenization_ns,
-            encoded.inference_ns,
-            sum(encoded.token_counts),
-        )
+            prompt = self.spec.query_prompt_name if q.prompt_name is None else q.prompt_name
+            encoded = await self.embedder.encode(
+                [q.query], prompt_name=prompt, priority=Priority.INTERACTIVE, field=["query"]
+            )
+            query = encoded.vectors[0]
+            timing = (
+                encoded.queue_ns,
+                encoded.tokenization_ns,
+                encoded.inference_ns,
+                sum(encoded.token_counts),
+            )
+        if q.mode == "hybrid":
+            ranked, sequence = await asyncio.to_thread(self._rank_hybrid, q, query, kept)
+        else:
+            ranked, sequence = await asyncio.to_thread(self._rank, q, query, kept)
+        hits = await asyncio.to_thread(self._hits, q, ranked, budget)
+        return SearchResult(hits, sequence, *timing)
 
-    def _rank_lexical(self, q: SearchQuery, depth: int) -> tuple[list[tuple[str, float]], int]:
-        """(id, BM25 score) of the best ``depth`` documents, best first; the sequence reflected."""
+    def _kept(self, collection: str, kept_filter: Filter) -> _Kept:
+        """What ``kept_filter`` keeps of the collection's live documents."""
+        meta = self.metadata(collection)
+        mask = kept_filter.mask(meta.table)
+        return _Kept(meta, mask, int(mask.sum()))
+
+    def metadata(self, collection: str) -> _Metadata:
+        """Every live document's metadata, read once per collection version (texts not read)."""
+        with self._lock:
+            head = self.store.collection(collection)
+            version = (head.incarnation, head.sequence) if head else ("", 0)
+            cached = self._metadata.get(collection)
+            if cached is None or cached.version != version:
+                ids, metadata = self.store.metadata_rows(collection)
+                cached = _Metadata(version, MetadataTable(ids, metadata), {d: i for i, d in enumerate(ids)})
+                self._metadata[collection] = cached
+            return cached
+
+    def forget(self, collection: str) -> None:
+        """Drop what is cached of ``collection`` (it was dropped)."""
+        with self._lock:
+            self._matrices.pop(collection, None)
+            self._metadata.pop(collection, None)
+
+    def _rank_lexical(
+        self, q: SearchQuery, depth: int, kept: _Kept | None = None
+    ) -> tuple[list[tuple[str, float]], int]:
+        """(id, BM25 score) of the best ``depth`` documents (those ``kept``, when given), best
+        first; the sequence reflected."""
         assert self.lexical is not None  # checked by search()
-        return self.lexical.search(q.collection, q.query, depth)
+        return self.lexical.search(q.collection, q.query, depth, None if kept is None else kept.allows)
 
-    def _rank_hybrid(self, q: SearchQuery, query: np.ndarray) -> tuple[list[tuple[str, float, int]], int]:
+    def _rank_hybrid(
+        self, q: SearchQuery, query: np.ndarray, kept: _Kept | None = None
+    ) -> tuple[list[tuple[str, float, int]], int]:
         """Both candidate lists, ``max(k, 100)`` deep, fused; the older of their sequences.
         Each hit keeps its dense side's best chunk (-1, the whole text, when only BM25 found it)."""
         depth = max(q.k, fusion.CANDIDATES)
-        dense, dense_sequence = self._rank(dataclasses.replace(q, k=depth), query)
-        lexical, lexical_sequence = self._rank_lexical(q, depth)
+        dense, dense_sequence = self._rank(dataclasses.replace(q, k=depth), query, kept)
+        lexical, lexical_sequence = self._rank_lexical(q, depth, kept)
         dense_pairs = [(doc_id, score) for doc_id, score, _ in dense]
         if q.fusion == "weighted":
             alpha = fusion.DEFAULT_ALPHA if q.alpha is None else q.alpha
@@ -241,16 +389,32 @@ class Searcher:
         ranked = [(doc_id, score, ordinal.get(doc_id, -1)) for doc_id, score in fused[: q.k]]
         return ranked, min(dense_sequence, lexical_sequence)
 
-    def _rank(self, q: SearchQuery, query: np.ndarray) -> tuple[list[tuple[str, float, int]], int]:
-        """(id, score, best chunk ordinal) of the best documents, best first; the sequence."""
-        if not (q.exact or q.truncate_dim is not None or q.first_pass != "float"):
+    def _rank(
+        self, q: SearchQuery, query: np.ndarray, kept: _Kept | None = None
+    ) -> tuple[list[tuple[str, float, int]], int]:
+        """(id, score, best chunk ordinal) of the best documents (among those ``kept``, when
+        given), best first; the sequence."""
+        approximate = not (q.exact or q.truncate_dim is not None or q.first_pass != "float")
+        if approximate and (kept is None or kept.count > self.filter_exact_max):
             index = self.indexes.get(q.collection)
-            keys, scores, ordinals = index.search_chunks(query, q.k)
+            total = len(index)
+            wanted = q.k
+            if kept is not None:
+                if kept.count == 0:
+                    return [], index.sequence
+                wanted = min(max(total, q.k), math.ceil(q.k * max(total, 1) / kept.count * FILTER_OVERSAMPLE))
+            keys, scores, ordinals = index.search_chunks(query, wanted)
             ids = self.store.ids_for_keys(q.collection, [int(k) for k in keys])
             ranked = [
                 (i, float(s), int(o)) for i, s, o in zip(ids, scores, ordinals, strict=True) if i is not None
             ]
-            return ranked, index.sequence
+            if kept is None:
+                return ranked, index.sequence
+            allowed = kept.allows([doc_id for doc_id, _, _ in ranked])
+            ranked = [r for r, ok in zip(ranked, allowed, strict=True) if ok]
+            if len(ranked) >= min(q.k, kept.count) or wanted >= total:
+                return ranked[: q.k], index.sequence
+            # too few kept documents among the candidates: exact over the kept ones
         matrix = self.matrix(q.collection)
         if len(matrix.ids) == 0:
             return [], matrix.sequence
@@ -258,17 +422,26 @@ class Searcher:
         vectors = matrix.view("float", dims)[0]
         qv = truncate_dims(query[None, :], dims)[0]
         chunked = len(matrix.ids) > matrix.documents
+        rows = None if kept is None else self._kept_rows(matrix, kept)
+        if rows is not None and len(rows) == 0:
+            return [], matrix.sequence
         if q.first_pass == "float":
-            candidates = np.arange(len(matrix.ids))
+            candidates = np.arange(len(matrix.ids)) if rows is None else rows
         else:
             codes, scale = matrix.view(q.first_pass, dims)
-            first = _first_pass_scores(codes, scale, qv, q.first_pass)
+            first = _first_pass_scores(codes if rows is None else codes[rows], scale, qv, q.first_pass)
             if chunked:  # the documents whose best chunk scores highest, all their chunks
-                per_doc = _per_document_max(first, matrix.owner, matrix.documents)
-                best_docs = _top(per_doc, q.k * q.rescore_multiplier)
-                candidates = np.flatnonzero(np.isin(matrix.owner, best_docs))
+                owners = matrix.owner if rows is None else matrix.owner[rows]
+                per_doc = _per_document_max(first, owners, matrix.documents)
+                wanted = q.k * q.rescore_multiplier
+                if rows is not None:  # never a document the filter dropped (scored -inf)
+                    wanted = min(wanted, len(np.unique(owners)))
+                best_docs = _top(per_doc, wanted)
+                within = np.flatnonzero(np.isin(owners, best_docs))
+                candidates = within if rows is None else rows[within]
             else:
-                candidates = _top(first, q.k * q.rescore_multiplier)
+                best = _top(first, q.k * q.rescore_multiplier)
+                candidates = best if rows is None else rows[best]
         scores = vectors[candidates] @ qv
         if chunked:
             best = candidates[_best_per_document(scores, matrix.owner[candidates], q.k)]
@@ -277,13 +450,22 @@ class Searcher:
         ranked = [(matrix.ids[i], float(vectors[i] @ qv), int(matrix.ordinals[i])) for i in best]
         return ranked, matrix.sequence
 
+    @staticmethod
+    def _kept_rows(matrix: _Matrix, kept: _Kept) -> np.ndarray:
+        """The matrix rows of the documents ``kept``, ascending."""
+        # The same collection version: the same documents in the same order; else match by id.
+        same = matrix.doc_ids == kept.meta.table.ids
+        doc_mask = kept.mask if same else kept.allows(matrix.doc_ids)
+        return np.flatnonzero(doc_mask[matrix.owner]) if matrix.documents else np.zeros(0, np.int64)
+
     def matrix(self, collection: str) -> _Matrix:
         """All live vectors of ``collection``, normalized; rebuilt when the collection changed."""
         with self._lock:
             meta = self.store.collection(collection)
             head = meta.sequence if meta else 0
+            incarnation = meta.incarnation if meta else ""
             cached = self._matrices.get(collection)
-            if cached is None or cached.sequence != head:
+            if cached is None or cached.sequence != head or cached.incarnation != incarnation:
                 keys, ids, ordinals, vectors = self.store.chunk_matrix(collection)
                 # rows of one document are adjacent: a new document starts where the key changes
                 starts = np.ones(len(keys), dtype=bool)
@@ -296,11 +478,13 @@ class Searcher:
                     ordinals,
                     owner,
                     int(starts.sum()),
+                    [ids[i] for i in np.flatnonzero(starts)],
+                    incarnation,
                 )
                 self._matrices[collection] = cached
             return cached
 
-    def _hits(self, q: SearchQuery, ranked: list[tuple[str, float, int]]) -> list[Hit]:
+    def _hits(self, q: SearchQuery, ranked: list[tuple[str, float, int]], budget: int) -> list[Hit]:
         """Hits of (id, score, best chunk ordinal; -1: the whole document) in rank order."""
         docs = self.store.documents(q.collection, [doc_id for doc_id, _, _ in ranked])
         hits = []
@@ -313,7 +497,19 @@ class Searcher:
             snippet = text[start:stop] if doc.chunks and not whole else ""
             metadata = doc.metadata if q.include_text else {}
             hits.append(Hit(doc_id, score, text, metadata, False, False, start, stop, snippet))
-        return fit_hits(hits, self.max_response_bytes)
+        return fit_hits(hits, budget)
+
+
+@contextlib.contextmanager
+def positioned(name: str, i: int) -> Iterator[None]:
+    """A service error raised inside names item ``i`` of the list ``name`` (``requests[2].k``)."""
+    try:
+        yield
+    except ServiceError as exc:
+        where = f"{name}[{i}]"
+        raise type(exc)(
+            f"{where}: {exc.message}", field=f"{where}.{exc.field}" if exc.field else where
+        ) from exc
 
 
 def fit_hits(hits: list[Hit], budget: int) -> list[Hit]:

@@ -83,6 +83,19 @@ class Settings:
         8 * 1024 * 1024, "largest document text Ingest stores, in UTF-8 bytes (larger: an ItemError)"
     )
     search_max_k: int = _opt(1000, "largest k a Search may ask for")
+    # usearch's Python binding cannot filter inside its graph walk: a filter keeping few
+    # documents makes the oversampled index walk most of the collection. Measured on SciFact
+    # (5,183 documents, k=10, benchmarks/bench_filter.py, README "Filtered search latency"):
+    # exact over the kept documents 2.8-5.4 ms p50 up to 1,000 kept, the oversampled index
+    # 33-50 ms at 5-25 kept, 5.1 ms at 500, 6.0 ms at 1,000, 3-4 ms from 2,000 (exact 9-12 ms
+    # there): exact is as fast up to 1,000 kept (two runs) and returns the exact top k.
+    search_filter_exact_max: int = _opt(
+        1000,
+        "a Search whose metadata filter keeps at most this many documents scores them exactly "
+        "instead of asking the approximate index (oversampled, exact when too few pass); 0 = "
+        "always ask the index first",
+    )
+    search_batch_max_queries: int = _opt(64, "most searches in one SearchBatch call")
     # --- chunking of long documents (issue 13) ---
     # Off by default until chunking keeps issue 20's memory bound: with it on, the parent's peak
     # during a stream of 2 MiB documents (tests/test_faults_memory.py, bound 48 MiB) measured
@@ -296,6 +309,7 @@ class Settings:
             "ingest_max_pending_bytes",
             "ingest_commit_bytes",
             "search_max_k",
+            "search_batch_max_queries",
             "index_save_interval_s",
         )
         for name in positive:
@@ -308,6 +322,10 @@ class Settings:
                     raise ValueError(
                         f"--{_flag(name)} and --{_flag(other)} are both {port}; give each its own"
                     )
+        if self.search_filter_exact_max < 0:
+            raise ValueError(
+                f"--search-filter-exact-max must be 0 or positive, got {self.search_filter_exact_max}"
+            )
         if self.chunk_tokens < 0:
             raise ValueError(
                 f"--chunk-tokens must be 0 (the model's maximum) or positive, got {self.chunk_tokens}"

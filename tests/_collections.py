@@ -14,6 +14,8 @@ from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1.embedding_pb2_grpc import CollectionServiceStub
 from server.commands.ingest import read_corpus
 
+# The shared live server's --search-filter-exact-max (tests/conftest.py).
+LIVE_FILTER_EXACT_MAX = 30
 # A small subset of BEIR SciFact kept in the repository (tests/fixtures/scifact/SOURCE.md).
 SCIFACT = Path(__file__).resolve().parent / "fixtures" / "scifact"
 

@@ -61,10 +61,18 @@ def live_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
     Tests that use it pick unique collection names; tests that must kill or restart a server
     start their own with tests.server_harness.running_server.
     """
+    from tests._collections import LIVE_FILTER_EXACT_MAX
     from tests.server_harness import running_server
 
-    # Chunking on (off by default): the shared server's tests cover chunked documents too.
-    with running_server(tmp_path_factory.mktemp("live") / "data", "--chunking") as server:
+    # Chunking on (off by default): the shared server's tests cover chunked documents too. A low
+    # --search-filter-exact-max: filtered searches of the fixture corpus take both paths
+    # (exact over the kept documents, and the oversampled index) in tests/test_filters_live.py.
+    with running_server(
+        tmp_path_factory.mktemp("live") / "data",
+        "--chunking",
+        "--search-filter-exact-max",
+        str(LIVE_FILTER_EXACT_MAX),
+    ) as server:
         yield server
 
 

@@ -54,6 +54,14 @@ SEEDS: dict[str, Message] = {
     ),
     "embedding.v1.SearchRequest": pb.SearchRequest(collection="fuzz-seed", query="a query", k=3),
     "embedding.v1.DeleteRequest": pb.DeleteRequest(collection="fuzz-seed", ids=["d"]),
+    "embedding.v1.SearchBatchRequest": pb.SearchBatchRequest(
+        requests=[
+            pb.SearchRequest(collection="fuzz-seed", query="a query", k=3, filter='{"k": {"in": [1, "v"]}}'),
+            pb.SearchRequest(collection="fuzz-seed", vector=[0.5] * 384, k=2),
+        ]
+    ),
+    "embedding.v1.GetDocumentsRequest": pb.GetDocumentsRequest(collection="fuzz-seed", ids=["d", "e"]),
+    "embedding.v1.DropCollectionRequest": pb.DropCollectionRequest(collection="fuzz-dropped"),
     "embedding.v1.SyncVectorsRequest": pb.SyncVectorsRequest(collection="fuzz-seed", since_sequence=1),
     "embedding.v1.GetEdgeBundleRequest": pb.GetEdgeBundleRequest(files=["tokenizer.json"]),
     "tei.v1.EmbedRequest": tei_pb2.EmbedRequest(inputs="a sentence", dimensions=8),

@@ -21,6 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision", choices=_PRECISIONS, default="float32", help="first pass precision (then rescoring)"
     )
+    parser.add_argument(
+        "--filter",
+        default="",
+        metavar="JSON",
+        help='metadata filter (SearchRequest.filter), e.g. \'{"year": {"gte": 2010}, "source": "pubmed"}\'',
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
 
@@ -42,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         k=args.k,
         exact=args.exact,
         precision=precision[args.precision],
+        filter=args.filter,
     )
     if args.dimensions is not None:
         request.dimensions = args.dimensions

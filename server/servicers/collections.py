@@ -1,6 +1,8 @@
-"""embedding.v1.CollectionService: Ingest, Search, Delete, SyncVectors.
+"""embedding.v1.CollectionService: Ingest, Search, SearchBatch, Delete, SyncVectors,
+ListCollections, DropCollection, GetDocuments.
 
-Each RPC converts its request into a domain call (server.ingest, server.search, server.sync)
+Each RPC converts its request into a domain call (server.ingest, server.search, server.sync,
+server.catalog)
 and the result back into protobuf; nothing else happens here.
 """
 
@@ -20,7 +22,7 @@ from server.errors import InvalidArgument
 from server.ingest import MAX_COLLECTION_BYTES, MAX_ID_BYTES, IngestItem, IngestOutcome, ReadAhead, footprint
 from server.memory import release_freed_memory
 from server.runtime import Runtime
-from server.search import FirstPass, FusionKind, Mode, SearchQuery
+from server.search import FirstPass, FusionKind, Mode, SearchQuery, SearchResult, positioned
 from server.servicers._convert import item_error, plain_struct, precision_of, struct
 from server.servicers._rpc import UnparsedRequest, abort
 from server.sync import SyncRequest
@@ -155,43 +157,41 @@ class CollectionServicer:
                 await asyncio.wait([reader])
                 asyncio.get_running_loop().run_in_executor(None, release_freed_memory)
 
-    async def Search(self, request: Any, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
-        started = time.perf_counter_ns()
-        try:
-            if isinstance(request, UnparsedRequest):
-                raise request.error()
-            precision = precision_of(request.precision, "precision")
-            if precision not in _FIRST_PASS:
-                raise InvalidArgument("precision must be FLOAT32, INT8 or UBINARY", field="precision")
-            mode = choice(request.mode, _MODE, "mode", "DENSE, LEXICAL or HYBRID")
-            if mode == "lexical" and request.rescore_multiplier:
-                raise InvalidArgument(
-                    "rescore_multiplier shapes the dense ranking; mode LEXICAL has none (leave it unset)",
-                    field="rescore_multiplier",
-                )
-            query = SearchQuery(
-                collection=request.collection,
-                query=request.query,
-                k=request.k or 10,
-                exact=request.exact,
-                truncate_dim=request.dimensions if request.HasField("dimensions") else None,
-                first_pass=_FIRST_PASS[precision],
-                rescore_multiplier=request.rescore_multiplier or 4,
-                prompt_name=(
-                    check_prompt_name(request.prompt_name, self.runtime.spec.prompts, "prompt_name")
-                    if request.HasField("prompt_name")
-                    else None
-                ),
-                include_text=request.include_text if request.HasField("include_text") else True,
-                mode=mode,
-                fusion=choice(request.fusion, _FUSION, "fusion", "RRF or WEIGHTED"),
-                alpha=request.hybrid_alpha if request.HasField("hybrid_alpha") else None,
-                rrf_k=request.rrf_k if request.HasField("rrf_k") else None,
+    def _search_query(self, request: pb.SearchRequest) -> SearchQuery:
+        precision = precision_of(request.precision, "precision")
+        if precision not in _FIRST_PASS:
+            raise InvalidArgument("precision must be FLOAT32, INT8 or UBINARY", field="precision")
+        mode = choice(request.mode, _MODE, "mode", "DENSE, LEXICAL or HYBRID")
+        if mode == "lexical" and request.rescore_multiplier:
+            raise InvalidArgument(
+                "rescore_multiplier shapes the dense ranking; mode LEXICAL has none (leave it unset)",
+                field="rescore_multiplier",
             )
-            result = await self.runtime.searcher.search(query)
-        except Exception as exc:
-            await abort(context, exc)
-            raise  # unreachable: abort raises
+        return SearchQuery(
+            collection=request.collection,
+            query=request.query,
+            k=request.k or 10,
+            exact=request.exact,
+            truncate_dim=request.dimensions if request.HasField("dimensions") else None,
+            first_pass=_FIRST_PASS[precision],
+            rescore_multiplier=request.rescore_multiplier or 4,
+            prompt_name=(
+                check_prompt_name(request.prompt_name, self.runtime.spec.prompts, "prompt_name")
+                if request.HasField("prompt_name")
+                else None
+            ),
+            include_text=request.include_text if request.HasField("include_text") else True,
+            mode=mode,
+            fusion=choice(request.fusion, _FUSION, "fusion", "RRF or WEIGHTED"),
+            alpha=request.hybrid_alpha if request.HasField("hybrid_alpha") else None,
+            rrf_k=request.rrf_k if request.HasField("rrf_k") else None,
+            filter=request.filter,
+            vector=np.asarray(request.vector, dtype=np.float32) if len(request.vector) else None,
+        )
+
+    def _search_response(
+        self, request: pb.SearchRequest, result: SearchResult, started: int
+    ) -> pb.SearchResponse:
         return pb.SearchResponse(
             hits=[
                 pb.SearchHit(
@@ -217,6 +217,107 @@ class CollectionServicer:
             ),
             sequence=result.sequence,
             model_fingerprint=self.runtime.spec.fingerprint,
+        )
+
+    async def Search(self, request: Any, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
+        started = time.perf_counter_ns()
+        try:
+            if isinstance(request, UnparsedRequest):
+                raise request.error()
+            result = await self.runtime.searcher.search(self._search_query(request))
+        except Exception as exc:
+            await abort(context, exc)
+            raise  # unreachable: abort raises
+        return self._search_response(request, result, started)
+
+    async def SearchBatch(self, request: Any, context: grpc.aio.ServicerContext) -> pb.SearchBatchResponse:
+        started = time.perf_counter_ns()
+        try:
+            if isinstance(request, UnparsedRequest):
+                raise request.error()
+            queries = []
+            for i, one in enumerate(request.requests):
+                with positioned("requests", i):
+                    queries.append(self._search_query(one))
+            results = await self.runtime.searcher.search_batch(queries)
+        except Exception as exc:
+            await abort(context, exc)
+            raise
+        return pb.SearchBatchResponse(
+            responses=[
+                self._search_response(one, result, started)
+                for one, result in zip(request.requests, results, strict=True)
+            ]
+        )
+
+    async def ListCollections(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> pb.ListCollectionsResponse:
+        try:
+            if isinstance(request, UnparsedRequest):
+                raise request.error()
+            rows = await self.runtime.catalog.collections()
+        except Exception as exc:
+            await abort(context, exc)
+            raise
+        return pb.ListCollectionsResponse(
+            collections=[
+                pb.CollectionSummary(
+                    name=r.name,
+                    documents=r.documents,
+                    sequence=r.sequence,
+                    model_fingerprint=r.model_fingerprint,
+                    stale=r.stale,
+                    incarnation=r.incarnation,
+                    document_bytes=r.document_bytes,
+                    vector_bytes=r.vector_bytes,
+                    index_bytes=r.index_bytes,
+                    lexical_index_bytes=r.lexical_index_bytes,
+                )
+                for r in rows
+            ]
+        )
+
+    async def DropCollection(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> pb.DropCollectionResponse:
+        try:
+            if isinstance(request, UnparsedRequest):
+                raise request.error()
+            documents = await self.runtime.catalog.drop(request.collection)
+        except Exception as exc:
+            await abort(context, exc)
+            raise
+        return pb.DropCollectionResponse(documents=documents)
+
+    async def GetDocuments(self, request: Any, context: grpc.aio.ServicerContext) -> pb.GetDocumentsResponse:
+        try:
+            if isinstance(request, UnparsedRequest):
+                raise request.error()
+            found = await self.runtime.catalog.get(
+                request.collection,
+                list(request.ids),
+                include_text=request.include_text if request.HasField("include_text") else True,
+            )
+        except Exception as exc:
+            await abort(context, exc)
+            raise
+        return pb.GetDocumentsResponse(
+            documents=[
+                pb.Document(
+                    id=d.id,
+                    text=d.text,
+                    metadata=struct(d.metadata),
+                    content_hash=d.content_hash,
+                    chunks=d.chunks,
+                    sequence=d.sequence,
+                    text_truncated=d.text_truncated,
+                    stored_text=d.stored_text,
+                )
+                for d in found.found
+            ],
+            missing=found.missing,
+            sequence=found.sequence,
         )
 
     async def Delete(self, request: Any, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:

@@ -74,6 +74,7 @@ class CollectionIndex:
         self.dirty = True  # changed since the last save
         self.removed_since_build = 0
         self.rebuilds = 0
+        self.dropped = False  # the collection was dropped: never saved again
 
     @property
     def path(self) -> Path:
@@ -296,7 +297,7 @@ class CollectionIndex:
         """Write a new generation (index + groups), then commit it by renaming the sidecar over
         the old one, when changed since the last save; older generations are then removed."""
         with self.lock:
-            if not self.dirty:
+            if not self.dirty or self.dropped:
                 return False
             self.stem.parent.mkdir(parents=True, exist_ok=True)
             generation = self.generation + 1
@@ -374,6 +375,27 @@ class Indexes:
             # debug: every Search and Ingest catches up; at INFO it was a line per call
             log.debug("index %r caught up with %d changes", collection, applied)
         return index
+
+    def drop(self, collection: str) -> None:
+        """Forget ``collection``'s index and remove its files (the collection was dropped)."""
+        with self._lock:
+            index = self._indexes.pop(collection, None)
+        if index is not None:
+            with index.lock:  # waits for a save in progress; none follows
+                index.dropped = True
+        stem = self.path_for(collection).with_suffix("")
+        for path in [stem.with_suffix(".json"), *stem.parent.glob(f"{stem.name}.*")]:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def nbytes_of(self, collection: str) -> int:
+        """Bytes of ``collection``'s saved usearch index file (0 before its first save)."""
+        with self._lock:
+            index = self._indexes.get(collection)
+        if index is not None:
+            return index.nbytes()
+        stem = self.path_for(collection).with_suffix("")
+        return sum(p.stat().st_size for p in stem.parent.glob(f"{stem.name}.*.usearch"))
 
     def save_all(self) -> int:
         with self._lock:

@@ -44,6 +44,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,9 +167,12 @@ class LexicalIndex:
             quiet = min(self.last_change + DEBOUNCE_S, self.first_change + MAX_WAIT_S)
             return max(quiet, self.last_build_end + self.last_build_s)
 
-    def search(self, query: str, depth: int) -> tuple[list[tuple[str, float]], int]:
+    def search(
+        self, query: str, depth: int, allow: Callable[[list[str]], np.ndarray] | None = None
+    ) -> tuple[list[tuple[str, float]], int]:
         """(id, BM25 score) of the best ``depth`` documents that match a query term, best first;
-        the sequence that answer reflects (read with the rows it searched)."""
+        the sequence that answer reflects (read with the rows it searched). ``allow``: given
+        ids, a bool array of those a metadata filter keeps (only they are ranked)."""
         terms = tokenize([query])[0]
         with self.lock:
             snapshot, masked = self.snapshot, self.masked.copy()
@@ -183,6 +187,8 @@ class LexicalIndex:
         scores = np.asarray(model.get_scores_from_ids(term_ids), dtype=np.float32)
         scores[masked] = 0.0
         matched = np.flatnonzero(scores > 0)
+        if allow is not None and len(matched):
+            matched = matched[allow([snapshot.ids[i] for i in matched])]
         if len(matched) > depth:
             matched = matched[np.argpartition(-scores[matched], depth)[:depth]]
         order = matched[np.argsort(-scores[matched], kind="stable")]
@@ -283,12 +289,32 @@ class LexicalIndexes:
             self.touch(collection)  # the rebuild thread schedules it
         return index
 
-    def search(self, collection: str, query: str, depth: int) -> tuple[list[tuple[str, float]], int]:
-        """(id, BM25 score) of the best ``depth`` matches, and the sequence reflected."""
+    def search(
+        self, collection: str, query: str, depth: int, allow: Callable[[list[str]], np.ndarray] | None = None
+    ) -> tuple[list[tuple[str, float]], int]:
+        """(id, BM25 score) of the best ``depth`` matches (among those ``allow`` keeps, when
+        given: see :meth:`LexicalIndex.search`), and the sequence reflected."""
         index = self.get(collection)
         if index is None:
             return [], 0
-        return index.search(query, depth)
+        return index.search(query, depth, allow)
+
+    def drop(self, collection: str) -> None:
+        """Forget ``collection``'s index and remove its files (the collection was dropped)."""
+        with self._lock:
+            self._indexes.pop(collection, None)
+        stem = self._stem(collection)
+        with contextlib.suppress(FileNotFoundError):
+            stem.with_suffix(".json").unlink()
+        for old in stem.parent.glob(f"{stem.name}.*"):
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+
+    def nbytes_of(self, collection: str) -> int:
+        """Bytes of ``collection``'s saved index files."""
+        stem = self._stem(collection)
+        files = [stem.with_suffix(".json"), *stem.parent.glob(f"{stem.name}.*/*")]
+        return sum(p.stat().st_size for p in files if p.is_file())
 
     def nbytes(self) -> int:
         if not self.directory.is_dir():
@@ -313,6 +339,11 @@ class LexicalIndexes:
         index.last_build_end = time.monotonic()
         index.last_build_s = index.last_build_end - started
         index.catch_up(self.store)  # what was committed during the build
+        if threading.current_thread() is self._thread:  # (get() builds holding self._lock)
+            with self._lock:
+                dropped = index is not self._indexes.get(collection)
+            if dropped:  # the collection was dropped while the rebuild thread built it
+                return None
         log.debug(
             "lexical index %r built: %d rows at sequence %d in %.2f s",
             collection,

@@ -539,6 +539,29 @@ class Store:
 
         return self._write(write)
 
+    def drop_collection(self, collection: str) -> int | None:
+        """Remove ``collection``: its header, documents, change log, log positions and keys, in
+        one transaction; returns how many documents it held (None: no such collection). Its
+        vectors stay (other collections may share them; ``gc`` drops unused ones)."""
+        dbs = self._db
+        pfx = rec.prefix(collection)
+
+        def write(txn: Any) -> int | None:
+            raw = txn.get(collection.encode(), db=dbs["collections"])
+            if raw is None:
+                return None
+            for name in ("docs", "logpos", "changes", "keys"):
+                cursor = txn.cursor(db=dbs[name])
+                if not cursor.set_range(pfx):
+                    continue
+                while bytes(cursor.key()).startswith(pfx):
+                    if not cursor.delete():  # moves to the next record; False at the end
+                        break
+            txn.delete(collection.encode(), db=dbs["collections"])
+            return CollectionMeta.unpack(raw).documents
+
+        return self._write(write)
+
     def set_fingerprint(self, collection: str, fingerprint: str, dimension: int) -> None:
         """After ``reembed`` rewrote every document: the collection now belongs to this model."""
 
@@ -578,6 +601,41 @@ class Store:
         def read(txn: Any) -> list[DocRecord | None]:
             raws = [txn.get(rec.doc_key(collection, d), db=db) for d in doc_ids]
             return [None if r is None else rec.unpack_doc(r) for r in raws]
+
+        return self._read(read)
+
+    def metadata_rows(self, collection: str, batch: int = 4096) -> tuple[list[str], list[dict[str, Any]]]:
+        """(ids, metadata) of every live document of ``collection`` in id order (the order of
+        :meth:`iter_documents` and :meth:`chunk_matrix`); texts are not decoded."""
+        ids: list[str] = []
+        metadata: list[dict[str, Any]] = []
+        for rows in self._doc_pages(collection, batch, rec.unpack_doc_metadata):
+            for key, meta in rows:
+                ids.append(rec.suffix_str(key))
+                metadata.append(meta)
+        return ids, metadata
+
+    def collection_bytes(self, collection: str) -> tuple[int, int]:
+        """(bytes of the collection's document records, bytes of the distinct stored vectors
+        they use), read in one transaction."""
+        dbs = self._db
+        pfx = rec.prefix(collection)
+
+        def read(txn: Any) -> tuple[int, int]:
+            cursor = txn.cursor(db=dbs["docs"])
+            documents = 0
+            hashes: set[bytes] = set()
+            if cursor.set_range(pfx):
+                for k, v in cursor:
+                    if not bytes(k).startswith(pfx):
+                        break
+                    documents += len(k) + len(v)
+                    hashes.update(rec.unpack_doc_hashes_key(v)[0])
+            vectors = 0
+            for chash in hashes:
+                raw = txn.get(chash, db=dbs["vectors"])
+                vectors += 0 if raw is None else len(raw)
+            return documents, vectors
 
         return self._read(read)
 

@@ -189,6 +189,16 @@ def unpack_doc(raw: bytes | memoryview) -> DocRecord:
     return DocRecord(chash, key, sequence, text, meta, chunks)
 
 
+def unpack_doc_metadata(raw: bytes | memoryview) -> dict[str, Any]:
+    """The metadata of a packed document, without decoding its text."""
+    data = bytes(raw)
+    _chash, _key, _sequence, flags, length = _DOC_HEADER.unpack_from(data)
+    _chunks, start = _unpack_chunks(data, flags)
+    end = start + length
+    meta: dict[str, Any] = json.loads(data[end:]) if len(data) > end else {}
+    return meta
+
+
 def pack_logpos(sequence: int, key: int) -> bytes:
     return _LOGPOS.pack(sequence, key)
 

@@ -324,7 +324,7 @@ class IngestAck(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., id: _Optional[str] = ..., content_hash: _Optional[str] = ..., cached: _Optional[bool] = ..., sequence: _Optional[int] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., chunks_embedded: _Optional[int] = ..., chunks_cached: _Optional[int] = ..., unembedded_chars: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "query", "k", "exact", "dimensions", "precision", "rescore_multiplier", "prompt_name", "include_text", "mode", "fusion", "hybrid_alpha", "rrf_k")
+    __slots__ = ("collection", "query", "k", "exact", "dimensions", "precision", "rescore_multiplier", "prompt_name", "include_text", "filter", "vector", "mode", "fusion", "hybrid_alpha", "rrf_k")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -334,6 +334,8 @@ class SearchRequest(_message.Message):
     RESCORE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
     PROMPT_NAME_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_TEXT_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     FUSION_FIELD_NUMBER: _ClassVar[int]
     HYBRID_ALPHA_FIELD_NUMBER: _ClassVar[int]
@@ -347,11 +349,13 @@ class SearchRequest(_message.Message):
     rescore_multiplier: int
     prompt_name: str
     include_text: bool
+    filter: str
+    vector: _containers.RepeatedScalarFieldContainer[float]
     mode: SearchMode
     fusion: Fusion
     hybrid_alpha: float
     rrf_k: int
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., k: _Optional[int] = ..., exact: _Optional[bool] = ..., dimensions: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., rescore_multiplier: _Optional[int] = ..., prompt_name: _Optional[str] = ..., include_text: _Optional[bool] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., hybrid_alpha: _Optional[float] = ..., rrf_k: _Optional[int] = ...) -> None: ...
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., k: _Optional[int] = ..., exact: _Optional[bool] = ..., dimensions: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., rescore_multiplier: _Optional[int] = ..., prompt_name: _Optional[str] = ..., include_text: _Optional[bool] = ..., filter: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., hybrid_alpha: _Optional[float] = ..., rrf_k: _Optional[int] = ...) -> None: ...
 
 class SearchHit(_message.Message):
     __slots__ = ("id", "score", "text", "metadata", "text_truncated", "metadata_omitted", "snippet_start", "snippet_stop", "snippet")
@@ -386,6 +390,104 @@ class SearchResponse(_message.Message):
     sequence: int
     model_fingerprint: str
     def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., sequence: _Optional[int] = ..., model_fingerprint: _Optional[str] = ...) -> None: ...
+
+class SearchBatchRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[SearchRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[SearchRequest, _Mapping]]] = ...) -> None: ...
+
+class SearchBatchResponse(_message.Message):
+    __slots__ = ("responses",)
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    responses: _containers.RepeatedCompositeFieldContainer[SearchResponse]
+    def __init__(self, responses: _Optional[_Iterable[_Union[SearchResponse, _Mapping]]] = ...) -> None: ...
+
+class ListCollectionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CollectionSummary(_message.Message):
+    __slots__ = ("name", "documents", "sequence", "model_fingerprint", "stale", "incarnation", "document_bytes", "vector_bytes", "index_bytes", "lexical_index_bytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INDEX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_INDEX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    documents: int
+    sequence: int
+    model_fingerprint: str
+    stale: bool
+    incarnation: str
+    document_bytes: int
+    vector_bytes: int
+    index_bytes: int
+    lexical_index_bytes: int
+    def __init__(self, name: _Optional[str] = ..., documents: _Optional[int] = ..., sequence: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., stale: _Optional[bool] = ..., incarnation: _Optional[str] = ..., document_bytes: _Optional[int] = ..., vector_bytes: _Optional[int] = ..., index_bytes: _Optional[int] = ..., lexical_index_bytes: _Optional[int] = ...) -> None: ...
+
+class ListCollectionsResponse(_message.Message):
+    __slots__ = ("collections",)
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    collections: _containers.RepeatedCompositeFieldContainer[CollectionSummary]
+    def __init__(self, collections: _Optional[_Iterable[_Union[CollectionSummary, _Mapping]]] = ...) -> None: ...
+
+class DropCollectionRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class DropCollectionResponse(_message.Message):
+    __slots__ = ("documents",)
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    documents: int
+    def __init__(self, documents: _Optional[int] = ...) -> None: ...
+
+class GetDocumentsRequest(_message.Message):
+    __slots__ = ("collection", "ids", "include_text")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_TEXT_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    include_text: bool
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., include_text: _Optional[bool] = ...) -> None: ...
+
+class Document(_message.Message):
+    __slots__ = ("id", "text", "metadata", "content_hash", "chunks", "sequence", "text_truncated", "stored_text")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    STORED_TEXT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    text: str
+    metadata: _struct_pb2.Struct
+    content_hash: str
+    chunks: int
+    sequence: int
+    text_truncated: bool
+    stored_text: bool
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., content_hash: _Optional[str] = ..., chunks: _Optional[int] = ..., sequence: _Optional[int] = ..., text_truncated: _Optional[bool] = ..., stored_text: _Optional[bool] = ...) -> None: ...
+
+class GetDocumentsResponse(_message.Message):
+    __slots__ = ("documents", "missing", "sequence")
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    documents: _containers.RepeatedCompositeFieldContainer[Document]
+    missing: _containers.RepeatedScalarFieldContainer[str]
+    sequence: int
+    def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., missing: _Optional[_Iterable[str]] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
     __slots__ = ("collection", "ids")

@@ -248,6 +248,11 @@ class CollectionServiceStub:
                 request_serializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.SearchRequest.SerializeToString,
                 response_deserializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.SearchBatch = channel.unary_unary(
+                '/embedding.v1.CollectionService/SearchBatch',
+                request_serializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.SearchBatchRequest.SerializeToString,
+                response_deserializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.SearchBatchResponse.FromString,
+                _registered_method=True)
         self.Delete = channel.unary_unary(
                 '/embedding.v1.CollectionService/Delete',
                 request_serializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.DeleteRequest.SerializeToString,
@@ -257,6 +262,21 @@ class CollectionServiceStub:
                 '/embedding.v1.CollectionService/SyncVectors',
                 request_serializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.SyncVectorsRequest.SerializeToString,
                 response_deserializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.SyncVectorsResponse.FromString,
+                _registered_method=True)
+        self.ListCollections = channel.unary_unary(
+                '/embedding.v1.CollectionService/ListCollections',
+                request_serializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.ListCollectionsRequest.SerializeToString,
+                response_deserializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.ListCollectionsResponse.FromString,
+                _registered_method=True)
+        self.DropCollection = channel.unary_unary(
+                '/embedding.v1.CollectionService/DropCollection',
+                request_serializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.DropCollectionRequest.SerializeToString,
+                response_deserializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.DropCollectionResponse.FromString,
+                _registered_method=True)
+        self.GetDocuments = channel.unary_unary(
+                '/embedding.v1.CollectionService/GetDocuments',
+                request_serializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.GetDocumentsRequest.SerializeToString,
+                response_deserializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.GetDocumentsResponse.FromString,
                 _registered_method=True)
 
 
@@ -277,6 +297,16 @@ class CollectionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchBatch(self, request, context):
+        """Several searches in one call: 1 to --search-batch-max-queries (64 by default) requests, each
+        answered as Search answers it, in request order. A request Search would refuse fails the
+        whole call with Search's status, its message and field prefixed by its position
+        ("requests[2].k"). The response fits --max-message-bytes: each answer gets an equal share.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Delete(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -285,6 +315,32 @@ class CollectionServiceServicer:
 
     def SyncVectors(self, request, context):
         """Truncated (edge-dimension) vectors of one collection changed after a sequence number.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCollections(self, request, context):
+        """Every collection of the store: counters, model and sizes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropCollection(self, request, context):
+        """Removes a collection: its documents, change log, vector index files and lexical index.
+        Unknown is NOT_FOUND. Vectors stay in the content-addressed store (other collections may
+        share them) until `embed-server gc`. Edges syncing it then get NOT_FOUND (the edge client
+        raises CollectionNotFound and drops what it synced of it); a collection created again
+        under the name is a new incarnation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDocuments(self, request, context):
+        """Documents by id: text, metadata, content hash. Ids not in the collection are listed in
+        GetDocumentsResponse.missing (not an error).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -303,6 +359,11 @@ def add_CollectionServiceServicer_to_server(servicer, server):
                     request_deserializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.SearchRequest.FromString,
                     response_serializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.SearchResponse.SerializeToString,
             ),
+            'SearchBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchBatch,
+                    request_deserializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.SearchBatchRequest.FromString,
+                    response_serializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.SearchBatchResponse.SerializeToString,
+            ),
             'Delete': grpc.unary_unary_rpc_method_handler(
                     servicer.Delete,
                     request_deserializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.DeleteRequest.FromString,
@@ -312,6 +373,21 @@ def add_CollectionServiceServicer_to_server(servicer, server):
                     servicer.SyncVectors,
                     request_deserializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.SyncVectorsRequest.FromString,
                     response_serializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.SyncVectorsResponse.SerializeToString,
+            ),
+            'ListCollections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCollections,
+                    request_deserializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.ListCollectionsRequest.FromString,
+                    response_serializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.ListCollectionsResponse.SerializeToString,
+            ),
+            'DropCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropCollection,
+                    request_deserializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.DropCollectionRequest.FromString,
+                    response_serializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.DropCollectionResponse.SerializeToString,
+            ),
+            'GetDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDocuments,
+                    request_deserializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.GetDocumentsRequest.FromString,
+                    response_serializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.GetDocumentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -379,6 +455,33 @@ class CollectionService:
             _registered_method=True)
 
     @staticmethod
+    def SearchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedding.v1.CollectionService/SearchBatch',
+            protos_dot_embedding_dot_v1_dot_embedding__pb2.SearchBatchRequest.SerializeToString,
+            protos_dot_embedding_dot_v1_dot_embedding__pb2.SearchBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Delete(request,
             target,
             options=(),
@@ -422,6 +525,87 @@ class CollectionService:
             '/embedding.v1.CollectionService/SyncVectors',
             protos_dot_embedding_dot_v1_dot_embedding__pb2.SyncVectorsRequest.SerializeToString,
             protos_dot_embedding_dot_v1_dot_embedding__pb2.SyncVectorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCollections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedding.v1.CollectionService/ListCollections',
+            protos_dot_embedding_dot_v1_dot_embedding__pb2.ListCollectionsRequest.SerializeToString,
+            protos_dot_embedding_dot_v1_dot_embedding__pb2.ListCollectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedding.v1.CollectionService/DropCollection',
+            protos_dot_embedding_dot_v1_dot_embedding__pb2.DropCollectionRequest.SerializeToString,
+            protos_dot_embedding_dot_v1_dot_embedding__pb2.DropCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedding.v1.CollectionService/GetDocuments',
+            protos_dot_embedding_dot_v1_dot_embedding__pb2.GetDocumentsRequest.SerializeToString,
+            protos_dot_embedding_dot_v1_dot_embedding__pb2.GetDocumentsResponse.FromString,
             options,
             channel_credentials,
             insecure,
