@@ -266,8 +266,10 @@ def channel(live_server: Any) -> Iterator[grpc.Channel]:
         yield ch
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def fingerprint(channel: grpc.Channel) -> str:
+    # Read per test: the shared live server refits its edge bundle once its store has grown
+    # enough and a client fetches the bundle (server/edge_builder.py), which other modules do.
     stub = pb_grpc.EmbeddingServiceStub(channel)
     return str(stub.Info(pb.InfoRequest(), timeout=60).edge_bundle_fingerprint)
 
