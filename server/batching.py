@@ -305,25 +305,6 @@ class Scheduler:
             self._report()
             return batch
 
-    async def wait_depth(self, items: int) -> None:
-        """Return once at least ``items`` items are queued (a helper watching for a backlog;
-        after :meth:`close` only while such a backlog is left to drain)."""
-        while self.depth() < items:
-            self._changed.clear()
-            await self._changed.wait()
-
-    def take_nowait(self, budget: int) -> list[Item]:
-        """A batch of at most ``budget`` padded tokens taken now, INTERACTIVE first, whether or
-        not a BULK batch is full; [] when nothing is queued. For work lent to another queue's
-        worker (:mod:`server.pool.pool`)."""
-        priority = self._ready_queue()
-        if priority is None:
-            return []
-        batch = self._take(priority, budget)
-        self._admit_waiters()
-        self._report()
-        return batch
-
     def _take(self, priority: Priority, budget: int) -> list[Item]:
         queue = self._queues[priority]
         window: list[Item] = []

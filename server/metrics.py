@@ -28,10 +28,6 @@ QUEUE_DEPTH = Gauge("embed_queue_depth", "items waiting for an encoder worker")
 QUEUE_WAITING = Gauge(
     "embed_queue_waiting", "items of streams and bulk work waiting for room in the full encoder queue"
 )
-LANE_OVERFLOW = Counter(
-    "embed_lane_overflow_total",
-    "interactive items an idle worker took from the interactive lane's backlog",
-)
 BATCH_SIZE = Histogram(
     "embed_batch_size", "inputs per model batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 )

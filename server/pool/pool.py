@@ -9,11 +9,7 @@ watched on the event loop, so ``embed_workers_ready`` drops at once); queued ite
 the restart instead of failing.
 
 Interactive calls go to the :mod:`~server.pool.lane` (ONNX Runtime in this process) while it is
-on, else to the workers' queue ahead of bulk work (see :mod:`server.batching`). A worker with
-nothing queued takes a batch from the lane's backlog once it holds :data:`LANE_BACKLOG` items
-(a bulk-sized EmbedStream, never a burst of single queries): a bulk stream then runs on the
-workers' compute (bf16 where native) as well as the lane's, at the workers' batch size, and an
-ingest is never slowed by it (a worker with bulk work queued takes that instead).
+on, else to the workers' queue ahead of bulk work (see :mod:`server.batching`).
 """
 
 from __future__ import annotations
@@ -28,7 +24,6 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -48,10 +43,6 @@ from server.settings import Settings
 from server.tokenization import TextTokenizer, field_names
 
 log = logging.getLogger(__name__)
-
-# Items queued in the lane past which an idle worker takes a batch of them: more than any burst
-# of single queries (64 concurrent clients), far fewer than a stream's window (256).
-LANE_BACKLOG = 64
 
 # Inputs shorter than this (characters, all texts of a call) are tokenized on the event loop:
 # a thread hop costs more than the tokenizer does for a sentence.
@@ -124,8 +115,6 @@ class EncoderPool:
             contended_batch_tokens=settings.contended_batch_tokens,
         )
         self.lane: InteractiveLane | None = None
-        self._lane_started = asyncio.Event()  # set once the lane is on or known to be off
-        self._computing = 0  # workers running a batch now
         devices = worker_devices(settings)
         cpu_workers = sum(d == "cpu" for d in devices)
         threads = settings.threads_per_worker or max(1, usable_cores() // max(cpu_workers, 1))
@@ -179,7 +168,6 @@ class EncoderPool:
             self.settings.interactive_lane == "auto" and all(w.device == "cpu" for w in self.workers)
         ):
             self.lane = await self._start_lane()
-        self._lane_started.set()
 
     async def _start_lane(self) -> InteractiveLane | None:
         """Open the lane's graph (exporting it once, in a child process: torch stays out of this
@@ -302,43 +290,16 @@ class EncoderPool:
             return []
         take = asyncio.ensure_future(self.scheduler.next_batch())
         death = asyncio.ensure_future(died.wait())
-        lane = self.lane
-        # The lane starts after the workers: a worker already waiting watches for it too.
-        backlog: asyncio.Future[Any] | None = asyncio.ensure_future(
-            lane.scheduler.wait_depth(LANE_BACKLOG) if lane else self._lane_started.wait()
-        )
-        lent: list[Item] = []
         try:
-            while not lent:
-                waits = {take, death} if backlog is None else {take, death, backlog}
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                if take.done() or death.done() or backlog is None:
-                    break
-                if lane is None:  # started (with the lane on, or found off)
-                    lane = self.lane
-                    backlog = asyncio.ensure_future(lane.scheduler.wait_depth(LANE_BACKLOG)) if lane else None
-                    continue
-                if self.scheduler.depth() > 0:  # bulk work filling a batch: it leaves soon, ours
-                    backlog = None
-                    continue
-                lent = lane.scheduler.take_nowait(self.scheduler.max_batch_tokens)
-                if not lent:  # the lane's runners took the backlog first: watch for the next one
-                    backlog = asyncio.ensure_future(lane.scheduler.wait_depth(LANE_BACKLOG))
+            await asyncio.wait({take, death}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             death.cancel()
-            if backlog is not None:
-                backlog.cancel()
             if not take.done():
                 take.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await take
         if take.cancelled():
-            if lent:
-                metrics.LANE_OVERFLOW.inc(len(lent))
-            return lent
-        if lent:  # our own queue answered in the same instant: the lent items go back
-            assert lane is not None
-            lane.scheduler.requeue(lent)
+            return []
         return take.result()
 
     async def _dispatch(self, worker: WorkerHandle) -> None:
@@ -361,7 +322,6 @@ class EncoderPool:
             metrics.BATCH_SIZE.observe(len(batch))
             metrics.BATCH_TOKENS.observe(int(ids.size))
             started = time.perf_counter_ns()
-            self._computing += 1
             try:
                 out = await loop.run_in_executor(worker.io, worker.run_blocking, ids, mask, types, timeout)
             except WorkerFailed as exc:
@@ -371,8 +331,6 @@ class EncoderPool:
                     if not item.future.done():
                         item.future.set_exception(WorkerFailed(exc.message))
                 continue
-            finally:
-                self._computing -= 1
             metrics.ITEMS.labels(batch[0].priority.name.lower()).inc(len(batch))
             for row, item in enumerate(batch):
                 if not item.future.done():
@@ -426,19 +384,6 @@ class EncoderPool:
         )
         return await asyncio.to_thread(check)
 
-    @property
-    def computing(self) -> int:
-        """Workers running a batch now (0 to ``len(workers)``)."""
-        return self._computing
-
-    def _route(self, priority: Priority) -> Scheduler:
-        """The queue for new items of ``priority``: interactive to the lane while it is on (idle
-        workers take batches of its backlog: :meth:`_next_batch`)."""
-        lane = self.lane
-        if lane is None or priority is not Priority.INTERACTIVE:
-            return self.scheduler
-        return lane.scheduler
-
     async def encode_tokens(
         self, prepared: Prepared, *, priority: Priority = Priority.INTERACTIVE, wait: bool | None = None
     ) -> EncodeResult:
@@ -447,7 +392,11 @@ class EncoderPool:
             raise NotReady("the encoder pool is still starting")
         loop = asyncio.get_running_loop()
         items = [Item(ids=t.ids, priority=priority, future=loop.create_future()) for t in prepared.tokens]
-        scheduler = self._route(priority)
+        # One route per kind of work (server.pool.lane): interactive to the lane while it is on.
+        lane = self.lane
+        scheduler = (
+            lane.scheduler if lane is not None and priority is Priority.INTERACTIVE else self.scheduler
+        )
         try:
             if wait if wait is not None else priority is Priority.BULK:
                 step = scheduler.max_queue_items  # a bigger bulk call is queued in parts
