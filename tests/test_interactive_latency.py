@@ -91,3 +91,37 @@ def test_search_query_vectors_match_the_stored_ones(live_server) -> None:  # typ
     for doc_id, text, _ in docs:
         hit = search(live_server.address, collection, text, k=1, exact=True, prompt_name="").hits[0]
         assert hit.id == doc_id and hit.score >= 0.999
+
+
+def test_the_lane_runs_its_one_thread_session_while_bulk_work_runs() -> None:
+    """With bulk work running, the wide session's spinning threads would take the workers' CPU
+    (README Interactive latency): the lane's runs go to its one-thread session then."""
+    import numpy as np
+
+    from server.pool.lane import InteractiveLane
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def raw(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
+            self.calls += 1
+            return np.zeros((len(ids), 4), dtype=np.float32)
+
+    wide, narrow, bulk = Recorder(), Recorder(), [False]
+    lane = InteractiveLane(
+        wide,  # type: ignore[arg-type]
+        0,
+        max_tokens=256,
+        threads=1,
+        max_queue_items=8,
+        op_threads=2,
+        narrow=narrow,  # type: ignore[arg-type]
+        contended=lambda: bulk[0],
+    )
+    row = (np.ones((1, 3), dtype=np.int64),) * 3
+    lane._forward(*row)
+    assert (wide.calls, narrow.calls) == (1, 0)
+    bulk[0] = True
+    lane._forward(*row)
+    assert (wide.calls, narrow.calls) == (1, 1)

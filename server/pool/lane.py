@@ -9,7 +9,9 @@ as soon as a runner is free, whatever bulk work is queued; the OS shares the cor
 lane and the workers. One run may use ``--interactive-lane-op-threads`` threads (ORT's intra-op
 pool, which spins between operators as ORT does by default): an idle server answers a single
 query on every core (measured, README Interactive latency: inference 3.8 ms on one thread,
-2.2 ms on two; an ingest beside it kept >= 0.85 of its docs/s). A lane batch is padded to its
+2.2 ms on two). While bulk work runs (queued or on a worker) runs go to a second, one-thread
+session of the same graph: the wide session's spinning threads took the ingest down to 0.76 of
+its docs/s with queries at 10/s, the one-thread session leaves it 1.10. A lane batch is padded to its
 longest input only (one input: no padding), not to the workers' multiple of 16.
 
 What it computes with (:func:`lane_graph`): the workers' own graph for ``--backend onnx`` (the
@@ -30,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -77,8 +79,14 @@ class InteractiveLane:
         threads: int,
         max_queue_items: int,
         op_threads: int = 1,
+        narrow: OnnxModel | None = None,
+        contended: Callable[[], bool] | None = None,
     ) -> None:
         self.model = model
+        # The same graph on one thread, run while ``contended()`` (the workers have bulk work):
+        # the wide session's spinning threads would take their CPU (README Interactive latency).
+        self.narrow = narrow
+        self.contended = contended
         self.pad_id = pad_id
         self.threads = threads
         self.op_threads = op_threads
@@ -105,7 +113,8 @@ class InteractiveLane:
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> tuple[np.ndarray, int]:
         t0 = time.perf_counter_ns()
-        out = self.model.raw(ids, mask, types)
+        narrow = self.narrow is not None and self.contended is not None and self.contended()
+        out = (self.narrow if narrow and self.narrow is not None else self.model).raw(ids, mask, types)
         return out, time.perf_counter_ns() - t0
 
     async def _run(self) -> None:
@@ -152,10 +161,15 @@ def load_lane(
     threads: int,
     max_queue_items: int,
     op_threads: int = 1,
+    contended: Callable[[], bool] | None = None,
 ) -> InteractiveLane:
-    """Open ``graph`` with runs of up to ``op_threads`` threads (blocking: call it off the event
-    loop); ``threads`` runners take batches from the lane's queue."""
+    """Open ``graph`` with runs of up to ``op_threads`` threads, and on one thread while
+    ``contended()`` (blocking: call it off the event loop); ``threads`` runners take batches
+    from the lane's queue."""
     model = OnnxModel(graph, pooling=spec.pooling, normalize=spec.normalize, threads=op_threads)
+    narrow = None
+    if op_threads > 1 and contended is not None:
+        narrow = OnnxModel(graph, pooling=spec.pooling, normalize=spec.normalize, threads=1)
     return InteractiveLane(
         model,
         pad_id,
@@ -163,4 +177,6 @@ def load_lane(
         threads=threads,
         max_queue_items=max_queue_items,
         op_threads=op_threads,
+        narrow=narrow,
+        contended=contended,
     )

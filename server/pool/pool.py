@@ -115,6 +115,7 @@ class EncoderPool:
             contended_batch_tokens=settings.contended_batch_tokens,
         )
         self.lane: InteractiveLane | None = None
+        self._computing = 0  # workers running a batch now
         devices = worker_devices(settings)
         cpu_workers = sum(d == "cpu" for d in devices)
         threads = settings.threads_per_worker or max(1, usable_cores() // max(cpu_workers, 1))
@@ -196,6 +197,7 @@ class EncoderPool:
             threads=settings.interactive_lane_threads or cpu_worker_count(settings),
             op_threads=settings.interactive_lane_op_threads or usable_cores(),
             max_queue_items=settings.max_queue_items,
+            contended=self._bulk_running,
         )
         probes = await self.tokenize(list(PROBES))
         mine = await asyncio.to_thread(lane.compute, probes.tokens)
@@ -219,6 +221,10 @@ class EncoderPool:
             agreement,
         )
         return lane
+
+    def _bulk_running(self) -> bool:
+        """Bulk work is queued or a worker is computing (called from lane threads: reads only)."""
+        return self._computing > 0 or self.scheduler.depth(Priority.BULK) > 0
 
     def _report_ready(self) -> None:
         metrics.WORKERS_READY.set(sum(w.ready for w in self.workers))
@@ -322,6 +328,7 @@ class EncoderPool:
             metrics.BATCH_SIZE.observe(len(batch))
             metrics.BATCH_TOKENS.observe(int(ids.size))
             started = time.perf_counter_ns()
+            self._computing += 1
             try:
                 out = await loop.run_in_executor(worker.io, worker.run_blocking, ids, mask, types, timeout)
             except WorkerFailed as exc:
@@ -331,6 +338,8 @@ class EncoderPool:
                     if not item.future.done():
                         item.future.set_exception(WorkerFailed(exc.message))
                 continue
+            finally:
+                self._computing -= 1
             metrics.ITEMS.labels(batch[0].priority.name.lower()).inc(len(batch))
             for row, item in enumerate(batch):
                 if not item.future.done():
