@@ -93,11 +93,15 @@ def test_search_query_vectors_match_the_stored_ones(live_server) -> None:  # typ
         assert hit.id == doc_id and hit.score >= 0.999
 
 
-def test_the_lane_runs_its_one_thread_session_while_bulk_work_runs() -> None:
-    """With bulk work running, the wide session's spinning threads would take the workers' CPU
-    (README Interactive latency): the lane's runs go to its one-thread session then."""
+async def test_the_lane_runs_its_one_thread_session_unless_a_query_is_its_only_work() -> None:
+    """With bulk work running the wide session's spinning threads would take the workers' CPU,
+    and with items queued behind a run the runners already fill the cores (README Interactive
+    latency): the lane's runs go to its one-thread session then."""
+    import asyncio as aio
+
     import numpy as np
 
+    from server.batching import Item
     from server.pool.lane import InteractiveLane
 
     class Recorder:
@@ -125,3 +129,8 @@ def test_the_lane_runs_its_one_thread_session_while_bulk_work_runs() -> None:
     bulk[0] = True
     lane._forward(*row)
     assert (wide.calls, narrow.calls) == (1, 1)
+    bulk[0] = False
+    waiting = Item(ids=np.ones(3, dtype=np.int64), priority=Priority.INTERACTIVE, future=aio.Future())
+    lane.scheduler.submit([waiting])
+    lane._forward(*row)
+    assert (wide.calls, narrow.calls) == (1, 2)

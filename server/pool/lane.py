@@ -9,10 +9,12 @@ as soon as a runner is free, whatever bulk work is queued; the OS shares the cor
 lane and the workers. One run may use ``--interactive-lane-op-threads`` threads (ORT's intra-op
 pool, which spins between operators as ORT does by default): an idle server answers a single
 query on every core (measured, README Interactive latency: inference 3.8 ms on one thread,
-2.2 ms on two). While bulk work runs (queued or on a worker) runs go to a second, one-thread
-session of the same graph: the wide session's spinning threads took the ingest down to 0.76 of
-its docs/s with queries at 10/s, the one-thread session leaves it 1.10. A lane batch is padded to its
-longest input only (one input: no padding), not to the workers' multiple of 16.
+2.2 ms on two). While other items wait in the lane's queue, or bulk work runs (queued or on a
+worker), runs go to a second, one-thread session of the same graph: the runners then already
+fill the cores (wide runs halved a bulk EmbedStream's docs/s), and the wide session's spinning
+threads took an ingest down to 0.76 of its docs/s with queries at 10/s (one thread: 1.10).
+A lane batch is padded to its longest input only (one input: no padding), not to the
+workers' multiple of 16.
 
 What it computes with (:func:`lane_graph`): the workers' own graph for ``--backend onnx`` (the
 same vectors), the fp32 graph for ``--backend torch`` (cosine 0.9999998 to torch fp32 measured
@@ -83,8 +85,8 @@ class InteractiveLane:
         contended: Callable[[], bool] | None = None,
     ) -> None:
         self.model = model
-        # The same graph on one thread, run while ``contended()`` (the workers have bulk work):
-        # the wide session's spinning threads would take their CPU (README Interactive latency).
+        # The same graph on one thread, run while other items wait in the lane's queue or
+        # ``contended()`` (the workers have bulk work): see :meth:`_forward`.
         self.narrow = narrow
         self.contended = contended
         self.pad_id = pad_id
@@ -113,7 +115,10 @@ class InteractiveLane:
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> tuple[np.ndarray, int]:
         t0 = time.perf_counter_ns()
-        narrow = self.narrow is not None and self.contended is not None and self.contended()
+        # One thread per run unless this is the only work: with items queued behind this batch
+        # the runners already fill the cores (wide runs would oversubscribe them), and while bulk
+        # work runs the wide session's spinning threads take the workers' CPU.
+        narrow = self.scheduler.depth() > 0 or (self.contended is not None and self.contended())
         out = (self.narrow if narrow and self.narrow is not None else self.model).raw(ids, mask, types)
         return out, time.perf_counter_ns() - t0
 
