@@ -168,9 +168,9 @@ def load_lane(
     op_threads: int = 1,
     contended: Callable[[], bool] | None = None,
 ) -> InteractiveLane:
-    """Open ``graph`` with runs of up to ``op_threads`` threads, and on one thread while
-    ``contended()`` (blocking: call it off the event loop); ``threads`` runners take batches
-    from the lane's queue."""
+    """Open ``graph`` with runs of up to ``op_threads`` threads, and on one thread while other
+    items wait in the lane's queue or ``contended()`` (blocking: call it off the event loop);
+    ``threads`` runners take batches from the lane's queue."""
     model = OnnxModel(graph, pooling=spec.pooling, normalize=spec.normalize, threads=op_threads)
     narrow = None
     if op_threads > 1 and contended is not None:
