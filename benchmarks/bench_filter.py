@@ -102,31 +102,10 @@ def timed(service: Any, requests: list[pb.SearchRequest]) -> tuple[dict[str, flo
 def requests_for(
     vectors: list[list[float]], texts: list[str], k: int, spec: str, kind: str
 ) -> list[pb.SearchRequest]:
-    out = []
-    for vector, text in zip(vectors, texts, strict=True):
-        if kind == "lexical":
-            out.append(
-                pb.SearchRequest(
-                    collection=COLLECTION,
-                    query=text,
-                    k=k,
-                    filter=spec,
-                    include_text=False,
-                    mode=pb.SEARCH_MODE_LEXICAL,
-                )
-            )
-        else:
-            out.append(
-                pb.SearchRequest(
-                    collection=COLLECTION,
-                    vector=vector,
-                    k=k,
-                    filter=spec,
-                    include_text=False,
-                    exact=kind == "exact",
-                )
-            )
-    return out
+    common: dict[str, Any] = {"collection": COLLECTION, "k": k, "filter": spec, "include_text": False}
+    if kind == "lexical":
+        return [pb.SearchRequest(query=t, mode=pb.SEARCH_MODE_LEXICAL, **common) for t in texts]
+    return [pb.SearchRequest(vector=v, exact=kind == "exact", **common) for v in vectors]
 
 
 def crossover(address: str, vectors: list[list[float]], texts: list[str], k: int, n: int) -> dict[str, Any]:
