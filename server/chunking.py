@@ -204,8 +204,9 @@ async def embed_chunks(
     max_chunks: int,
     max_chars: int,
     wait: bool = False,
+    priority: Priority = Priority.INTERACTIVE,
 ) -> tuple[list[list[ChunkSpan]], list[np.ndarray], EncodeResult]:
-    """Cut each of ``texts`` into chunks and embed every chunk (interactive priority): (chunks
+    """Cut each of ``texts`` into chunks and embed every chunk (at ``priority``): (chunks
     per text, their vectors per text: float32 (chunks, dims), the encoder's result for all of
     them). ``names``: each text's request field, for errors. InvalidArgument naming the text at
     which the chunks pass ``max_chunks``, TooLarge for a text over ``max_chars`` characters
@@ -225,7 +226,7 @@ async def embed_chunks(
     pieces = [text[s.start : s.stop] for text, text_spans in pairs for s in text_spans]
     fields = [name for name, text_spans in zip(names, spans, strict=True) for _ in text_spans]
     result = await embedder.encode(
-        pieces, prompt_name=prompt_name, priority=Priority.INTERACTIVE, wait=wait, field=fields
+        pieces, prompt_name=prompt_name, priority=priority, wait=wait, field=fields
     )
     vectors, at = [], 0
     for text_spans in spans:

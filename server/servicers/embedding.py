@@ -7,12 +7,14 @@ NUL characters are INVALID_ARGUMENT naming ``inputs[i]``), the encoder's tokeniz
 size, content and length (:mod:`server.tokenization`), and truncation and normalization run
 after the pool returns the model's vectors; precision is applied here. Embed fails fast with
 RESOURCE_EXHAUSTED when the encoder queue is full; EmbedStream items wait for room (the stream
-stops reading, flow control holds the client).
+stops reading, flow control holds the client); a stream with many items in flight goes to the
+workers instead of the interactive lane (:class:`server.embeddings.StreamRoute`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -24,8 +26,8 @@ import grpc
 from protos.embedding.v1 import embedding_pb2 as pb
 from server import __version__
 from server.chunking import Chunker, ChunkSpan, embed_chunks
-from server.embedder import EncodeResult
-from server.embeddings import check_inputs, embed, encode
+from server.embedder import EncodeResult, Priority
+from server.embeddings import StreamRoute, check_inputs, embed, encode
 from server.errors import InvalidArgument, ServiceError
 from server.runtime import Runtime
 from server.servicers._convert import int8_ranges, item_error, pack, timing, to_protos, vector_options
@@ -81,7 +83,13 @@ class EmbeddingServicer:
         return found
 
     async def _embed_chunks(
-        self, texts: list[str], names: list[str], options: VectorOptions, *, wait: bool
+        self,
+        texts: list[str],
+        names: list[str],
+        options: VectorOptions,
+        *,
+        wait: bool,
+        priority: Priority = Priority.INTERACTIVE,
     ) -> tuple[list[pb.ChunkedEmbedding], EncodeResult]:
         """Each text's chunks with their vectors as ``options`` ask (EmbedOptions.chunking)."""
         ranges = int8_ranges(self.runtime.calibration, options)
@@ -94,6 +102,7 @@ class EmbeddingServicer:
             max_chunks=CHUNKS_PER_INPUT * self.runtime.settings.max_client_batch_size,
             max_chars=self.runtime.settings.chunk_max_chars,
             wait=wait,
+            priority=priority,
         )
         chunked = [_chunked(s, to_protos(v, options, ranges)) for s, v in zip(spans, vectors, strict=True)]
         return chunked, result
@@ -186,7 +195,11 @@ class EmbeddingServicer:
 
         return gen()
 
-    async def _stream_item(self, item: _StreamItem) -> pb.EmbedStreamResponse:
+    async def _stream_item(self, item: _StreamItem, route: StreamRoute) -> pb.EmbedStreamResponse:
+        with route.item() as priority:
+            return await self._stream_item_at(item, priority)
+
+    async def _stream_item_at(self, item: _StreamItem, priority: Priority) -> pb.EmbedStreamResponse:
         started = time.perf_counter_ns()
         request = item.request
         if isinstance(request, UnparsedRequest):
@@ -206,13 +219,20 @@ class EmbeddingServicer:
             check_text(request.input, "input")
             if item.chunking:
                 options = item.options
-                (chunked,), result = await self._embed_chunks([request.input], ["input"], options, wait=True)
+                (chunked,), result = await self._embed_chunks(
+                    [request.input], ["input"], options, wait=True, priority=priority
+                )
                 return pb.EmbedStreamResponse(
                     id=request_id, chunks=chunked, timing=timing(result, len(request.input), started)
                 )
             ranges = int8_ranges(self.runtime.calibration, item.options)
             result = await encode(
-                self.runtime.embedder, [request.input], item.options, wait=True, field=["input"]
+                self.runtime.embedder,
+                [request.input],
+                item.options,
+                wait=True,
+                field=["input"],
+                priority=priority,
             )
             (vector,) = to_protos(result.vectors, item.options, ranges)
             return pb.EmbedStreamResponse(
@@ -229,7 +249,7 @@ class EmbeddingServicer:
         settings = self.runtime.settings
         async for response in ordered_pipeline(
             self._with_options(requests),
-            self._stream_item,
+            functools.partial(self._stream_item, route=StreamRoute(settings.stream_worker_depth)),
             settings.max_stream_in_flight,
             max_bytes=settings.max_stream_bytes,
             size=lambda item: request_bytes(item.request),
