@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from server.commands._client import add_server_arguments, channel, credentials, report_error
+from server.commands._client import add_server_arguments, channel, credentials, report_error, router
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +41,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cut documents longer than the model reads at its maximum instead of chunking them "
         "(IngestRequest.chunking=false)",
     )
+    ray = parser.add_argument_group("bulk ingestion on Ray Data (the `cluster` extra; server/ray_ingest.py)")
+    ray.add_argument(
+        "--ray",
+        action="store_true",
+        help="read the corpus (JSONL, .jsonl.gz, Parquet) with Ray Data and stream it to the shards "
+        "from Ray actors (placement by --shard-map, else the one --server)",
+    )
+    ray.add_argument(
+        "--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)"
+    )
+    ray.add_argument(
+        "--ray-senders", type=int, default=2, help="sender actors (concurrent batches in flight)"
+    )
+    ray.add_argument("--ray-batch", type=int, default=64, help="documents per batch sent to a shard")
+    ray.add_argument("--ray-attempts", type=int, default=5, help="tries per batch before the document fails")
 
 
 def _open(path: Path) -> IO[str]:
@@ -73,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     import grpc
     from tqdm import tqdm
 
+    from embedcore.router import RouterError
     from protos.embedding.v1 import embedding_pb2 as pb
     from protos.embedding.v1.embedding_pb2_grpc import CollectionServiceStub
 
@@ -82,6 +98,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     creds = credentials(args, "ingest")
     if creds is None:
+        return 2
+    if args.ray:
+        from server.ray_ingest import run_cli
+
+        return run_cli(args, creds)
+    routed = router(args, creds, "ingest")
+    if routed is False:
         return 2
     total = sum(1 for _ in read_corpus(path, args.limit))
 
@@ -101,8 +124,13 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with channel(args, creds) as ch, tqdm(total=total, unit="doc", desc=f"ingest {args.collection}") as bar:
         stub = CollectionServiceStub(ch)
+        acks = (
+            stub.Ingest(requests(), metadata=creds.metadata())
+            if routed is None
+            else routed.ingest(requests(), timeout=600.0)
+        )
         try:
-            for ack in stub.Ingest(requests(), metadata=creds.metadata()):
+            for ack in acks:
                 if ack.HasField("error"):
                     failed += 1
                     tqdm.write(f"{ack.id}: {ack.error.message}", file=sys.stderr)
@@ -118,12 +146,38 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
             report_error(args, "ingest", exc, creds)
             return 1
+        except RouterError as exc:
+            bar.close()
+            print(
+                f"embed-server ingest: {exc}; send the file again (acknowledged documents are cache hits)",
+                file=sys.stderr,
+            )
+            return 1
+        finally:
+            if routed is not None:
+                routed.close()
     elapsed = time.perf_counter() - started
-    docs = embedded + cached + failed
     print(
-        f"{docs} docs into {args.collection!r}: {embedded} embedded, {cached} cached, {failed} failed; "
+        summary(args.collection, embedded, cached, failed, chunks_embedded, chunks_cached, chunked, elapsed)
+    )
+    return 1 if failed else 0
+
+
+def summary(
+    collection: str,
+    embedded: int,
+    cached: int,
+    failed: int,
+    chunks_embedded: int,
+    chunks_cached: int,
+    chunked: int,
+    elapsed: float,
+) -> str:
+    """The one-line summary every ingest path prints (plain, routed, Ray)."""
+    docs = embedded + cached + failed
+    return (
+        f"{docs} docs into {collection!r}: {embedded} embedded, {cached} cached, {failed} failed; "
         f"{chunks_embedded + chunks_cached} chunks ({chunked} docs longer than the model reads were "
         f"chunked): {chunks_embedded} embedded, {chunks_cached} cached; "
         f"in {elapsed:.1f}s ({docs / max(elapsed, 1e-9):.1f} docs/s)"
     )
-    return 1 if failed else 0
