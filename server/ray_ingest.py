@@ -27,9 +27,7 @@ field for a vector (deploy/README.md, "Bulk ingestion past one machine").
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -38,12 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from embedcore.router import Router, RouterError
-from embedcore.shardmap import ShardMap, ShardMapError
+from embedcore.shardmap import ShardMap
 from embedcore.transport import ClientCredentials
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RayIngestReport", "ingest_with_ray", "run_cli"]
+__all__ = ["RayIngestReport", "ingest_with_ray"]
 
 # Failures worth sending the batch again for; the others (a bad request) would fail again.
 RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "INTERNAL"})
@@ -60,7 +58,7 @@ class RayIngestReport:
     chunks_embedded: int = 0
     chunks_cached: int = 0
     chunked: int = 0
-    retried_batches: int = 0
+    resent_documents: int = 0  # documents whose batch had to be sent more than once
     seconds: float = 0.0
     per_shard: Counter[str] = field(default_factory=Counter)
     acks: list[dict[str, Any]] = field(default_factory=list)
@@ -212,7 +210,6 @@ def ingest_with_ray(
         num_cpus=0.25,
     )
     report = RayIngestReport(collection)
-    retried: set[tuple[str, ...]] = set()
     for out in acks.iter_batches(batch_size=None, batch_format="numpy"):
         rows = [dict(zip(out.keys(), values, strict=True)) for values in zip(*out.values(), strict=True)]
         for row in rows:
@@ -228,74 +225,8 @@ def ingest_with_ray(
             report.chunks_embedded += int(row["chunks_embedded"])
             report.chunks_cached += int(row["chunks_cached"])
             report.chunked += int(row["chunks_embedded"]) + int(row["chunks_cached"]) > 1
-            if int(row["attempts"]) > 1:
-                retried.add((str(row["shard"]), str(row["attempts"])))
+            report.resent_documents += int(row["attempts"]) > 1
         if progress is not None:
             progress(len(rows))
-    report.retried_batches = len(retried)
     report.seconds = time.perf_counter() - started
     return report
-
-
-def run_cli(args: argparse.Namespace, credentials: ClientCredentials) -> int:
-    """``embed-server ingest ... --ray``: progress bar, the plain CLI's summary line, and the
-    documents per shard; exit 1 when a document failed, 2 for unusable input."""
-    from tqdm import tqdm
-
-    from server.commands.ingest import summary
-
-    try:
-        shard_map = ShardMap.load(args.shard_map) if args.shard_map else ShardMap.from_env()
-    except ShardMapError as exc:
-        print(f"embed-server ingest: {exc}", file=sys.stderr)
-        return 2
-    shard_map = shard_map or ShardMap.single(args.server)
-    with Router(shard_map, credentials=credentials) as router:
-        try:
-            router.check()
-        except RouterError as exc:
-            print(f"embed-server ingest: {exc}", file=sys.stderr)
-            return 2
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        print("embed-server ingest --ray: Ray is not installed; pip install '.[cluster]'", file=sys.stderr)
-        return 2
-    with tqdm(unit="doc", desc=f"ingest {args.collection} (ray)") as bar:
-        try:
-            report = ingest_with_ray(
-                [args.file],
-                collection=args.collection,
-                shard_map=shard_map,
-                credentials=credentials,
-                senders=args.ray_senders,
-                batch=args.ray_batch,
-                attempts=args.ray_attempts,
-                limit=args.limit,
-                store_text=not args.no_text,
-                chunking=args.chunking,
-                ray_address=args.ray_address,
-                progress=bar.update,
-            )
-        except ValueError as exc:
-            bar.close()
-            print(f"embed-server ingest: {exc}", file=sys.stderr)
-            return 2
-    for row in report.acks:
-        if row["error"]:
-            print(f"{row['id']}: {row['error']}", file=sys.stderr)
-    print(
-        summary(
-            args.collection,
-            report.embedded,
-            report.cached,
-            report.failed,
-            report.chunks_embedded,
-            report.chunks_cached,
-            report.chunked,
-            report.seconds,
-        )
-    )
-    shards = ", ".join(f"{name} {n}" for name, n in sorted(report.per_shard.items()))
-    print(f"per shard: {shards}; batches sent again after a failure: {report.retried_batches}")
-    return 1 if report.failed else 0

@@ -162,6 +162,23 @@ def test_ray_ingest_again_is_all_cache_hits(cluster: dict[str, Any], ray_report:
     )
 
 
+def test_ingest_cli_ray_path_prints_the_plain_summary(
+    cluster: dict[str, Any], ray_report: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server.cli import main
+
+    path = cluster["root"] / "ingest-map.json"
+    path.write_text(json.dumps(cluster["map"].to_json()))
+    argv = ["ingest", str(cluster["corpus"]), "--collection", SPLIT, "--shard-map", str(path), "--ray"]
+    assert main([*argv, "--limit", "40", "--ray-batch", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "40 docs into 'scifact-split': 0 embedded, 40 cached, 0 failed" in out
+    assert "per shard: shard-" in out
+    path.write_text('{"shards": [{"name": "s", "replicas": ["127.0.0.1"]}]}')
+    assert main([*argv, "--limit", "1"]) == 2
+    assert "is not a HOST:PORT address" in capsys.readouterr().err
+
+
 def test_scatter_gather_ranks_as_one_server(cluster: dict[str, Any], reference: str) -> None:
     router: Router = cluster["router"]
     queries = scifact_queries(50)

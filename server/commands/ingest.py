@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from embedcore.transport import ClientCredentials
 from server.commands._client import add_server_arguments, channel, credentials, report_error, router
 
 
@@ -100,9 +101,7 @@ def run(args: argparse.Namespace) -> int:
     if creds is None:
         return 2
     if args.ray:
-        from server.ray_ingest import run_cli
-
-        return run_cli(args, creds)
+        return _run_ray(args, creds)
     routed = router(args, creds, "ingest")
     if routed is False:
         return 2
@@ -181,3 +180,69 @@ def summary(
         f"chunked): {chunks_embedded} embedded, {chunks_cached} cached; "
         f"in {elapsed:.1f}s ({docs / max(elapsed, 1e-9):.1f} docs/s)"
     )
+
+
+def _run_ray(args: argparse.Namespace, credentials: ClientCredentials) -> int:
+    """``embed-server ingest ... --ray``: progress bar, the plain CLI's summary line, and the
+    documents per shard; exit 1 when a document failed, 2 for unusable input."""
+    from tqdm import tqdm
+
+    from embedcore.router import Router, RouterError
+    from embedcore.shardmap import ShardMap, ShardMapError
+    from server.ray_ingest import ingest_with_ray
+
+    try:
+        shard_map = ShardMap.load(args.shard_map) if args.shard_map else ShardMap.from_env()
+    except ShardMapError as exc:
+        print(f"embed-server ingest: {exc}", file=sys.stderr)
+        return 2
+    shard_map = shard_map or ShardMap.single(args.server)
+    with Router(shard_map, credentials=credentials) as checked:
+        try:
+            checked.check()
+        except RouterError as exc:
+            print(f"embed-server ingest: {exc}", file=sys.stderr)
+            return 2
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        print("embed-server ingest --ray: Ray is not installed; pip install '.[cluster]'", file=sys.stderr)
+        return 2
+    with tqdm(unit="doc", desc=f"ingest {args.collection} (ray)") as bar:
+        try:
+            report = ingest_with_ray(
+                [args.file],
+                collection=args.collection,
+                shard_map=shard_map,
+                credentials=credentials,
+                senders=args.ray_senders,
+                batch=args.ray_batch,
+                attempts=args.ray_attempts,
+                limit=args.limit,
+                store_text=not args.no_text,
+                chunking=args.chunking,
+                ray_address=args.ray_address,
+                progress=bar.update,
+            )
+        except ValueError as exc:
+            bar.close()
+            print(f"embed-server ingest: {exc}", file=sys.stderr)
+            return 2
+    for row in report.acks:
+        if row["error"]:
+            print(f"{row['id']}: {row['error']}", file=sys.stderr)
+    print(
+        summary(
+            args.collection,
+            report.embedded,
+            report.cached,
+            report.failed,
+            report.chunks_embedded,
+            report.chunks_cached,
+            report.chunked,
+            report.seconds,
+        )
+    )
+    shards = ", ".join(f"{name} {n}" for name, n in sorted(report.per_shard.items()))
+    print(f"per shard: {shards}; documents sent again after a failed batch: {report.resent_documents}")
+    return 1 if report.failed else 0
