@@ -2,7 +2,7 @@
 
 Ray Data reads the corpus (JSONL with BEIR's ``_id``/``title``/``text``, ``.jsonl.gz``, or
 Parquet with the same columns) in blocks and streams them through a pool of sender actors
-(``map_batches`` with a callable class, ``concurrency`` = ``--ray-senders``). Each actor holds
+(``map_batches`` with a callable class on an actor pool of ``--ray-senders`` actors). Each actor holds
 one :class:`embedcore.router.Router` (channels to every shard) and, per batch of
 ``--ray-batch`` documents, partitions the batch by the router's placement and streams each
 part to its shard's ``Ingest`` (every replica of it) at once, then returns one row per
@@ -184,6 +184,7 @@ def ingest_with_ray(
     leaves it running. ``progress(n)`` gets each batch's document count. ValueError: unusable
     input (mixed formats, no ``_id``/``text`` column)."""
     import ray
+    import ray.data
 
     if senders < 1 or batch < 1 or attempts < 1:
         raise ValueError("senders, batch and attempts must be >= 1")
@@ -205,7 +206,8 @@ def ingest_with_ray(
         },
         batch_size=batch,
         batch_format="numpy",
-        concurrency=senders,
+        # `senders` actors, each sending one batch at a time (Ray Data queues a few more per actor)
+        compute=ray.data.ActorPoolStrategy(size=senders),
         # The actors wait on the network; the shards do the computing.
         num_cpus=0.25,
     )
