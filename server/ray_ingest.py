@@ -206,8 +206,9 @@ def ingest_with_ray(
         },
         batch_size=batch,
         batch_format="numpy",
-        # `senders` actors, each sending one batch at a time (Ray Data queues a few more per actor)
-        compute=ray.data.ActorPoolStrategy(size=senders),
+        # 1 to `senders` actors (Ray Data grows the pool with the input), each sending one batch
+        # at a time (Ray Data queues a few more per actor)
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=senders),
         # The actors wait on the network; the shards do the computing.
         num_cpus=0.25,
     )

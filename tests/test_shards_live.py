@@ -162,6 +162,23 @@ def test_ray_ingest_again_is_all_cache_hits(cluster: dict[str, Any], ray_report:
     )
 
 
+def test_ray_ingest_retries_a_failing_batch_then_reports_each_document(
+    cluster: dict[str, Any], local_ray: None
+) -> None:
+    """A shard that never answers: each batch is sent ``attempts`` times, then every document
+    comes back once, as an error naming the shard (nothing is dropped or duplicated)."""
+    from server.ray_ingest import ingest_with_ray
+    from tests.server_harness import free_port
+
+    dead = ShardMap.single(f"127.0.0.1:{free_port()}")
+    report = ingest_with_ray(
+        [cluster["corpus"]], collection="nowhere", shard_map=dead, senders=1, batch=16, attempts=2, limit=40
+    )
+    assert sorted(row["id"] for row in report.acks) == sorted(r["_id"] for r in shard_corpus(40))
+    assert report.failed == 40 and report.resent_documents == 40
+    assert all("UNAVAILABLE" in row["error"] and "shard default" in row["error"] for row in report.acks)
+
+
 def test_ingest_cli_ray_path_prints_the_plain_summary(
     cluster: dict[str, Any], ray_report: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
