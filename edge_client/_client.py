@@ -33,6 +33,7 @@ from edge_client.index import Hit, LocalIndex
 from edge_client.policy import Policy, fit_threshold, weak_evidence
 from embedcore import BundleError as BundleFormatError
 from embedcore import EdgeBundle, Filter, FilterError, parse_filter
+from embedcore.router import Router, RouterError
 from embedcore.transport import ClientCredentials, explain
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1 import embedding_pb2_grpc as rpc
@@ -99,6 +100,13 @@ class EdgeClient:
     ``token`` is a shorthand) override what ``config.json`` remembers for the same server.
     ``channel`` may be injected (interceptors); otherwise one is opened to ``server`` with
     retries and keepalive configured (see edge_client._transport).
+
+    ``router`` (an :class:`embedcore.router.Router` over sharded servers): the server fallback
+    searches through it (a split collection: every shard, merged) and :meth:`sync` pulls a
+    collection from the shard(s) that hold it (a split collection part by part into the one
+    local index, one checkpoint per shard). Without ``server``, :meth:`init` fetches the bundle
+    from the first shard's primary; every shard must serve the same bundle (same model and
+    projection) or SyncVectors refuses the others (FingerprintMismatch).
     """
 
     def __init__(
@@ -116,11 +124,14 @@ class EdgeClient:
         token: str = "",
         cache_size: int = 1024,
         policy: Policy | None = None,
+        router: Router | None = None,
     ) -> None:
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         config = self._read_config()
-        self.server = server or config.get("server", "")
+        self.router = router
+        first_shard = router.map.shards[0].primary if router is not None else ""
+        self.server = server or config.get("server", "") or first_shard
         # What init remembered applies to the server it was given, not to another one.
         saved = config.get("connection") if self.server == config.get("server") else None
         given = credentials or ClientCredentials()
@@ -267,8 +278,14 @@ class EdgeClient:
         return bundle
 
     def sync(self, collection: str, *, progress: bool = False, timeout: float = 600.0) -> SyncReport:
-        """Bring the local copy of ``collection`` up to date (incremental, resumable)."""
+        """Bring the local copy of ``collection`` up to date (incremental, resumable). With a
+        router: from the shard(s) that hold it (see the class docstring)."""
         index = self.index(collection)
+        if self.router is not None:
+            report = self._sync_routed(self.router, index, collection, progress=progress, timeout=timeout)
+            if report.upserts or report.deletes or report.full_resync:
+                fit_threshold(index)
+            return report
         report = sync_collection(
             rpc.CollectionServiceStub(self.channel),
             index,
@@ -281,6 +298,54 @@ class EdgeClient:
         if report.upserts or report.deletes or report.full_resync:
             fit_threshold(index)
         return report
+
+    def _sync_routed(
+        self, router: Router, index: LocalIndex, collection: str, *, progress: bool, timeout: float
+    ) -> SyncReport:
+        """Each shard of ``collection`` in turn, from its primary, the next replica when that
+        one is unreachable (another store: its part is synced again from 0); ServerUnavailable
+        when a shard has no reachable replica. A split collection's parts missing on a shard
+        (NOT_FOUND: no document landed there) add nothing."""
+        shards = router.map.shards_for(collection)
+        split = len(shards) > 1 or router.map.is_split(collection)
+        reports: list[SyncReport] = []
+        for shard in shards:
+            failures: list[str] = []
+            for address in shard.replicas:
+                try:
+                    reports.append(
+                        sync_collection(
+                            router.collections_stub(address),
+                            index,
+                            collection=collection,
+                            bundle_fingerprint=self.bundle.fingerprint,
+                            timeout=timeout,
+                            metadata=router.metadata,
+                            progress=progress,
+                            part=shard.name if split else "",
+                        )
+                    )
+                    break
+                except ServerUnavailable as exc:
+                    failures.append(f"{address}: {exc}")
+                except CollectionNotFound:
+                    if not split:
+                        raise
+                    break
+            else:
+                raise ServerUnavailable(
+                    f"sync of {collection!r}: no replica of shard {shard.name} answered: "
+                    + "; ".join(failures)
+                )
+        return SyncReport(
+            collection,
+            sum(r.upserts for r in reports),
+            sum(r.deletes for r in reports),
+            sum(r.sequence for r in reports),
+            any(r.full_resync for r in reports),
+            len(index),
+            ",".join(r.incarnation for r in reports),
+        )
 
     def add(self, paths: Iterable[Path | str], *, collection: str) -> int:
         """Embed local text files (one document per paragraph, id ``PATH#N``) into the index.
@@ -339,13 +404,21 @@ class EdgeClient:
         """Full-dimension search on the server; ServerUnavailable when unreachable or too slow,
         CollectionNotFound when it has no such collection."""
         parse_metadata_filter(filter)  # refused here as the server would refuse it
-        stub = rpc.CollectionServiceStub(self.channel)
+        request = pb.SearchRequest(collection=collection, query=text, k=k, filter=filter or "")
         try:
-            reply = stub.Search(
-                pb.SearchRequest(collection=collection, query=text, k=k, filter=filter or ""),
-                timeout=timeout or self.timeout,
-                metadata=self._metadata,
-            )
+            if self.router is not None:
+                reply = self.router.search(request, timeout=timeout or self.timeout)
+            else:
+                stub = rpc.CollectionServiceStub(self.channel)
+                reply = stub.Search(request, timeout=timeout or self.timeout, metadata=self._metadata)
+        except RouterError as exc:
+            if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                raise ServerUnavailable(str(exc), code=exc.code, detail=str(exc)) from exc
+            if exc.code == "NOT_FOUND":
+                raise CollectionNotFound(
+                    f"no shard has collection {collection!r}", code=exc.code, detail=str(exc)
+                ) from exc
+            raise ServerError(f"server search failed: {exc}", code=exc.code, detail=str(exc)) from exc
         except grpc.RpcError as exc:
             failure = explain(exc, self.server, timeout=timeout or self.timeout, credentials=self.credentials)
             if failure.unreachable:
