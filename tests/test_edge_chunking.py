@@ -29,7 +29,9 @@ def _cuts(spans: list[Any]) -> list[tuple[int, int, int]]:
 
 
 @pytest.mark.parametrize("prompt", ["", "passage: "])
-def test_the_edge_bundle_cuts_long_texts_as_the_server(spec: Any, edge_bundle: EdgeBundle, prompt: str) -> None:
+def test_the_edge_bundle_cuts_long_texts_as_the_server(
+    spec: Any, edge_bundle: EdgeBundle, prompt: str
+) -> None:
     bundle, model = edge_bundle, spec
     if prompt:  # a model with a document prompt: both sides take its tokens off the budget
         manifest = dataclasses.replace(
@@ -93,11 +95,11 @@ def test_a_long_paragraph_is_chunked_and_found_by_its_tail(edge_bundle: EdgeBund
 
 
 def test_no_chunking_keeps_truncation(edge_bundle: EdgeBundle, tmp_path: Path) -> None:
-    notes, long, tail = _notes(tmp_path)
+    notes, _long, tail = _notes(tmp_path)
     home = _home(edge_bundle, tmp_path)
+    command = ["add", str(notes), "--home", str(home), "--collection", "cut", "--no-chunking"]
     result = subprocess.run(
-        [sys.executable, "-m", "edge_client", "add", str(notes), "--home", str(home), "--collection", "cut"]
-        + ["--no-chunking"],
+        [sys.executable, "-m", "edge_client", *command],
         capture_output=True,
         text=True,
         timeout=120,
