@@ -236,6 +236,7 @@ class EdgeClient:
             index = LocalIndex(self.home / "collections" / collection, dims=dims, dtype=self.dtype)
             self._indexes[collection] = index
             if index.lost_local:  # their vectors were in a damaged file: embed their texts again
+                # (chunked when long: whether one was added with --no-chunking is not kept)
                 self._upsert_local(index, *map(list, zip(*index.lost_local, strict=True)))
                 index.lost_local = []
                 index.save()
