@@ -29,10 +29,11 @@ from edge_client.errors import (
     ServerError,
     ServerUnavailable,
 )
-from edge_client.index import Hit, LocalIndex
+from edge_client.index import Chunk, Hit, LocalIndex
 from edge_client.policy import Policy, fit_threshold, weak_evidence
 from embedcore import BundleError as BundleFormatError
 from embedcore import EdgeBundle, Filter, FilterError, parse_filter
+from embedcore.chunking import CHUNK_MAX_CHARS, Chunker, embedded_part
 from embedcore.router import Router, RouterError
 from embedcore.transport import ClientCredentials, explain
 from protos.embedding.v1 import embedding_pb2 as pb
@@ -74,6 +75,32 @@ class SearchResult:
             "degraded": self.degraded,
             "reason": self.reason,
         }
+
+
+@dataclass(frozen=True)
+class AddReport:
+    """What :meth:`EdgeClient.add` stored: ``documents`` paragraphs (one document each); of
+    them ``chunked`` longer than the model reads, stored as ``chunks`` chunk vectors in all (the
+    rest as one vector each); ``cut``: chunked paragraphs longer than
+    ``embedcore.chunking.CHUNK_MAX_CHARS`` characters, whose end is stored but not embedded."""
+
+    documents: int = 0
+    chunked: int = 0
+    chunks: int = 0
+    cut: int = 0
+
+    def summary(self) -> str:
+        """One line for people, e.g. ``3 paragraphs (1 chunked into 4 chunks)``."""
+        out = f"{self.documents} paragraph{'' if self.documents == 1 else 's'}"
+        if self.chunked:
+            out += f" ({self.chunked} longer than the model reads, chunked into {self.chunks} chunks"
+            if self.cut:
+                out += (
+                    f"; {self.cut} over {CHUNK_MAX_CHARS:,} characters: "
+                    "the text past that is stored, not embedded"
+                )
+            out += ")"
+        return out
 
 
 def split_paragraphs(text: str) -> list[str]:
@@ -220,23 +247,60 @@ class EdgeClient:
             index = LocalIndex(self.home / "collections" / collection, dims=dims, dtype=self.dtype)
             self._indexes[collection] = index
             if index.lost_local:  # their vectors were in a damaged file: embed their texts again
+                # (chunked when long: whether one was added with --no-chunking is not kept)
                 self._upsert_local(index, *map(list, zip(*index.lost_local, strict=True)))
                 index.lost_local = []
                 index.save()
         return self._indexes[collection]
 
     def _upsert_local(
-        self, index: LocalIndex, ids: list[str], texts: list[str], metadata: list[dict[str, Any]]
-    ) -> None:
+        self,
+        index: LocalIndex,
+        ids: list[str],
+        texts: list[str],
+        metadata: list[dict[str, Any]],
+        *,
+        chunking: bool = True,
+    ) -> AddReport:
+        """Embed and store local documents. With ``chunking``, a text longer than the model
+        reads is cut as the server cuts it (the bundle's chunker, at most
+        :data:`~embedcore.chunking.CHUNK_MAX_CHARS` characters of it embedded) and stored with a
+        vector per chunk; otherwise (and for short texts) it is one vector, of what the model
+        reads of it (its beginning)."""
         # The same text embedded by the same bundle and graph is the same vector: shared.
         model = f"local:{self.bundle.fingerprint}:{'int8' if self.int8 else 'fp32'}:"
-        contents = [model + hashlib.sha256(text.encode("utf-8")).hexdigest() for text in texts]
-        for start in range(0, len(ids), 256):
-            part = slice(start, start + 256)
-            vectors = self._embed(texts[part], index.dims, "document")
+        chunker = self.bundle.chunker() if chunking else None
+        spans = [_chunk_spans(chunker, text) for text in texts]
+        report = AddReport(
+            documents=len(ids),
+            chunked=sum(1 for found in spans if found),
+            chunks=sum(len(found) for found in spans),
+            cut=sum(
+                1 for found, text in zip(spans, texts, strict=True) if found and len(text) > CHUNK_MAX_CHARS
+            ),
+        )
+        for group in _groups(spans, _EMBED_BATCH):
+            pieces = [[texts[i]] if not spans[i] else [texts[i][a:b] for a, b in spans[i]] for i in group]
+            flat = [piece for parts in pieces for piece in parts]
+            vectors = self._embed(flat, index.dims, "document")
+            contents = [model + hashlib.sha256(piece.encode("utf-8")).hexdigest() for piece in flat]
+            at, firsts, chunks = 0, [], []
+            for i, parts in zip(group, pieces, strict=True):
+                firsts.append(at)
+                chunks.append(
+                    [Chunk(vectors[at + j], contents[at + j], a, b) for j, (a, b) in enumerate(spans[i])]
+                )
+                at += len(parts)
             index.upsert(
-                ids[part], vectors, texts[part], metadata[part], source="local", contents=contents[part]
+                [ids[i] for i in group],
+                vectors[firsts],
+                [texts[i] for i in group],
+                [metadata[i] for i in group],
+                source="local",
+                contents=[contents[j] for j in firsts],
+                chunks=chunks,
             )
+        return report
 
     def close(self) -> None:
         for index in self._indexes.values():
@@ -347,8 +411,12 @@ class EdgeClient:
             ",".join(r.incarnation for r in reports),
         )
 
-    def add(self, paths: Iterable[Path | str], *, collection: str) -> int:
+    def add(self, paths: Iterable[Path | str], *, collection: str, chunking: bool = True) -> AddReport:
         """Embed local text files (one document per paragraph, id ``PATH#N``) into the index.
+        A paragraph longer than the model reads is chunked as the server chunks a long document
+        (several vectors, a search answers with its best chunk as the snippet; at most
+        ``embedcore.chunking.CHUNK_MAX_CHARS`` characters of it are embedded, all of it is
+        stored); ``chunking=False`` embeds only its beginning (what the model reads), as before.
         InvalidInput names the first paragraph with a NUL character (nothing is added)."""
         ids: list[str] = []
         texts: list[str] = []
@@ -361,12 +429,12 @@ class EdgeClient:
                 texts.append(paragraph)
                 metadata.append({"path": str(path), "paragraph": n})
         if not ids:
-            return 0
+            return AddReport()
         index = self.index(collection)
-        self._upsert_local(index, ids, texts, metadata)
+        report = self._upsert_local(index, ids, texts, metadata, chunking=chunking)
         index.save()
         fit_threshold(index)
-        return len(ids)
+        return report
 
     # --- search ------------------------------------------------------------------------------
     def embed_query(self, text: str, dims: int) -> np.ndarray:
@@ -499,6 +567,36 @@ class EdgeClient:
             "threshold": index.get_state("threshold"),
             "bundle": self.bundle.fingerprint,
         }
+
+
+_EMBED_BATCH = 256  # texts (whole documents or chunks) embedded and stored at once
+
+
+def _chunk_spans(chunker: Chunker | None, text: str) -> list[tuple[int, int]]:
+    """The character spans of ``text``'s chunks when it is longer than the model reads and
+    ``chunker`` is given (what the server stores for it), else [] (embedded whole)."""
+    if chunker is None:
+        return []
+    found = chunker.split(embedded_part(text, CHUNK_MAX_CHARS))
+    return [(span.start, span.stop) for span in found] if len(found) > 1 else []
+
+
+def _groups(spans: list[list[tuple[int, int]]], size: int) -> list[list[int]]:
+    """Consecutive documents in groups of about ``size`` vectors (a document's chunks stay in
+    one group, so a group may be larger when one document has more)."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    count = 0
+    for i, found in enumerate(spans):
+        need = max(1, len(found))
+        if current and count + need > size:
+            groups.append(current)
+            current, count = [], 0
+        current.append(i)
+        count += need
+    if current:
+        groups.append(current)
+    return groups
 
 
 def parse_metadata_filter(text: str | None) -> Filter | None:

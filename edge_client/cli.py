@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("add", "embed local text files on this device into the local index")
     p.add_argument("paths", nargs="+", type=Path)
     p.add_argument("--collection", default="local", help="local index to add to (default: local)")
+    p.add_argument(
+        "--no-chunking",
+        dest="chunking",
+        action="store_false",
+        help="embed only the beginning of a paragraph longer than the model reads (default: chunk it "
+        "as the server chunks long documents)",
+    )
     p = command("search", "search locally, on the server, or automatically")
     p.add_argument("text")
     p.add_argument("--collection", required=True)
@@ -171,8 +178,8 @@ def _run_client(args: argparse.Namespace, edge: Any) -> int:
                 f"{report.documents} documents locally, at sequence {report.sequence}"
             )
         elif args.command == "add":
-            n = client.add(args.paths, collection=args.collection)
-            print(f"added {n} paragraphs to the local index {args.collection!r}")
+            added = client.add(args.paths, collection=args.collection, chunking=args.chunking)
+            print(f"added {added.summary()} to the local index {args.collection!r}")
         else:
             result = client.search(
                 args.text,
