@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,7 @@ def build_projected_model(
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty")
     base_model = SentenceTransformer(str(base), device="cpu")
-    transformer = base_model[0]
+    transformer: Any = base_model[0]
     width = int(transformer.get_embedding_dimension())
     weights = orthogonal_rows(dimension, width, seed)
     dense = Dense(width, dimension, bias=False, activation_function=torch.nn.Identity())
