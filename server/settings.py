@@ -63,6 +63,11 @@ class Settings:
     data_dir: Path = _opt(Path("./data"), "directory for the LMDB store and vector indexes")
     # --- store, ingest and search (issue 4) ---
     store_float16: bool = _opt(False, "keep stored vectors as float16 (half the bytes) instead of float32")
+    version_retention_hours: float = _opt(
+        168.0,
+        "how long a collection's previous model version is kept after a migration's cutover, for "
+        "`embed-server migrate --rollback`; `embed-server gc` drops it afterwards",
+    )
     store_map_size_mb: int = _opt(1024, "initial LMDB map size in MiB (sparse; grows by itself when full)")
     index_dtype: str = _opt(
         "f16", "element type of the per-collection usearch index", choices=("f32", "f16", "i8")
@@ -339,6 +344,8 @@ class Settings:
                 f"--chunk-overlap-tokens must be at least 0 and less than half of --chunk-tokens "
                 f"({self.chunk_tokens}), got {self.chunk_overlap_tokens}"
             )
+        if not self.version_retention_hours >= 0:
+            raise ValueError(f"--version-retention-hours must be >= 0, got {self.version_retention_hours}")
         if self.max_message_bytes < MIN_MESSAGE_BYTES:
             # one document's id, vector and metadata (at most 64 KiB as JSON) must fit a message
             raise ValueError(
