@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server import message_size as size
 from server.errors import NotFound
@@ -20,6 +20,9 @@ from server.search import Searcher
 from server.store import Indexes, Store
 from server.store.lexical import LexicalIndexes
 from server.validation import check_count, check_unique
+
+if TYPE_CHECKING:
+    from server.model_routing import RoutedSearcher
 
 MAX_GET_IDS = 1000
 
@@ -67,13 +70,17 @@ class Catalog:
         store: Store,
         indexes: Indexes,
         lexical: LexicalIndexes,
-        searcher: Searcher,
+        searcher: Searcher | RoutedSearcher,
         *,
         serving_fingerprint: str,
         max_message_bytes: int,
+        served_fingerprints: frozenset[str] = frozenset(),
     ) -> None:
+        """``served_fingerprints``: the models served beside ``serving_fingerprint`` (a
+        collection stored under one of them is not stale)."""
         self.store, self.indexes, self.lexical, self.searcher = store, indexes, lexical, searcher
         self.serving_fingerprint = serving_fingerprint
+        self.served_fingerprints = served_fingerprints
         self.max_response_bytes = max_message_bytes - size.RESPONSE_OVERHEAD
 
     async def collections(self) -> list[CollectionSummary]:
@@ -90,7 +97,7 @@ class Catalog:
                     row.documents,
                     row.sequence,
                     row.model_fingerprint,
-                    row.stale,
+                    row.stale and row.model_fingerprint not in self.served_fingerprints,
                     row.incarnation,
                     document_bytes,
                     vector_bytes,

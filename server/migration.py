@@ -21,11 +21,15 @@ refuses (MigrationIncomplete) while any differs; they are then copied and the cu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from server import metrics
+from server.errors import NotFound, PreconditionFailed
 from server.ingest import IngestItem, Ingestor
+from server.model_routing import ModelStack, Router
 from server.store import Store
 from server.store.versions import NEXT, MigrationIncomplete, Retained, VersionError, hidden
 
@@ -58,14 +62,18 @@ async def migrate_collection(
     progress: Callable[[int], None] = lambda _: None,
     *,
     batch: int = BATCH,
+    before_cutover: Callable[[], None] = lambda: None,
+    report: MigrationReport | None = None,
 ) -> MigrationReport:
     """Re-embed ``collection`` with ``ingestor``'s model, then cut over (see the module
     docstring). ``progress`` is told how many documents each batch settled (skipped or
     written). VersionError: no such collection, already on that model, or documents stored
     without text (they cannot be re-embedded; ingest them again with text first).
-    RuntimeError naming a document the target model refused."""
+    RuntimeError naming a document the target model refused. ``before_cutover`` runs (in a
+    thread) before each cutover attempt; ``report`` is filled as the migration goes (a fresh
+    one when None)."""
     spec = ingestor.spec
-    report = MigrationReport(collection, spec.fingerprint)
+    report = report or MigrationReport(collection, spec.fingerprint)
     without_text = await asyncio.to_thread(_count_without_text, store, collection)
     if without_text:
         raise VersionError(
@@ -78,6 +86,7 @@ async def migrate_collection(
     target = hidden(collection, NEXT)
     for _attempt in range(CUTOVER_ATTEMPTS):
         await _copy(store, ingestor, collection, target, report, progress, batch)
+        await asyncio.to_thread(before_cutover)
         try:
             retained: Retained = await asyncio.to_thread(store.cutover, collection)
         except MigrationIncomplete as exc:  # written to while we copied: copy what changed
@@ -140,3 +149,203 @@ def rollback(store: Store, collection: str) -> Retained:
     """(Blocking) Bind ``collection`` back to its retained previous version, nothing embedded;
     returns the version now retained (the one that served). VersionError when there is none."""
     return store.rollback(collection)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One MigrateProgress message: ``state`` copying / cut_over / rolled_back / aborted."""
+
+    state: str
+    documents: int = 0
+    done: int = 0
+    embedded: int = 0
+    skipped: int = 0
+    fingerprint: str = ""
+
+
+class Migrations:
+    """The online migrations of one server: at most one background task per collection, at
+    bulk priority, on the target model's encoder (see server.model_routing for the writes that
+    reach both versions meanwhile). A task outlives the call that started it: a cancelled
+    Migrate call leaves it running, and a restarted server resumes every migration whose target
+    model it serves."""
+
+    def __init__(self, store: Store, router: Router) -> None:
+        self.store, self.router = store, router
+        self._tasks: dict[str, asyncio.Task[MigrationReport]] = {}
+        self._reports: dict[str, MigrationReport] = {}
+        self._totals: dict[str, int] = {}
+        self._changed = asyncio.Condition()
+
+    def resume_all(self) -> list[str]:
+        """Start again every migration recorded in the store whose target model is served;
+        returns their collections. (A migration to a model not served waits for a server
+        that serves it, or for ``migrate --abort``.)"""
+        resumed = []
+        for name in self.store.collections():
+            migration = self.store.migration(name)
+            if migration is None:
+                continue
+            stack = self.router.by_fingerprint(migration.to)
+            if stack is None:
+                log.warning(
+                    "collection %r has a migration to model %s, which this server does not serve; it waits",
+                    name,
+                    migration.to,
+                )
+                continue
+            log.info("resuming the migration of %r to %r", name, stack.model.name)
+            self._spawn(name, stack)
+            resumed.append(name)
+        return resumed
+
+    async def start(self, collection: str, to_model: str) -> None:
+        """Start migrating ``collection`` to the served model ``to_model`` (or join the
+        migration to it already running). NotFound: no such collection or model;
+        PreconditionFailed: already on it, or another migration is running."""
+        meta = await asyncio.to_thread(self.store.collection, collection)
+        if meta is None:
+            raise NotFound(f"no collection {collection!r}", field="collection")
+        stack = self.router.by_name(to_model)
+        if stack is None:
+            served = ", ".join(repr(s.model.name) for s in self.router.stacks)
+            raise NotFound(
+                f"model {to_model!r} is not served here; this server serves {served}", field="to_model"
+            )
+        running = self._tasks.get(collection)
+        if running is not None and not running.done():
+            if self._reports[collection].to == stack.fingerprint:
+                return
+            raise PreconditionFailed(
+                f"collection {collection!r} is being migrated to another model; abort it first"
+            )
+        if meta.fingerprint == stack.fingerprint:
+            raise PreconditionFailed(f"collection {collection!r} is already on model {to_model!r}")
+        self._spawn(collection, stack)
+
+    def _spawn(self, collection: str, stack: ModelStack) -> None:
+        report = MigrationReport(collection, stack.fingerprint)
+        self._reports[collection] = report
+        meta = self.store.collection(collection)
+        self._totals[collection] = meta.documents if meta else 0
+        self._tasks[collection] = asyncio.create_task(
+            self._run(collection, stack, report), name=f"migrate-{collection}"
+        )
+
+    async def _run(self, collection: str, stack: ModelStack, report: MigrationReport) -> MigrationReport:
+        total = self._totals[collection]
+        metrics.MIGRATION_DOCUMENTS.labels(collection, "total").set(total)
+
+        def progress(_n: int) -> None:
+            metrics.MIGRATION_DOCUMENTS.labels(collection, "done").set(report.documents)
+            metrics.MIGRATION_DOCUMENTS.labels(collection, "embedded").set(report.embedded)
+            asyncio.get_running_loop().create_task(self._notify())
+
+        def before_cutover() -> None:  # the target model's caches of this name are stale
+            self.router.forget(collection, [stack])
+
+        try:
+            result = await migrate_collection(
+                self.store,
+                stack.shadow,
+                collection,
+                progress,
+                before_cutover=before_cutover,
+                report=report,
+            )
+            await asyncio.to_thread(self.router.switched, collection)
+            log.info(
+                "collection %r now on model %r: %d documents, %d embedded, %d already migrated",
+                collection,
+                stack.model.name,
+                result.documents,
+                result.embedded,
+                result.skipped,
+            )
+            return result
+        finally:
+            await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def progress(self, collection: str) -> Progress:
+        report = self._reports.get(collection)
+        if report is None:
+            return Progress("copying")
+        return Progress(
+            "copying",
+            self._totals.get(collection, 0),
+            report.documents,
+            report.embedded,
+            report.skipped,
+            report.to,
+        )
+
+    async def watch(self, collection: str) -> AsyncIterator[Progress]:
+        """The progress of ``collection``'s running migration until it cuts over (the last
+        message, state cut_over); its failure is raised (VersionError as PreconditionFailed)."""
+        task = self._tasks[collection]
+        last: Progress | None = None
+        while True:
+            async with self._changed:
+                if not task.done():
+                    current = self.progress(collection)
+                    if current != last:
+                        last = current
+                        yield current
+                    await self._changed.wait()
+                    continue
+            break
+        try:
+            report = task.result()
+        except VersionError as exc:
+            raise PreconditionFailed(str(exc)) from exc
+        total = self._totals.get(collection, 0)
+        yield Progress("cut_over", total, report.documents, report.embedded, report.skipped, report.to)
+
+    async def rollback(self, collection: str) -> Progress:
+        """Bind ``collection`` back to its retained version (nothing embedded). NotFound: no
+        such collection; PreconditionFailed: nothing retained, or a migration is running."""
+        running = self._tasks.get(collection)
+        if running is not None and not running.done():
+            raise PreconditionFailed(f"collection {collection!r} is being migrated; abort it first")
+        if await asyncio.to_thread(self.store.collection, collection) is None:
+            raise NotFound(f"no collection {collection!r}", field="collection")
+        try:
+            await asyncio.to_thread(self._rollback, collection)
+        except VersionError as exc:
+            raise PreconditionFailed(str(exc)) from exc
+        meta = await asyncio.to_thread(self.store.collection, collection)
+        return Progress(
+            "rolled_back", meta.documents if meta else 0, fingerprint=meta.fingerprint if meta else ""
+        )
+
+    def _rollback(self, collection: str) -> None:
+        retained = self.store.retained(collection)
+        incoming = None if retained is None else self.router.by_fingerprint(retained.fingerprint)
+        if incoming is not None:
+            self.router.forget(collection, [incoming])
+        self.store.rollback(collection)
+        self.router.switched(collection)
+
+    async def abort(self, collection: str) -> Progress:
+        """Stop ``collection``'s migration and drop its target. PreconditionFailed: none."""
+        task = self._tasks.pop(collection, None)
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if not await asyncio.to_thread(self.store.abort_migration, collection):
+            raise PreconditionFailed(f"collection {collection!r} has no migration in progress")
+        meta = await asyncio.to_thread(self.store.collection, collection)
+        return Progress("aborted", fingerprint=meta.fingerprint if meta else "")
+
+    async def close(self) -> None:
+        """Stop every running migration (each resumes at the next start)."""
+        for task in self._tasks.values():
+            task.cancel()
+        for task in self._tasks.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
