@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from server import message_size as size
 from server.errors import NotFound
 from server.ingest import validate_collection, validate_id
-from server.search import Searcher
 from server.store import Indexes, Store
 from server.store.lexical import LexicalIndexes
 from server.validation import check_count, check_unique
 
-if TYPE_CHECKING:
-    from server.model_routing import RoutedSearcher
+
+class _SearchCaches(Protocol):
+    """What the catalog needs of the searcher: dropping a collection's caches."""
+
+    def forget(self, collection: str) -> None: ...
+
 
 MAX_GET_IDS = 1000
 
@@ -70,7 +73,7 @@ class Catalog:
         store: Store,
         indexes: Indexes,
         lexical: LexicalIndexes,
-        searcher: Searcher | RoutedSearcher,
+        searcher: _SearchCaches,
         *,
         serving_fingerprint: str,
         max_message_bytes: int,

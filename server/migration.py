@@ -175,7 +175,7 @@ class Migrations:
         self._tasks: dict[str, asyncio.Task[MigrationReport]] = {}
         self._reports: dict[str, MigrationReport] = {}
         self._totals: dict[str, int] = {}
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()  # replaced (after being set) at every change
 
     def resume_all(self) -> list[str]:
         """Start again every migration recorded in the store whose target model is served;
@@ -239,7 +239,7 @@ class Migrations:
         def progress(_n: int) -> None:
             metrics.MIGRATION_DOCUMENTS.labels(collection, "done").set(report.documents)
             metrics.MIGRATION_DOCUMENTS.labels(collection, "embedded").set(report.embedded)
-            asyncio.get_running_loop().create_task(self._notify())
+            self._notify()
 
         def before_cutover() -> None:  # the target model's caches of this name are stale
             self.router.forget(collection, [stack])
@@ -264,11 +264,12 @@ class Migrations:
             )
             return result
         finally:
-            await self._notify()
+            self._notify()
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    def _notify(self) -> None:
+        """Wake every watcher (each then waits on the new event)."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     def progress(self, collection: str) -> Progress:
         report = self._reports.get(collection)
@@ -288,16 +289,14 @@ class Migrations:
         message, state cut_over); its failure is raised (VersionError as PreconditionFailed)."""
         task = self._tasks[collection]
         last: Progress | None = None
-        while True:
-            async with self._changed:
-                if not task.done():
-                    current = self.progress(collection)
-                    if current != last:
-                        last = current
-                        yield current
-                    await self._changed.wait()
-                    continue
-            break
+        while not task.done():
+            changed = self._changed
+            current = self.progress(collection)
+            if current != last:
+                last = current
+                yield current
+            if not task.done():
+                await changed.wait()
         try:
             report = task.result()
         except VersionError as exc:

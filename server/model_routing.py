@@ -24,17 +24,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from server.edge_builder import EdgeBundles
 from server.errors import InvalidArgument, ServiceError
-from server.ingest import IngestItem, Ingestor, IngestOutcome
+from server.ingest import IngestItem, Ingestor, IngestOutcome, validate_collection
 from server.search import Searcher, SearchQuery, SearchResult, positioned
 from server.served_models import ServedModel
 from server.settings import Settings
 from server.store import Indexes, Store
 from server.store.lexical import LexicalIndexes
 from server.store.versions import NEXT, PREV, hidden
+from server.sync import Syncer, SyncPage, SyncRequest
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ class ModelStack:
     searcher: Searcher
     ingestor: Ingestor  # serving collections: keeps indexes and the lexical index current
     shadow: Ingestor  # hidden versions: no indexes
+    edge: EdgeBundles  # the model's edge bundle (GetEdgeBundle of a collection bound to it)
+    syncer: Syncer
 
     @property
     def fingerprint(self) -> str:
@@ -56,7 +60,8 @@ class ModelStack:
 
 def build_stack(settings: Settings, store: Store, lexical: LexicalIndexes, model: ServedModel) -> ModelStack:
     """The stack of a model served beside the default one (indexes under
-    ``DATA_DIR/indexes/model-NAME``)."""
+    ``DATA_DIR/indexes/model-NAME``, edge bundle in ``DATA_DIR/edge_bundles/NAME``, loaded or
+    built by :meth:`Router.start`)."""
     spec = model.spec
     indexes = Indexes(
         store,
@@ -79,7 +84,11 @@ def build_stack(settings: Settings, store: Store, lexical: LexicalIndexes, model
     )
     ingestor = Ingestor.from_settings(store, indexes, model.embedder, spec, settings, lexical=lexical)
     shadow = Ingestor.from_settings(store, None, model.embedder, spec, settings)
-    return ModelStack(model, indexes, searcher, ingestor, shadow)
+    edge = EdgeBundles(
+        settings, spec, store, model.embedder, target=settings.data_dir / "edge_bundles" / model.name
+    )
+    syncer = Syncer(store, spec, edge, max_message_bytes=settings.max_message_bytes)
+    return ModelStack(model, indexes, searcher, ingestor, shadow, edge, syncer)
 
 
 class Router:
@@ -92,6 +101,12 @@ class Router:
     def default(self) -> ModelStack:
         return self.stacks[0]
 
+    async def start(self) -> None:
+        """Load or build the edge bundle of every model besides the default one (whose bundle
+        the runtime built first)."""
+        for stack in self.stacks[1:]:
+            await stack.edge.load_or_build()
+
     def by_fingerprint(self, fingerprint: str) -> ModelStack | None:
         return next((s for s in self.stacks if s.fingerprint == fingerprint), None)
 
@@ -100,7 +115,12 @@ class Router:
 
     def bound(self, collection: str) -> ModelStack:
         """(Blocking) The stack of the model ``collection`` is stored under; the default one
-        for a new collection or one whose model is not served (it refuses it as stale)."""
+        for a new collection, one whose model is not served (it refuses it as stale) or a name
+        that is not valid (it refuses it, naming the field)."""
+        try:
+            validate_collection(collection)
+        except ServiceError:
+            return self.default
         meta = self.store.collection(collection)
         found = None if meta is None else self.by_fingerprint(meta.fingerprint)
         return found or self.default
@@ -243,3 +263,17 @@ class RoutedIngestor:
             except ServiceError as exc:
                 log.warning("delete of %r did not reach its %s version: %s", collection, role, exc)
         return result
+
+
+class RoutedSyncer:
+    """Syncer's interface over several models: a collection syncs with the model (and edge
+    bundle) it is bound to; an edge on the previous bundle is refused with FAILED_PRECONDITION
+    (it fetches the collection's bundle and resyncs)."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    async def pages(self, request: SyncRequest) -> AsyncIterator[SyncPage]:
+        stack = await asyncio.to_thread(self.router.bound, request.collection)
+        async for page in stack.syncer.pages(request):
+            yield page

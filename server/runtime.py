@@ -24,7 +24,14 @@ from server.embedder import Embedder, Priority
 from server.ingest import Ingestor
 from server.migration import Migrations
 from server.model import ModelSpec
-from server.model_routing import ModelStack, RoutedIngestor, RoutedSearcher, Router, build_stack
+from server.model_routing import (
+    ModelStack,
+    RoutedIngestor,
+    RoutedSearcher,
+    RoutedSyncer,
+    Router,
+    build_stack,
+)
 from server.search import Searcher
 from server.served_models import ServedModel, ServedModels, default_name, start_extra_models
 from server.settings import Settings
@@ -53,11 +60,12 @@ class Runtime:
     ingestor: RoutedIngestor  # each collection's writes to the model it is bound to
     searcher: RoutedSearcher  # each collection searched with the model it is bound to
     catalog: Catalog  # ListCollections, DropCollection, GetDocuments
-    syncer: Syncer
+    syncer: RoutedSyncer  # each collection synced with its model's edge bundle
     tokens: TokenInspector
     tei: TeiEngine  # TEI's API (gRPC tei.v1 and the HTTP routes) over the same embedder
     models: ServedModels  # every served model, the default (spec, embedder, calibration) first
     migrations: Migrations  # online migrations of collections between served models
+    router: Router  # per-model indexes, searcher, ingestors, edge bundle, syncer
     tasks: list[asyncio.Task[None]] = field(default_factory=list)  # background work, stopped at close
 
     async def close(self) -> bool:
@@ -152,7 +160,7 @@ async def build_runtime(
         name = default_name(settings, spec)
         if settings.extra_models:
             phase("starting the other models' encoder workers")
-        extras = await start_extra_models(settings, name)
+        extras = await start_extra_models(settings, name, create_embedder)
         workers = embedder.describe().workers
         models = ServedModels(
             [ServedModel(name, spec, embedder, calibration, workers, default=True), *extras]
@@ -171,16 +179,28 @@ async def build_runtime(
         filter_exact_max=settings.search_filter_exact_max,
         batch_max_queries=settings.search_batch_max_queries,
     )
+    syncer = Syncer(store, spec, edge, max_message_bytes=settings.max_message_bytes)
     default_stack = ModelStack(
         models.default,
         indexes,
         searcher,
         Ingestor.from_settings(store, indexes, embedder, spec, settings, lexical=lexical),
         Ingestor.from_settings(store, None, embedder, spec, settings),
+        edge,
+        syncer,
     )
     router = Router(
         store, lexical, [default_stack, *(build_stack(settings, store, lexical, m) for m in list(models)[1:])]
     )
+    if len(models) > 1:
+        phase("loading or fitting the other models' edge bundles")
+    try:
+        await router.start()
+    except BaseException:
+        for extra in list(models)[1:]:
+            await extra.embedder.close()
+        await asyncio.to_thread(store.close)
+        raise
     routed = RoutedSearcher(router)
     runtime = Runtime(
         settings=settings,
@@ -202,13 +222,14 @@ async def build_runtime(
             max_message_bytes=settings.max_message_bytes,
             served_fingerprints=frozenset(m.spec.fingerprint for m in models),
         ),
-        syncer=Syncer(store, spec, edge, max_message_bytes=settings.max_message_bytes),
+        syncer=RoutedSyncer(router),
         tokens=TokenInspector(
             spec, max_reply_bytes=settings.max_message_bytes, max_input_chars=settings.max_input_chars
         ),
         tei=TeiEngine(spec, embedder, settings, edge),
         models=models,
         migrations=Migrations(store, router),
+        router=router,
     )
     lexical.start()
     runtime.migrations.resume_all()

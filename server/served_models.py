@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,12 +81,13 @@ class ServedModels:
         return next((m for m in self._by_name.values() if m.spec.fingerprint == fingerprint), None)
 
 
-async def start_extra_models(settings: Settings, default_model: str) -> list[ServedModel]:
-    """Load, start and calibrate every ``--extra-models`` entry (in order). On any failure the
-    pools already started are stopped and the error raised: ModelNotFoundError for a model that
-    does not resolve, ValueError for a name used twice."""
-    from server.runtime import create_embedder
-
+async def start_extra_models(
+    settings: Settings, default_model: str, create_embedder: Callable[[Settings, ModelSpec], Embedder]
+) -> list[ServedModel]:
+    """Load, start and calibrate every ``--extra-models`` entry (in order), each on an encoder
+    from ``create_embedder``. On any failure the pools already started are stopped and the
+    error raised: ModelNotFoundError for a model that does not resolve, ValueError for a name
+    used twice."""
     extra_settings = dataclasses.replace(
         settings, workers=settings.extra_model_workers, interactive_lane="off"
     )

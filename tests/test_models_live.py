@@ -15,6 +15,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -242,3 +243,31 @@ def test_migrate_under_load_then_rollback(served: Served) -> None:
         with pytest.raises(grpc.RpcError) as error:
             list(served.collections.Migrate(request, timeout=60))
         assert error.value.code() == code and words in error.value.details(), error.value.details()
+
+
+def test_edge_synced_before_cutover_resyncs_itself_after(served: Served, tmp_path: Path) -> None:
+    from edge_client import EdgeClient
+
+    collection = "edgy"
+    docs = scifact_docs(30, skip=100)
+    assert all(a.error.code == 0 for a in ingest(served.server.address, collection, docs))
+    info = served.embed.Info(pb.InfoRequest(), timeout=30)
+    bundles = {m.name: m.edge_bundle_fingerprint for m in info.models}
+    assert bundles["a"] == info.edge_bundle_fingerprint and bundles["b"] and bundles["b"] != bundles["a"]
+    with EdgeClient(tmp_path / "edge", server=served.server.address) as client:
+        client.init()
+        first = client.sync(collection)
+        assert first.documents == 30 and client.bundle.fingerprint == bundles["a"]
+        doc_id, text, _ = docs[7]
+        assert client.search_local(text, collection=collection, k=1)[0].id == doc_id
+
+        steps = list(
+            served.collections.Migrate(pb.MigrateRequest(collection=collection, to_model="b"), timeout=600)
+        )
+        assert steps[-1].state == "cut_over"
+        report = client.sync(collection)  # no init by hand: the edge fetches the new bundle
+        assert client.bundle.fingerprint == bundles["b"]
+        assert report.full_resync and report.documents == 30 and report.upserts == 30
+        for doc_id, text, _ in docs[::6]:  # its own encoder (model b's bundle) finds them locally
+            assert client.search_local(text, collection=collection, k=1)[0].id == doc_id
+        assert client.sync(collection).upserts == 0  # and it is then up to date

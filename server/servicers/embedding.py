@@ -140,6 +140,9 @@ class EmbeddingServicer:
                 dimensions=model.spec.dimension,
                 is_default=model.default,
                 workers=model.workers,
+                edge_bundle_fingerprint=getattr(
+                    runtime.router.by_name(model.name), "edge", runtime.edge
+                ).fingerprint,
             )
         lo, hi = runtime.calibration.ranges(True, spec.dimension)
         response.int8_calibration.min.extend(lo.tolist())

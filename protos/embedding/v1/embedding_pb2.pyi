@@ -194,20 +194,22 @@ class InfoResponse(_message.Message):
     def __init__(self, version: _Optional[str] = ..., model_id: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., dimensions: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., pooling: _Optional[str] = ..., normalizes: _Optional[bool] = ..., prompts: _Optional[_Mapping[str, str]] = ..., query_prompt_name: _Optional[str] = ..., document_prompt_name: _Optional[str] = ..., matryoshka_dims: _Optional[_Iterable[int]] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., workers: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_client_batch_size: _Optional[int] = ..., int8_calibration: _Optional[_Union[Int8Calibration, _Mapping]] = ..., collections: _Optional[_Iterable[_Union[CollectionInfo, _Mapping]]] = ..., edge_bundle_fingerprint: _Optional[str] = ..., compiled: _Optional[bool] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "model_id", "fingerprint", "dimensions", "is_default", "workers")
+    __slots__ = ("name", "model_id", "fingerprint", "dimensions", "is_default", "workers", "edge_bundle_fingerprint")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    EDGE_BUNDLE_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     name: str
     model_id: str
     fingerprint: str
     dimensions: int
     is_default: bool
     workers: int
-    def __init__(self, name: _Optional[str] = ..., model_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., dimensions: _Optional[int] = ..., is_default: _Optional[bool] = ..., workers: _Optional[int] = ...) -> None: ...
+    edge_bundle_fingerprint: str
+    def __init__(self, name: _Optional[str] = ..., model_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., dimensions: _Optional[int] = ..., is_default: _Optional[bool] = ..., workers: _Optional[int] = ..., edge_bundle_fingerprint: _Optional[str] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("inputs", "options")
@@ -600,10 +602,12 @@ class SyncVectorsResponse(_message.Message):
     def __init__(self, changes: _Optional[_Iterable[_Union[VectorChange, _Mapping]]] = ..., head_sequence: _Optional[int] = ..., remaining: _Optional[int] = ..., incarnation: _Optional[str] = ..., reset: _Optional[bool] = ...) -> None: ...
 
 class GetEdgeBundleRequest(_message.Message):
-    __slots__ = ("files",)
+    __slots__ = ("files", "collection")
     FILES_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     files: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, files: _Optional[_Iterable[str]] = ...) -> None: ...
+    collection: str
+    def __init__(self, files: _Optional[_Iterable[str]] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class BundleFile(_message.Message):
     __slots__ = ("path", "size", "sha256")
