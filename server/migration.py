@@ -36,6 +36,8 @@ from server.store.versions import NEXT, MigrationIncomplete, Retained, VersionEr
 log = logging.getLogger(__name__)
 
 BATCH = 128
+# Online, smaller batches: progress moves often and a batch holds the target's worker briefly.
+ONLINE_BATCH = 32
 CUTOVER_ATTEMPTS = 5
 
 
@@ -250,6 +252,7 @@ class Migrations:
                 stack.shadow,
                 collection,
                 progress,
+                batch=ONLINE_BATCH,
                 before_cutover=before_cutover,
                 report=report,
             )

@@ -23,7 +23,7 @@ from server.edge_builder import EdgeBundles
 from server.embedder import Embedder, Priority
 from server.ingest import Ingestor
 from server.migration import Migrations
-from server.model import ModelSpec
+from server.model import ModelSpec, load_spec
 from server.model_routing import (
     ModelStack,
     RoutedIngestor,
@@ -143,7 +143,10 @@ async def build_runtime(
         )
         lexical = LexicalIndexes(store, settings.data_dir / "indexes" / "lexical")
         phase("loading the vector and lexical indexes")
-        await asyncio.to_thread(_warm_indexes, store, indexes, lexical, spec.fingerprint)
+        others = await asyncio.to_thread(
+            lambda: frozenset(load_spec(ref).fingerprint for _, ref in settings.extra_model_refs())
+        )
+        await asyncio.to_thread(_warm_indexes, store, indexes, lexical, spec.fingerprint, others)
         phase("starting the encoder workers")
         await embedder.start()
 
@@ -237,10 +240,19 @@ async def build_runtime(
     return runtime
 
 
-def _warm_indexes(store: Store, indexes: Indexes, lexical: LexicalIndexes, fingerprint: str) -> None:
-    """Load or rebuild the vector and lexical indexes of every current collection, and say which
-    ones are stale."""
+def _warm_indexes(
+    store: Store,
+    indexes: Indexes,
+    lexical: LexicalIndexes,
+    fingerprint: str,
+    others: frozenset[str] = frozenset(),
+) -> None:
+    """Load or rebuild the vector and lexical indexes of every current collection of the default
+    model, and say which ones are stale (stored under a model not served: ``others`` are the
+    fingerprints of the other served models, whose indexes load on first use)."""
     for row in store.collection_rows(fingerprint):
+        if row.model_fingerprint in others:
+            continue
         if row.stale:
             log.warning(
                 "collection %r holds vectors of model %s, not the serving model %s: it will not be "

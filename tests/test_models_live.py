@@ -10,6 +10,9 @@ without embedding anything (the bulk encoder counters do not move)."""
 
 from __future__ import annotations
 
+import contextlib
+import random
+import re
 import threading
 import time
 import urllib.request
@@ -271,3 +274,59 @@ def test_edge_synced_before_cutover_resyncs_itself_after(served: Served, tmp_pat
         for doc_id, text, _ in docs[::6]:  # its own encoder (model b's bundle) finds them locally
             assert client.search_local(text, collection=collection, k=1)[0].id == doc_id
         assert client.sync(collection).upserts == 0  # and it is then up to date
+
+
+def test_kill9_during_online_migration_then_restart_resumes(served: Served) -> None:
+    """Last in this module: it kills the module's server."""
+    collection = "crashy"
+    notes = [(f"n{i:03d}", f"Short note {i} about harbour {i * 7919 % 997}.", {"i": i}) for i in range(150)]
+    assert all(a.error.code == 0 for a in ingest(served.server.address, collection, notes))
+    kill_at = random.Random(9).choice([32, 64, 96])
+    seen: list[int] = []
+
+    def migrate() -> None:
+        with contextlib.suppress(grpc.RpcError):  # the kill ends the call
+            for step in served.collections.Migrate(
+                pb.MigrateRequest(collection=collection, to_model="b"), timeout=600
+            ):
+                seen.append(step.done)
+                if step.done >= kill_at:
+                    served.server.process.kill()
+
+    thread = threading.Thread(target=migrate)
+    thread.start()
+    thread.join(600)
+    assert served.server.process.wait(60) == -9 and max(seen) >= kill_at
+    args = ("--model", "a=all-MiniLM-L6-v2", "--model", f"b={served.b.path}", "--extra-model-workers", "1")
+    with (
+        running_server(served.server.data_dir, *args) as again,
+        grpc.insecure_channel(again.address) as channel,
+    ):
+        info = EmbeddingServiceStub(channel).Info(pb.InfoRequest(), timeout=60)
+        (row,) = [c for c in info.collections if c.name == collection]
+        # Exactly one version serves, whole; searches answer from it.
+        assert row.model_fingerprint in (served.a.fingerprint, served.b.fingerprint)
+        assert row.documents == 150 and not row.stale
+        stub = CollectionServiceStub(channel)
+        hit = stub.Search(pb.SearchRequest(collection=collection, query=notes[5][1], k=1), timeout=60)
+        assert hit.hits[0].id == "n005"  # from one version or the other (the resumed one may cut over)
+        assert hit.model_fingerprint in (served.a.fingerprint, served.b.fingerprint)
+        # The restarted server resumed the migration by itself; this call follows it (or
+        # finds it done), and the resumed run embedded only what the killed one had not.
+        if row.model_fingerprint == served.a.fingerprint:
+            try:
+                steps = list(
+                    stub.Migrate(pb.MigrateRequest(collection=collection, to_model="b"), timeout=600)
+                )
+                assert steps[-1].state == "cut_over"
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION and "already" in (
+                    exc.details() or ""
+                )
+            assert "resuming the migration of 'crashy'" in again.log()
+            done = re.search(
+                r"collection 'crashy' now on model 'b': 150 documents, (\d+) embedded", again.log()
+            )
+            assert done is not None and int(done.group(1)) <= 150 - kill_at, again.log()[-2000:]
+        hit = stub.Search(pb.SearchRequest(collection=collection, query=notes[5][1], k=1), timeout=60)
+        assert hit.hits[0].id == "n005" and hit.model_fingerprint == served.b.fingerprint
