@@ -30,7 +30,7 @@ from server import metrics
 from server.errors import NotFound, PreconditionFailed
 from server.ingest import IngestItem, Ingestor
 from server.model_routing import ModelStack, Router
-from server.store import Store
+from server.store import DocRecord, Store
 from server.store.versions import NEXT, MigrationIncomplete, Retained, VersionError, hidden
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 BATCH = 128
 # Online, smaller batches: progress moves often and a batch holds the target's worker briefly.
 ONLINE_BATCH = 32
+IN_FLIGHT = 2  # batches a migration has in flight (reading and queueing the next one meanwhile)
 CUTOVER_ATTEMPTS = 5
 
 
@@ -118,33 +119,57 @@ async def _copy(
     batch: int,
 ) -> None:
     """One pass over the serving version: write to ``target`` every document it lacks or holds
-    in another form, ``batch`` per commit."""
+    in another form, ``batch`` per commit, up to :data:`IN_FLIGHT` batches at once (the next
+    one is read, tokenized and queued while the encoder computes one; each commits on its own,
+    so a kill loses at most the batches in flight)."""
     pages = store.iter_documents(collection, batch=batch)
-    while True:
-        rows = await asyncio.to_thread(next, pages, None)
-        if rows is None:
-            return
-        ids = [doc_id for doc_id, _ in rows]
-        done = await asyncio.to_thread(store.documents, target, ids)
-        todo = [
-            (doc_id, doc)
-            for (doc_id, doc), have in zip(rows, done, strict=True)
-            if have is None or (have.text, have.metadata) != (doc.text, doc.metadata)
-        ]
-        items = [
-            IngestItem(target, doc_id, doc.text, doc.metadata, chunking=bool(doc.chunks))
-            for doc_id, doc in todo
-            if doc.text is not None
-        ]
-        outcomes = await ingestor.process(items) if items else []
-        failed = [o for o in outcomes if o.error is not None]
-        if failed:
-            raise RuntimeError(f"document {failed[0].item.doc_id!r}: {failed[0].error}")
-        report.documents += len(rows)
-        report.skipped += len(rows) - len(items)
-        report.embedded += sum(not o.cached for o in outcomes)
-        report.reused += sum(o.cached for o in outcomes)
-        progress(len(rows))
+    running: set[asyncio.Task[None]] = set()
+    try:
+        while True:
+            rows = await asyncio.to_thread(next, pages, None)
+            if rows is None:
+                break
+            running.add(asyncio.create_task(_copy_batch(store, ingestor, target, rows, report, progress)))
+            if len(running) >= IN_FLIGHT:
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # a failed batch ends the pass
+        await asyncio.gather(*running)
+        running = set()
+    finally:
+        for task in running:
+            task.cancel()
+
+
+async def _copy_batch(
+    store: Store,
+    ingestor: Ingestor,
+    target: str,
+    rows: list[tuple[str, DocRecord]],
+    report: MigrationReport,
+    progress: Callable[[int], None],
+) -> None:
+    ids = [doc_id for doc_id, _ in rows]
+    done = await asyncio.to_thread(store.documents, target, ids)
+    todo = [
+        (doc_id, doc)
+        for (doc_id, doc), have in zip(rows, done, strict=True)
+        if have is None or (have.text, have.metadata) != (doc.text, doc.metadata)
+    ]
+    items = [
+        IngestItem(target, doc_id, doc.text, doc.metadata, chunking=bool(doc.chunks))
+        for doc_id, doc in todo
+        if doc.text is not None
+    ]
+    outcomes = await ingestor.process(items) if items else []
+    failed = [o for o in outcomes if o.error is not None]
+    if failed:
+        raise RuntimeError(f"document {failed[0].item.doc_id!r}: {failed[0].error}")
+    report.documents += len(rows)
+    report.skipped += len(rows) - len(items)
+    report.embedded += sum(not o.cached for o in outcomes)
+    report.reused += sum(o.cached for o in outcomes)
+    progress(len(rows))
 
 
 def rollback(store: Store, collection: str) -> Retained:
