@@ -81,7 +81,14 @@ def embed_server(data_dir: Path, *args: str, timeout: float = 600) -> Iterator[s
 @contextmanager
 def server_process(data_dir: Path, *args: str, timeout: float = 600) -> Iterator[ServerProcess]:
     """``embed-server serve`` (the CLI, via server.launch) on a free port, stopped with SIGTERM at
-    the end; yields once health says SERVING. Its log is ``data_dir/../server-PORT.log``."""
+    the end; yields once health says SERVING. Its log is ``data_dir/../server-PORT.log``.
+
+    With ``--no-chunking`` unless ``args`` say ``--chunking``: the peers cut every input at the
+    model's maximum, so a document is one vector for every engine measured (like work), and the
+    quality rows stay comparable with the earlier truncation figures; chunking is measured by
+    benchmarks/bench_long_docs.py (per request)."""
+    if "--chunking" not in args and "--no-chunking" not in args:
+        args = ("--no-chunking", *args)
     port = free_port()
     address = f"127.0.0.1:{port}"
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,9 @@
 """Dynamic batching: items (one tokenized input each) in, model batches out.
 
-- Two priority classes: a worker always takes INTERACTIVE items (Embed, EmbedStream, Search
-  queries) before BULK ones (ingestion), so queries never wait behind a bulk backlog.
+- Three priority classes: a worker always takes INTERACTIVE items (Embed, EmbedStream, Search
+  queries) before STREAM ones (a stream with many items in flight,
+  :class:`server.embeddings.StreamRoute`) and those before BULK ones (ingestion), so queries never
+  wait behind a bulk backlog.
 - Batch composition never changes a vector: an item is always computed at the same padded
   width, its length rounded up to :data:`PAD_MULTIPLE` tokens, and a batch holds items of one
   width only. Measured here (torch bfloat16, AVX2 CPU), the same row gave different vectors at
@@ -11,7 +13,7 @@
 - A batch is bounded by a padded-token budget (rows x width <= max_batch_tokens): the oldest
   item of a queue and the next oldest of its width (little padding, and the oldest item is
   always taken: no starvation).
-- A BULK batch leaves when it fills the budget or its oldest item has waited max_wait_ms; an
+- A STREAM or BULK batch leaves when it fills the budget or its oldest item has waited max_wait_ms; an
   INTERACTIVE one leaves as soon as a worker asks (waiting to fill a batch only adds latency:
   while every worker is busy, interactive items gather by themselves).
 - While interactive work is in the queue or was submitted within the last
@@ -293,7 +295,7 @@ class Scheduler:
                 continue
             head = self._queues[priority][0]
             waited = (time.perf_counter_ns() - head.enqueued_ns) / 1e9
-            budget = self.max_batch_tokens if priority is Priority.INTERACTIVE else self.bulk_budget()
+            budget = self.max_batch_tokens if priority is not Priority.BULK else self.bulk_budget()
             full = priority is Priority.INTERACTIVE or self._tokens[priority] >= budget
             if not full and waited < self.max_wait_s and not self._closed:
                 self._changed.clear()

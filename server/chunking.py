@@ -50,6 +50,9 @@ from server.tokenization import check_sizes
 _SENTENCE_ANCHOR_MOD = 5
 _WORD_ANCHOR_MOD = 8  # word starts that are anchors where a stretch has no sentence start
 _SENTENCE_ENDS = (".", "!", "?")
+_SLICE_CHARS = 8192  # characters tokenized at once (Chunker._tokenize)
+_WHITESPACE = (" ", "\n", "\t", "\r")
+_NEXT_WHITESPACE = re.compile(r"[ \n\t\r]")
 
 
 @dataclass(frozen=True)
@@ -105,15 +108,10 @@ class Chunker:
     def split(self, text: str) -> list[ChunkSpan]:
         """The chunks of ``text``, in order; one chunk ``[0, len(text))`` when its tokens fit
         the budget (also for a text with no token at all)."""
-        (encoding,) = self.tokenizer.encode_batch([text], add_special_tokens=False)
-        n = len(encoding.ids)
+        ids, offsets, word_start = self._tokenize(text)
+        n = len(ids)
         if n <= self.budget:
             return [ChunkSpan(0, len(text), n)]
-        ids = np.asarray(encoding.ids, dtype=np.int64)
-        offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(n, 2)
-        words = np.asarray([-1 if w is None else w for w in encoding.word_ids], dtype=np.int64)
-        word_start = np.ones(n, dtype=bool)
-        word_start[1:] = words[1:] != words[:-1]
         word_start[0] = False  # never a cut
         after_break = _after_line_break(text, offsets)
         sentence_start = word_start & np.concatenate(([False], np.isin(ids[:-1], self._sentence_end_ids)))
@@ -161,6 +159,46 @@ class Chunker:
             spans.append(ChunkSpan(int(offsets[begin, 0]), int(offsets[end - 1, 1]), end - begin))
         return spans
 
+    def _tokenize(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Token ids (n,), character offsets (n, 2) and word starts (n,) of ``text``, tokenized
+        in slices of about :data:`_SLICE_CHARS` cut at whitespace. Why: the tokenizer's Encoding
+        of a whole long text holds ~200 bytes per token in Rust (measured: +15 MiB of the
+        process's anonymous memory for 64 Ki characters of short random words, 56 k tokens);
+        a slice's is freed before the next. BERT's normalizer works per character and its
+        pre-tokenizer splits at whitespace, so the tokens are those of the whole text
+        (tests/test_chunking.py checks)."""
+        ids, offsets, starts = [], [], []
+        at = 0
+        while at < len(text):
+            end = _slice_end(text, at)
+            (encoding,) = self.tokenizer.encode_batch([text[at:end]], add_special_tokens=False)
+            n = len(encoding.ids)
+            ids.append(np.asarray(encoding.ids, dtype=np.int64))
+            offsets.append(np.asarray(encoding.offsets, dtype=np.int64).reshape(n, 2) + at)
+            words = np.asarray([-1 if w is None else w for w in encoding.word_ids], dtype=np.int64)
+            word_start = np.ones(n, dtype=bool)  # a slice starts at whitespace: a word start
+            word_start[1:] = words[1:] != words[:-1]
+            starts.append(word_start)
+            del encoding
+            at = end
+        if not ids:
+            return np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.zeros(0, bool)
+        return np.concatenate(ids), np.concatenate(offsets), np.concatenate(starts)
+
+
+def _slice_end(text: str, at: int) -> int:
+    """Where the tokenizer's slice of ``text`` that starts at ``at`` ends: the end of the text
+    within :data:`_SLICE_CHARS`, else the last whitespace in reach (it starts the next slice),
+    else the next whitespace after it (a longer slice rather than a cut inside a word)."""
+    if len(text) - at <= _SLICE_CHARS:
+        return len(text)
+    reach = at + _SLICE_CHARS
+    end = max(text.rfind(c, at + 1, reach) for c in _WHITESPACE)
+    if end > at:
+        return end
+    found = _NEXT_WHITESPACE.search(text, reach)
+    return found.start() if found else len(text)
+
 
 def _last_in(positions: np.ndarray, after: int, up_to: int) -> int | None:
     """The largest of the sorted ``positions`` in ``(after, up_to]``, or None."""
@@ -204,8 +242,9 @@ async def embed_chunks(
     max_chunks: int,
     max_chars: int,
     wait: bool = False,
+    priority: Priority = Priority.INTERACTIVE,
 ) -> tuple[list[list[ChunkSpan]], list[np.ndarray], EncodeResult]:
-    """Cut each of ``texts`` into chunks and embed every chunk (interactive priority): (chunks
+    """Cut each of ``texts`` into chunks and embed every chunk (at ``priority``): (chunks
     per text, their vectors per text: float32 (chunks, dims), the encoder's result for all of
     them). ``names``: each text's request field, for errors. InvalidArgument naming the text at
     which the chunks pass ``max_chunks``, TooLarge for a text over ``max_chars`` characters
@@ -225,7 +264,7 @@ async def embed_chunks(
     pieces = [text[s.start : s.stop] for text, text_spans in pairs for s in text_spans]
     fields = [name for name, text_spans in zip(names, spans, strict=True) for _ in text_spans]
     result = await embedder.encode(
-        pieces, prompt_name=prompt_name, priority=Priority.INTERACTIVE, wait=wait, field=fields
+        pieces, prompt_name=prompt_name, priority=priority, wait=wait, field=fields
     )
     vectors, at = [], 0
     for text_spans in spans:

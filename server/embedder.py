@@ -25,10 +25,16 @@ FieldNames = str | Sequence[str]  # "inputs": item i is "inputs[i]"; or one requ
 
 
 class Priority(enum.IntEnum):
-    """Interactive work (Embed, EmbedStream, Search queries) never waits behind bulk ingestion."""
+    """Interactive work (Embed, EmbedStream, Search queries) never waits behind bulk ingestion.
+
+    STREAM: the items of a stream that has shown itself to be bulk work (many items in flight at
+    once, :class:`server.embeddings.StreamRoute`): computed by the workers like ingestion, whose
+    batches fill the cores best, but taken before BULK items.
+    """
 
     INTERACTIVE = 0
-    BULK = 1
+    STREAM = 1
+    BULK = 2
 
 
 @dataclass(frozen=True)

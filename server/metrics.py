@@ -36,7 +36,8 @@ BATCH_TOKENS = Histogram(
     "padded tokens per model batch",
     buckets=(64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536),
 )
-ITEMS = Counter("embed_items_total", "inputs embedded, by priority", ["priority"])
+ITEMS = Counter("embed_items_total", "inputs embedded by the workers, by priority", ["priority"])
+LANE_ITEMS = Counter("embed_lane_items_total", "inputs embedded by the interactive lane (server.pool.lane)")
 CACHE_HITS = Counter("embed_query_cache_hits_total", "query-embedding cache hits")
 CACHE_MISSES = Counter("embed_query_cache_misses_total", "query-embedding cache misses")
 WORKERS_READY = Gauge("embed_workers_ready", "encoder workers loaded and serving")

@@ -104,11 +104,11 @@ class Settings:
     )
     search_batch_max_queries: int = _opt(64, "most searches in one SearchBatch call")
     # --- chunking of long documents (issue 13) ---
-    # Off by default until chunking keeps issue 20's memory bound: with it on, the parent's peak
-    # during a stream of 2 MiB documents (tests/test_faults_memory.py, bound 48 MiB) measured
-    # 12-48 MiB in 5 runs against 23-35 MiB with it off.
+    # On by default: a document past the model's maximum is never cut silently (issue 13). The
+    # memory bound of tests/test_faults_memory.py holds since the chunker tokenizes in slices
+    # (server/chunking.py; README "Long documents" has the measurements).
     chunking: bool = _opt(
-        False,
+        True,
         "Ingest splits a document longer than the model reads into overlapping token windows, "
         "each embedded and stored under its own content hash (false: cut it at the model's "
         "maximum, as before; IngestRequest.chunking overrides this per document)",
@@ -122,11 +122,10 @@ class Settings:
     chunk_overlap_tokens: int = _opt(
         32, "tokens a chunk window repeats of the text before it (less than half of a window)"
     )
-    # Bounds the work and memory one document can cost (issue 20's bound holds with chunking):
-    # cutting tokenizes the whole text (about 28x its size in memory) and each chunk is embedded
-    # and stored. 64 Ki characters is ~15k tokens, ~65 chunks: a paper of 25-30 pages. Measured
-    # (tests/test_faults_memory.py, 2 MiB documents): the parent peaked 40-64 MiB above its
-    # baseline at 256 Ki (the chunks' tokenization for the workers), over that test's 48 MiB bound.
+    # Bounds the work and memory one document can cost: each chunk is embedded and stored. 64 Ki
+    # characters of prose is ~15k tokens, ~65 chunks: a paper of 25-30 pages (short random words
+    # tokenize to 4x that: 417 chunks). Measured (tests/test_faults_memory.py, 2 MiB documents):
+    # the parent peaked 40-64 MiB above its baseline at 256 Ki, over that test's 48 MiB bound.
     chunk_max_chars: int = _opt(
         65_536,
         "characters of a document that chunking embeds; the rest is stored (returned, searchable "
@@ -205,6 +204,14 @@ class Settings:
     )
     max_client_batch_size: int = _opt(512, "most inputs in one Embed request")
     max_stream_in_flight: int = _opt(256, "items per stream being embedded at once (backpressure)")
+    # A stream with this many items in flight is bulk work: measured (README, Throughput) the
+    # workers' batches ran a bulk EmbedStream at ~2x the interactive lane's docs/s on bf16 CPUs.
+    stream_worker_depth: int = _opt(
+        8,
+        "items in flight at once after which an EmbedStream / tei.v1 EmbedStream goes to the "
+        "workers (ahead of bulk ingestion) instead of the interactive lane, for the rest of the "
+        "stream; 0 = never",
+    )
     # Items alone do not bound memory: 256 stream items of 10 MB are 2.5 GB per stream.
     max_stream_bytes: int = _opt(
         32 * 1024 * 1024, "bytes of requests per EmbedStream or tei.v1 stream being worked on at once"
@@ -315,6 +322,10 @@ class Settings:
             )
         if self.workers < 0:
             raise ValueError(f"--workers must be 0 (auto) or positive, got {self.workers}")
+        if self.stream_worker_depth < 0:
+            raise ValueError(
+                f"--stream-worker-depth must be 0 (never) or positive, got {self.stream_worker_depth}"
+            )
         if self.worker_trim_tokens < 0:
             raise ValueError(
                 f"--worker-trim-tokens must be 0 (never) or positive, got {self.worker_trim_tokens}"

@@ -62,17 +62,20 @@ def live_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
     start their own with tests.server_harness.running_server.
     """
     from tests._collections import LIVE_FILTER_EXACT_MAX
-    from tests.server_harness import running_server
+    from tests.server_harness import free_port, running_server
 
-    # Chunking on (off by default): the shared server's tests cover chunked documents too. A low
-    # --search-filter-exact-max: filtered searches of the fixture corpus take both paths
-    # (exact over the kept documents, and the oversampled index) in tests/test_filters_live.py.
+    # Chunking on (the default). A low --search-filter-exact-max: filtered searches of the
+    # fixture corpus take both paths (exact over the kept documents, and the oversampled index)
+    # in tests/test_filters_live.py.
+    metrics_port = free_port()
     with running_server(
         tmp_path_factory.mktemp("live") / "data",
-        "--chunking",
         "--search-filter-exact-max",
         str(LIVE_FILTER_EXACT_MAX),
+        "--metrics-port",
+        str(metrics_port),
     ) as server:
+        server.metrics_port = metrics_port
         yield server
 
 

@@ -29,6 +29,7 @@ class ServerProcess:
     address: str
     data_dir: Path
     log_path: Path
+    metrics_port: int = 0  # set by callers that pass --metrics-port
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -4,12 +4,15 @@ LMDB, real usearch)."""
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from server.chunking import Chunker
 from server.store import ChunkRef, Indexes, Store, Upsert, content_hash, open_store
@@ -80,6 +83,41 @@ def test_a_text_without_sentences_or_lines_is_cut_at_word_starts(chunker: Chunke
         assert span.tokens <= chunker.window
         assert span.start == 0 or text[span.start - 1] == " "  # a whole word begins it
         assert span.stop == len(text) or text[span.stop] == " "  # and one ends it
+
+
+_PIECES = [
+    "word",
+    "Ünïcödé",
+    "北京大学",
+    "don't",
+    "e.g.",
+    "12,5",
+    "--",
+    "\n",
+    "\n\n",
+    " ",
+    "  ",
+    "\t",
+    "x" * 120,
+]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_long_texts_are_tokenized_in_slices_as_one_text(chunker: Chunker, seed: int) -> None:
+    """Chunker._tokenize cuts a long text into slices at whitespace (bounded tokenizer memory):
+    the tokens, their offsets and word starts must be the whole text's."""
+    rng = random.Random(seed)
+    text = "".join(
+        p if rng.random() < 0.5 else p + " " for p in rng.choices(_PIECES, k=rng.randint(2500, 6000))
+    )
+    ids, offsets, word_start = chunker._tokenize(text)
+    (whole,) = chunker.tokenizer.encode_batch([text], add_special_tokens=False)
+    assert len(text) > 8192  # several slices
+    assert ids.tolist() == whole.ids
+    assert [tuple(o) for o in offsets.tolist()] == [tuple(o) for o in whole.offsets]
+    words = [-1 if w is None else w for w in whole.word_ids]
+    assert word_start[1:].tolist() == [a != b for a, b in zip(words[1:], words[:-1], strict=True)]
 
 
 def test_overlap_must_be_less_than_half_a_window(spec: Any) -> None:

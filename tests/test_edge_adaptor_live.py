@@ -16,6 +16,7 @@ import pytest
 from edge_client import EdgeClient
 from embedcore import EdgeBundle
 from protos.embedding.v1 import embedding_pb2 as pb
+from server.store import open_store
 from tests._collections import ingest, scifact_docs, stub
 from tests.server_harness import running_server
 
@@ -40,13 +41,19 @@ def test_server_fits_the_adaptor_at_restart_and_the_edge_agrees(tmp_path: Path) 
     with running_server(data, *FIT_ARGS) as server:  # empty store: an identity bundle
         ingest(server.address, COLLECTION, docs)
         assert server.stop() == 0
+    store = open_store(data)
+    try:  # one vector per chunk: abstracts past the model's 254 tokens are chunked
+        stored_vectors = len(store.sample_documents(10_000)[0])
+    finally:
+        store.close()
+    assert stored_vectors > 100
     # The restart finds an unfitted bundle and 100 >= 64 documents: it embeds sentences of the
     # stored texts with its pool (not started yet at that point), then fits the adaptor.
     with running_server(data, *FIT_ARGS) as server:
         served = EdgeBundle.load(data / "edge_bundle", verify=True)
         manifest = served.manifest
         assert manifest.projection_kind == "adaptor" and manifest.extra["kind"] == "adaptor"
-        assert manifest.extra["fit_vectors"] == 100 and manifest.extra["fit_pseudo_queries"] > 100
+        assert manifest.extra["fit_vectors"] == stored_vectors and manifest.extra["fit_pseudo_queries"] > 100
         assert served.projection.max_dims == 256
 
         with EdgeClient(tmp_path / "edge", server=server.address) as client:

@@ -21,11 +21,13 @@ same vectors), the fp32 graph for ``--backend torch`` (cosine 0.9999998 to torch
 on STS-B sentences). :meth:`InteractiveLane.agreement` measures the agreement with the workers
 at start-up; the pool keeps the lane only at cosine >= :data:`MIN_COSINE`.
 
-While the lane is on, every interactive input goes to it and bulk work to the workers: one
-route per kind of work, so an input gets the same vector from Embed, EmbedStream or TEI, alone
-or in any batch (the lane's ORT fp32 and the workers' torch fp32 differ by ~1e-5 per element,
-which a mixed route would show). Its queue has the workers' bounds and rules
-(``--max-queue-items``: unary calls fail fast, streams wait for room).
+While the lane is on, every interactive input goes to it and bulk work to the workers, so an
+input gets the same vector from Embed, EmbedStream or TEI, alone or in any batch (the lane's ORT
+fp32 and the workers' torch fp32 differ by ~1e-5 per element, which a mixed route would show).
+The one exception is a stream with many items in flight (``--stream-worker-depth``,
+:class:`server.embeddings.StreamRoute`): bulk work by its shape, it goes to the workers for the
+rest of the stream, at cosine >= :data:`MIN_COSINE` to the lane's vectors. Its queue has the
+workers' bounds and rules (``--max-queue-items``: unary calls fail fast, streams wait for room).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from embedcore import OnnxModel, Tokens, l2_normalize
+from server import metrics
 from server.batching import Scheduler, pad_batch
 from server.model import ModelSpec
 from server.onnx_export import FP32_NAME, INT8_NAME
@@ -139,6 +142,7 @@ class InteractiveLane:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 continue
+            metrics.LANE_ITEMS.inc(len(batch))
             for row, item in enumerate(batch):
                 if not item.future.done():
                     item.future.set_result((out[row], started - item.enqueued_ns, inference_ns))

@@ -223,8 +223,13 @@ class EncoderPool:
         return lane
 
     def _bulk_running(self) -> bool:
-        """Bulk work is queued or a worker is computing (called from lane threads: reads only)."""
-        return self._computing > 0 or self.scheduler.depth(Priority.BULK) > 0
+        """Worker work (bulk, or a deep stream's) is queued or a worker is computing (called from
+        lane threads: reads only)."""
+        return (
+            self._computing > 0
+            or self.scheduler.depth(Priority.BULK) > 0
+            or self.scheduler.depth(Priority.STREAM) > 0
+        )
 
     def _report_ready(self) -> None:
         metrics.WORKERS_READY.set(sum(w.ready for w in self.workers))
@@ -401,7 +406,8 @@ class EncoderPool:
             raise NotReady("the encoder pool is still starting")
         loop = asyncio.get_running_loop()
         items = [Item(ids=t.ids, priority=priority, future=loop.create_future()) for t in prepared.tokens]
-        # One route per kind of work (server.pool.lane): interactive to the lane while it is on.
+        # One route per kind of work (server.pool.lane): interactive to the lane while it is on;
+        # a deep stream's items (STREAM) and bulk work to the workers.
         lane = self.lane
         scheduler = (
             lane.scheduler if lane is not None and priority is Priority.INTERACTIVE else self.scheduler
