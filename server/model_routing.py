@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from server.edge_builder import EdgeBundles
-from server.errors import InvalidArgument, ServiceError
+from server.errors import InvalidArgument, PreconditionFailed, ServiceError
 from server.ingest import IngestItem, Ingestor, IngestOutcome, validate_collection
 from server.search import Searcher, SearchQuery, SearchResult, positioned
 from server.served_models import ServedModel
@@ -208,6 +208,23 @@ class RoutedIngestor:
             stack = stacks[items[positions[0]].collection]
             outcomes = await stack.ingestor.process([items[i] for i in positions])
             for i, outcome in zip(positions, outcomes, strict=True):
+                out[i] = outcome
+        # A collection cut over (or rolled back) while this batch was embedded refuses it as
+        # stale: such items go once more, to the model the collection is bound to now.
+        stale = [i for i, o in enumerate(out) if o is not None and isinstance(o.error, PreconditionFailed)]
+        for name in sorted({items[i].collection for i in stale}):
+            now = await asyncio.to_thread(self.router.bound, name)
+            if now is stacks[name]:
+                continue
+            positions = [i for i in stale if items[i].collection == name]
+            log.info(
+                "collection %r switched model during an ingest; writing %d documents again",
+                name,
+                len(positions),
+            )
+            for i, outcome in zip(
+                positions, await now.ingestor.process([items[i] for i in positions]), strict=True
+            ):
                 out[i] = outcome
         done = [o for o in out if o is not None and o.error is None]
         await self._mirror_writes(done)

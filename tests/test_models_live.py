@@ -90,6 +90,13 @@ def _vectors(served: Served, model: str, texts: list[str]) -> np.ndarray:
     return np.stack([np.frombuffer(e.data, "<f4") for e in reply.embeddings])
 
 
+def _chunk_vectors(served: Served, model: str, texts: list[str]) -> list[np.ndarray]:
+    """Per text, the vectors of its chunks as Ingest stores them ((chunks, dims) each)."""
+    options = pb.EmbedOptions(model=model, chunking=True)
+    reply = served.embed.Embed(pb.EmbedRequest(inputs=texts, options=options), timeout=120)
+    return [np.stack([np.frombuffer(c.embedding.data, "<f4") for c in item.chunks]) for item in reply.chunked]
+
+
 def test_info_lists_models_and_requests_pick_one(served: Served) -> None:
     info = served.embed.Info(pb.InfoRequest(), timeout=30)
     assert [(m.name, m.fingerprint, m.dimensions, m.is_default, m.workers) for m in info.models] == [
@@ -180,13 +187,18 @@ def test_migrate_under_load_then_rollback(served: Served) -> None:
     switch = models.index(served.b.fingerprint)
     assert switch >= 3 and set(models[:switch]) == {served.a.fingerprint}
     assert set(models[switch:]) == {served.b.fingerprint}  # from "b" only, once switched
-    # Each answer's scores are its model's own cosines of the query and the documents.
+    # Each answer's scores are its model's own cosines of the query and the documents (a
+    # document stored as chunks scores its best chunk: Embed with chunking cuts it the same way).
     texts = {doc_id: text for doc_id, text, _ in docs}
     for fp, ids, scores in (load.answers[0], load.answers[-1]):
         model = "a" if fp == served.a.fingerprint else "b"
         known = [(i, s) for i, s in zip(ids, scores, strict=True) if i in texts]
+        assert known
         query = _vectors(served, model, [QUERY])[0]
-        expected = _vectors(served, model, [texts[i] for i, _ in known]) @ query
+        expected = [
+            float(np.max(chunks @ query))
+            for chunks in _chunk_vectors(served, model, [texts[i] for i, _ in known])
+        ]
         np.testing.assert_allclose([s for _, s in known], expected, atol=2e-2)
 
     # Everything ingested during the migration is there and searchable by its own text.
