@@ -11,14 +11,17 @@ without embedding anything (the bulk encoder counters do not move)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import re
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -41,6 +44,7 @@ class Served:
     a: ModelSpec
     b: ModelSpec
     metrics_port: int
+    http_port: int
     channel: grpc.Channel = field(init=False)
 
     def __post_init__(self) -> None:
@@ -72,11 +76,11 @@ class Served:
 def served(spec: ModelSpec, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("models-live")
     b = load_spec(str(build_projected_model(spec.path, root / "model-b")))
-    metrics_port = free_port()
+    metrics_port, http_port = free_port(), free_port()
     args = ("--model", "a=all-MiniLM-L6-v2", "--model", f"b={b.path}", "--extra-model-workers", "1",
-            "--metrics-port", str(metrics_port))  # fmt: skip
+            "--metrics-port", str(metrics_port), "--http-port", str(http_port))  # fmt: skip
     with running_server(root / "data", *args) as server:
-        result = Served(server, spec, b, metrics_port)
+        result = Served(server, spec, b, metrics_port, http_port)
         try:
             yield result
         finally:
@@ -122,6 +126,25 @@ def test_info_lists_models_and_requests_pick_one(served: Served) -> None:
     answers = list(served.embed.EmbedStream(iter(items), timeout=60))
     assert answers[0].error.code == grpc.StatusCode.NOT_FOUND.value[0]
     assert answers[1].embedding.dims == 256
+    # OpenAI's HTTP route: "model" picks one; an unknown name is 404 naming the served ones.
+    reply = _post(served, {"model": "b", "input": texts})
+    assert reply["model"] == "b" and len(reply["data"][0]["embedding"]) == 256
+    np.testing.assert_allclose(np.array([d["embedding"] for d in reply["data"]]), b, atol=1e-6)
+    assert len(_post(served, {"model": "all-MiniLM-L6-v2", "input": texts})["data"][1]["embedding"]) == 384
+    with pytest.raises(urllib.error.HTTPError) as http_error:
+        _post(served, {"model": "zz", "input": texts})
+    assert http_error.value.code == 404 and "serves 'a', 'b'" in http_error.value.read().decode()
+
+
+def _post(served: Served, body: dict[str, object]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{served.http_port}/v1/embeddings",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        result: dict[str, Any] = json.loads(response.read())
+    return result
 
 
 @dataclass
