@@ -83,7 +83,7 @@ def build_stack(settings: Settings, store: Store, lexical: LexicalIndexes, model
         batch_max_queries=settings.search_batch_max_queries,
     )
     ingestor = Ingestor.from_settings(store, indexes, model.embedder, spec, settings, lexical=lexical)
-    shadow = Ingestor.from_settings(store, None, model.embedder, spec, settings)
+    shadow = Ingestor.from_settings(store, None, model.embedder, spec, settings, hidden_names=True)
     edge = EdgeBundles(
         settings, spec, store, model.embedder, target=settings.data_dir / "edge_bundles" / model.name
     )

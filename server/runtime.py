@@ -188,7 +188,7 @@ async def build_runtime(
         indexes,
         searcher,
         Ingestor.from_settings(store, indexes, embedder, spec, settings, lexical=lexical),
-        Ingestor.from_settings(store, None, embedder, spec, settings),
+        Ingestor.from_settings(store, None, embedder, spec, settings, hidden_names=True),
         edge,
         syncer,
     )

@@ -126,6 +126,12 @@ def test_info_lists_models_and_requests_pick_one(served: Served) -> None:
     answers = list(served.embed.EmbedStream(iter(items), timeout=60))
     assert answers[0].error.code == grpc.StatusCode.NOT_FOUND.value[0]
     assert answers[1].embedding.dims == 256
+    # The separator of a collection's hidden versions is not a name clients may use.
+    (ack,) = ingest(served.server.address, "moving\x1fnext", [("x", "text", {})])
+    assert ack.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "U+001F" in ack.error.message
+    with pytest.raises(grpc.RpcError) as search_error:
+        served.collections.Search(pb.SearchRequest(collection="moving\x1fprev", query="q"), timeout=60)
+    assert search_error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     # OpenAI's HTTP route: "model" picks one; an unknown name is 404 naming the served ones.
     reply = _post(served, {"model": "b", "input": texts})
     assert reply["model"] == "b" and len(reply["data"][0]["embedding"]) == 256

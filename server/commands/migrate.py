@@ -120,7 +120,7 @@ async def _migrate(settings: settings_module.Settings, collection: str, model: s
         embedder = EncoderPool(dataclasses.replace(settings, interactive_lane="off"), spec)
         await embedder.start()
         try:
-            ingestor = Ingestor.from_settings(store, None, embedder, spec, settings)
+            ingestor = Ingestor.from_settings(store, None, embedder, spec, settings, hidden_names=True)
             with tqdm(total=meta.documents, unit="doc", desc=f"migrate {collection}") as bar:
                 report = await migrate_collection(store, ingestor, collection, bar.update)
         except VersionError as exc:
