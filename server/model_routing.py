@@ -259,11 +259,14 @@ class RoutedIngestor:
             stack = self.router.by_fingerprint(meta.fingerprint)
             if stack is None:
                 log.warning(
-                    "the %s version of %r is of model %s, which is not served: writes do not reach it",
+                    "the %s version of %r is of model %s, which is not served: writes do not reach it%s",
                     role,
                     collection,
                     meta.fingerprint,
+                    " (rolling back to it is refused from now on)" if role == PREV else "",
                 )
+                if role == PREV:
+                    self.store.mark_retained_behind(collection)
                 continue
             out.append((role, stack))
         return out

@@ -120,3 +120,18 @@ def test_wrong_states_are_refused(store: Store) -> None:
     _copy_all(store)
     assert store.drop_collection("c") == 2
     assert store.collection(hidden("c", NEXT)) is None and store.migration("c") is None
+
+
+def test_rollback_is_refused_once_the_previous_version_missed_a_write(store: Store) -> None:
+    _fill(store, 3)
+    store.begin_migration("c", B, DIMS_B)
+    _copy_all(store)
+    store.cutover("c")
+    # A server that does not serve model A could not write a new document to A's version.
+    store.upsert([_up("c", B, "new", "a new text", DIMS_B)], fingerprint=B, dimension=DIMS_B)
+    store.mark_retained_behind("c")
+    retained = store.retained("c")
+    assert retained is not None and retained.behind and retained.fingerprint == A
+    with pytest.raises(VersionError, match="missed writes made since the cutover"):
+        store.rollback("c")
+    assert store.collection("c").documents == 4  # type: ignore[union-attr]  # nothing lost

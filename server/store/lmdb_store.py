@@ -431,6 +431,11 @@ class Store:
         """The previous version of ``collection`` kept for rollback, if any."""
         return self._read(lambda txn: versions.read_retained(txn, self._db["meta"], collection))
 
+    def mark_retained_behind(self, collection: str) -> None:
+        """A write to ``collection`` did not reach its retained previous version: refuse
+        rollbacks to it from now on."""
+        self._write(lambda txn: versions.mark_behind(txn, self._db, collection))
+
     def abort_migration(self, collection: str) -> bool:
         """Drop ``collection``'s migration target; False when no migration was in progress."""
         return self._write(lambda txn: versions.abort(txn, self._db, collection))

@@ -74,6 +74,7 @@ class Retained:
     name: str
     fingerprint: str
     retired_at: float
+    behind: bool = False  # writes since the cutover did not all reach it (its model was not served)
 
 
 class VersionError(Exception):
@@ -106,7 +107,15 @@ def read_retained(txn: Any, meta_db: Any, name: str) -> Retained | None:
     if raw is None:
         return None
     data = json.loads(bytes(raw))
-    return Retained(name, str(data["fingerprint"]), float(data["retired_at"]))
+    return Retained(name, str(data["fingerprint"]), float(data["retired_at"]), bool(data.get("behind")))
+
+
+def mark_behind(txn: Any, dbs: Mapping[str, Any], name: str) -> None:
+    """A write to ``name`` could not reach its retained version: a rollback would lose it, so
+    rollback is refused from now on (see :func:`rollback`)."""
+    retained = read_retained(txn, dbs["meta"], name)
+    if retained is not None and not retained.behind:
+        _put_retained(txn, dbs, Retained(name, retained.fingerprint, retained.retired_at, True))
 
 
 def _get_meta(txn: Any, dbs: Mapping[str, Any], name: str) -> CollectionMeta | None:
@@ -248,6 +257,12 @@ def rollback(txn: Any, dbs: Mapping[str, Any], name: str, now: float) -> Retaine
     serving = _get_meta(txn, dbs, name)
     if retained is None or serving is None or _get_meta(txn, dbs, hidden(name, PREV)) is None:
         raise VersionError(f"collection {name!r} has no previous version to roll back to")
+    if retained.behind:
+        raise VersionError(
+            f"collection {name!r}: its previous version (model {retained.fingerprint}) missed "
+            "writes made since the cutover while that model was not served; rolling back would "
+            "lose them. Migrate to that model instead (it reuses every vector it still has)"
+        )
     _swap(txn, dbs, name, hidden(name, PREV))
     swapped = Retained(name, serving.fingerprint, now)
     _put_retained(txn, dbs, swapped)
@@ -255,7 +270,11 @@ def rollback(txn: Any, dbs: Mapping[str, Any], name: str, now: float) -> Retaine
 
 
 def _put_retained(txn: Any, dbs: Mapping[str, Any], retained: Retained) -> None:
-    record = {"fingerprint": retained.fingerprint, "retired_at": retained.retired_at}
+    record = {
+        "fingerprint": retained.fingerprint,
+        "retired_at": retained.retired_at,
+        "behind": retained.behind,
+    }
     txn.put(_retired_key(retained.name), json.dumps(record).encode(), db=dbs["meta"])
 
 
