@@ -80,10 +80,10 @@ def first_tokens(
     corpus: dict[str, str], paragraphs: dict[str, list[str]], where: dict[str, int]
 ) -> list[int]:
     """Per long document with a target: the target's first token (model tokenizer, no special tokens)."""
-    from server.chunking import Chunker
+    from server.chunking import chunker_for
     from server.model import load_spec
 
-    tokenizer = Chunker.for_model(load_spec()).tokenizer
+    tokenizer = chunker_for(load_spec()).tokenizer
     out = []
     for doc_id, position in where.items():
         text = corpus[doc_id]

@@ -9,7 +9,7 @@ in the shared package ``embedcore``.
 
 from __future__ import annotations
 
-from edge_client._client import EdgeClient, SearchResult
+from edge_client._client import AddReport, EdgeClient, SearchResult
 from edge_client._sync import SyncReport
 from edge_client.errors import (
     BundleError,
@@ -29,6 +29,7 @@ from edge_client.policy import Policy
 __version__ = "0.1.0"
 
 __all__ = [
+    "AddReport",
     "BundleError",
     "BundleIntegrityError",
     "CollectionNotFound",

@@ -30,10 +30,12 @@ from edge_client.errors import (
     ServerError,
     ServerUnavailable,
 )
-from edge_client.index import Hit, LocalIndex
+from edge_client.index import Chunk, Hit, LocalIndex
 from edge_client.policy import Policy, fit_threshold, weak_evidence
 from embedcore import BundleError as BundleFormatError
 from embedcore import EdgeBundle, Filter, FilterError, parse_filter
+from embedcore.chunking import CHUNK_MAX_CHARS, Chunker, embedded_part
+from embedcore.router import Router, RouterError
 from embedcore.transport import ClientCredentials, explain
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1 import embedding_pb2_grpc as rpc
@@ -76,6 +78,32 @@ class SearchResult:
         }
 
 
+@dataclass(frozen=True)
+class AddReport:
+    """What :meth:`EdgeClient.add` stored: ``documents`` paragraphs (one document each); of
+    them ``chunked`` longer than the model reads, stored as ``chunks`` chunk vectors in all (the
+    rest as one vector each); ``cut``: chunked paragraphs longer than
+    ``embedcore.chunking.CHUNK_MAX_CHARS`` characters, whose end is stored but not embedded."""
+
+    documents: int = 0
+    chunked: int = 0
+    chunks: int = 0
+    cut: int = 0
+
+    def summary(self) -> str:
+        """One line for people, e.g. ``3 paragraphs (1 chunked into 4 chunks)``."""
+        out = f"{self.documents} paragraph{'' if self.documents == 1 else 's'}"
+        if self.chunked:
+            out += f" ({self.chunked} longer than the model reads, chunked into {self.chunks} chunks"
+            if self.cut:
+                out += (
+                    f"; {self.cut} over {CHUNK_MAX_CHARS:,} characters: "
+                    "the text past that is stored, not embedded"
+                )
+            out += ")"
+        return out
+
+
 def split_paragraphs(text: str) -> list[str]:
     """Paragraphs (blocks separated by blank lines), whitespace-collapsed, empty ones dropped."""
     return [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if p.strip()]
@@ -100,6 +128,13 @@ class EdgeClient:
     ``token`` is a shorthand) override what ``config.json`` remembers for the same server.
     ``channel`` may be injected (interceptors); otherwise one is opened to ``server`` with
     retries and keepalive configured (see edge_client._transport).
+
+    ``router`` (an :class:`embedcore.router.Router` over sharded servers): the server fallback
+    searches through it (a split collection: every shard, merged) and :meth:`sync` pulls a
+    collection from the shard(s) that hold it (a split collection part by part into the one
+    local index, one checkpoint per shard). Without ``server``, :meth:`init` fetches the bundle
+    from the first shard's primary; every shard must serve the same bundle (same model and
+    projection) or SyncVectors refuses the others (FingerprintMismatch).
     """
 
     def __init__(
@@ -117,11 +152,14 @@ class EdgeClient:
         token: str = "",
         cache_size: int = 1024,
         policy: Policy | None = None,
+        router: Router | None = None,
     ) -> None:
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         config = self._read_config()
-        self.server = server or config.get("server", "")
+        self.router = router
+        first_shard = router.map.shards[0].primary if router is not None else ""
+        self.server = server or config.get("server", "") or first_shard
         # What init remembered applies to the server it was given, not to another one.
         saved = config.get("connection") if self.server == config.get("server") else None
         given = credentials or ClientCredentials()
@@ -210,23 +248,60 @@ class EdgeClient:
             index = LocalIndex(self.home / "collections" / collection, dims=dims, dtype=self.dtype)
             self._indexes[collection] = index
             if index.lost_local:  # their vectors were in a damaged file: embed their texts again
+                # (chunked when long: whether one was added with --no-chunking is not kept)
                 self._upsert_local(index, *map(list, zip(*index.lost_local, strict=True)))
                 index.lost_local = []
                 index.save()
         return self._indexes[collection]
 
     def _upsert_local(
-        self, index: LocalIndex, ids: list[str], texts: list[str], metadata: list[dict[str, Any]]
-    ) -> None:
+        self,
+        index: LocalIndex,
+        ids: list[str],
+        texts: list[str],
+        metadata: list[dict[str, Any]],
+        *,
+        chunking: bool = True,
+    ) -> AddReport:
+        """Embed and store local documents. With ``chunking``, a text longer than the model
+        reads is cut as the server cuts it (the bundle's chunker, at most
+        :data:`~embedcore.chunking.CHUNK_MAX_CHARS` characters of it embedded) and stored with a
+        vector per chunk; otherwise (and for short texts) it is one vector, of what the model
+        reads of it (its beginning)."""
         # The same text embedded by the same bundle and graph is the same vector: shared.
         model = f"local:{self.bundle.fingerprint}:{'int8' if self.int8 else 'fp32'}:"
-        contents = [model + hashlib.sha256(text.encode("utf-8")).hexdigest() for text in texts]
-        for start in range(0, len(ids), 256):
-            part = slice(start, start + 256)
-            vectors = self._embed(texts[part], index.dims, "document")
+        chunker = self.bundle.chunker() if chunking else None
+        spans = [_chunk_spans(chunker, text) for text in texts]
+        report = AddReport(
+            documents=len(ids),
+            chunked=sum(1 for found in spans if found),
+            chunks=sum(len(found) for found in spans),
+            cut=sum(
+                1 for found, text in zip(spans, texts, strict=True) if found and len(text) > CHUNK_MAX_CHARS
+            ),
+        )
+        for group in _groups(spans, _EMBED_BATCH):
+            pieces = [[texts[i]] if not spans[i] else [texts[i][a:b] for a, b in spans[i]] for i in group]
+            flat = [piece for parts in pieces for piece in parts]
+            vectors = self._embed(flat, index.dims, "document")
+            contents = [model + hashlib.sha256(piece.encode("utf-8")).hexdigest() for piece in flat]
+            at, firsts, chunks = 0, [], []
+            for i, parts in zip(group, pieces, strict=True):
+                firsts.append(at)
+                chunks.append(
+                    [Chunk(vectors[at + j], contents[at + j], a, b) for j, (a, b) in enumerate(spans[i])]
+                )
+                at += len(parts)
             index.upsert(
-                ids[part], vectors, texts[part], metadata[part], source="local", contents=contents[part]
+                [ids[i] for i in group],
+                vectors[firsts],
+                [texts[i] for i in group],
+                [metadata[i] for i in group],
+                source="local",
+                contents=[contents[j] for j in firsts],
+                chunks=chunks,
             )
+        return report
 
     def close(self) -> None:
         for index in self._indexes.values():
@@ -276,11 +351,17 @@ class EdgeClient:
         return bundle
 
     def sync(self, collection: str, *, progress: bool = False, timeout: float = 600.0) -> SyncReport:
-        """Bring the local copy of ``collection`` up to date (incremental, resumable). When the
-        server refuses this edge's bundle for the collection (its model changed: a migration's
-        cutover or rollback, or a refitted bundle), the collection's current bundle is fetched
-        and installed and the collection synced again from the start, once."""
+        """Bring the local copy of ``collection`` up to date (incremental, resumable). With a
+        router: from the shard(s) that hold it (see the class docstring). When the server
+        refuses this edge's bundle for the collection (its model changed: a migration's cutover
+        or rollback, or a refitted bundle), the collection's current bundle is fetched and
+        installed and the collection synced again from the start, once (without a router)."""
         index = self.index(collection)
+        if self.router is not None:
+            report = self._sync_routed(self.router, index, collection, progress=progress, timeout=timeout)
+            if report.upserts or report.deletes or report.full_resync:
+                fit_threshold(index)
+            return report
         try:
             report = sync_collection(
                 rpc.CollectionServiceStub(self.channel),
@@ -314,8 +395,60 @@ class EdgeClient:
             fit_threshold(index)
         return report
 
-    def add(self, paths: Iterable[Path | str], *, collection: str) -> int:
+    def _sync_routed(
+        self, router: Router, index: LocalIndex, collection: str, *, progress: bool, timeout: float
+    ) -> SyncReport:
+        """Each shard of ``collection`` in turn, from its primary, the next replica when that
+        one is unreachable (another store: its part is synced again from 0); ServerUnavailable
+        when a shard has no reachable replica. A split collection's parts missing on a shard
+        (NOT_FOUND: no document landed there) add nothing."""
+        shards = router.map.shards_for(collection)
+        split = len(shards) > 1 or router.map.is_split(collection)
+        reports: list[SyncReport] = []
+        for shard in shards:
+            failures: list[str] = []
+            for address in shard.replicas:
+                try:
+                    reports.append(
+                        sync_collection(
+                            router.collections_stub(address),
+                            index,
+                            collection=collection,
+                            bundle_fingerprint=self.bundle.fingerprint,
+                            timeout=timeout,
+                            metadata=router.metadata,
+                            progress=progress,
+                            part=shard.name if split else "",
+                        )
+                    )
+                    break
+                except ServerUnavailable as exc:
+                    failures.append(f"{address}: {exc}")
+                except CollectionNotFound:
+                    if not split:
+                        raise
+                    break
+            else:
+                raise ServerUnavailable(
+                    f"sync of {collection!r}: no replica of shard {shard.name} answered: "
+                    + "; ".join(failures)
+                )
+        return SyncReport(
+            collection,
+            sum(r.upserts for r in reports),
+            sum(r.deletes for r in reports),
+            sum(r.sequence for r in reports),
+            any(r.full_resync for r in reports),
+            len(index),
+            ",".join(r.incarnation for r in reports),
+        )
+
+    def add(self, paths: Iterable[Path | str], *, collection: str, chunking: bool = True) -> AddReport:
         """Embed local text files (one document per paragraph, id ``PATH#N``) into the index.
+        A paragraph longer than the model reads is chunked as the server chunks a long document
+        (several vectors, a search answers with its best chunk as the snippet; at most
+        ``embedcore.chunking.CHUNK_MAX_CHARS`` characters of it are embedded, all of it is
+        stored); ``chunking=False`` embeds only its beginning (what the model reads), as before.
         InvalidInput names the first paragraph with a NUL character (nothing is added)."""
         ids: list[str] = []
         texts: list[str] = []
@@ -328,12 +461,12 @@ class EdgeClient:
                 texts.append(paragraph)
                 metadata.append({"path": str(path), "paragraph": n})
         if not ids:
-            return 0
+            return AddReport()
         index = self.index(collection)
-        self._upsert_local(index, ids, texts, metadata)
+        report = self._upsert_local(index, ids, texts, metadata, chunking=chunking)
         index.save()
         fit_threshold(index)
-        return len(ids)
+        return report
 
     # --- search ------------------------------------------------------------------------------
     def embed_query(self, text: str, dims: int) -> np.ndarray:
@@ -371,13 +504,21 @@ class EdgeClient:
         """Full-dimension search on the server; ServerUnavailable when unreachable or too slow,
         CollectionNotFound when it has no such collection."""
         parse_metadata_filter(filter)  # refused here as the server would refuse it
-        stub = rpc.CollectionServiceStub(self.channel)
+        request = pb.SearchRequest(collection=collection, query=text, k=k, filter=filter or "")
         try:
-            reply = stub.Search(
-                pb.SearchRequest(collection=collection, query=text, k=k, filter=filter or ""),
-                timeout=timeout or self.timeout,
-                metadata=self._metadata,
-            )
+            if self.router is not None:
+                reply = self.router.search(request, timeout=timeout or self.timeout)
+            else:
+                stub = rpc.CollectionServiceStub(self.channel)
+                reply = stub.Search(request, timeout=timeout or self.timeout, metadata=self._metadata)
+        except RouterError as exc:
+            if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                raise ServerUnavailable(str(exc), code=exc.code, detail=str(exc)) from exc
+            if exc.code == "NOT_FOUND":
+                raise CollectionNotFound(
+                    f"no shard has collection {collection!r}", code=exc.code, detail=str(exc)
+                ) from exc
+            raise ServerError(f"server search failed: {exc}", code=exc.code, detail=str(exc)) from exc
         except grpc.RpcError as exc:
             failure = explain(exc, self.server, timeout=timeout or self.timeout, credentials=self.credentials)
             if failure.unreachable:
@@ -458,6 +599,36 @@ class EdgeClient:
             "threshold": index.get_state("threshold"),
             "bundle": self.bundle.fingerprint,
         }
+
+
+_EMBED_BATCH = 256  # texts (whole documents or chunks) embedded and stored at once
+
+
+def _chunk_spans(chunker: Chunker | None, text: str) -> list[tuple[int, int]]:
+    """The character spans of ``text``'s chunks when it is longer than the model reads and
+    ``chunker`` is given (what the server stores for it), else [] (embedded whole)."""
+    if chunker is None:
+        return []
+    found = chunker.split(embedded_part(text, CHUNK_MAX_CHARS))
+    return [(span.start, span.stop) for span in found] if len(found) > 1 else []
+
+
+def _groups(spans: list[list[tuple[int, int]]], size: int) -> list[list[int]]:
+    """Consecutive documents in groups of about ``size`` vectors (a document's chunks stay in
+    one group, so a group may be larger when one document has more)."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    count = 0
+    for i, found in enumerate(spans):
+        need = max(1, len(found))
+        if current and count + need > size:
+            groups.append(current)
+            current, count = [], 0
+        current.append(i)
+        count += need
+    if current:
+        groups.append(current)
+    return groups
 
 
 def parse_metadata_filter(text: str | None) -> Filter | None:

@@ -48,7 +48,7 @@ class SyncReport:
     incarnation: str = ""  # of the server's collection the index now reflects
 
 
-def _apply(index: LocalIndex, changes: Any) -> tuple[int, int, int]:
+def _apply(index: LocalIndex, changes: Any, source: str = "sync") -> tuple[int, int, int]:
     """Apply one message's changes in order; returns (upserts, deletes, last sequence)."""
     upserts = deletes = 0
     last = 0
@@ -64,7 +64,7 @@ def _apply(index: LocalIndex, changes: Any) -> tuple[int, int, int]:
             vectors,
             [c.text for c in pending],
             [MessageToDict(c.metadata) for c in pending],
-            source="sync",
+            source=source,
             contents=[
                 f"server:{c.content_hash}" if c.content_hash else fallback[i] for i, c in enumerate(pending)
             ],
@@ -109,8 +109,18 @@ def sync_collection(
     timeout: float = 600.0,
     metadata: tuple[tuple[str, str], ...] = (),
     progress: bool = False,
+    part: str = "",
 ) -> SyncReport:
-    """Pull changes after the index's sequence; see the module docstring."""
+    """Pull changes after the index's sequence; see the module docstring. ``part``: the
+    shard this stream comes from when the collection is split over several (embedcore.router):
+    each part keeps its own checkpoint (``sequence@PART``, ``incarnation@PART``) and its
+    documents (source ``sync@PART``), so a reset of one part drops only that part's documents.
+    The caller resets the index for a new bundle before syncing the parts."""
+    source = f"sync@{part}" if part else "sync"
+
+    def key(name: str) -> str:
+        return f"{name}@{part}" if part else name
+
     other_collection = index.get_state("collection") not in ("", collection)
     full = index.get_state("bundle_fingerprint") != bundle_fingerprint or other_collection
     if full:
@@ -118,14 +128,14 @@ def sync_collection(
         index.set_state("bundle_fingerprint", bundle_fingerprint)
         index.set_state("collection", collection)
         index.save()
-    since = int(index.get_state("sequence", "0"))
+    since = int(index.get_state(key("sequence"), "0"))
     request = pb.SyncVectorsRequest(
         collection=collection,
         since_sequence=since,
         bundle_fingerprint=bundle_fingerprint,
         dimensions=index.dims,
         include_text=True,
-        incarnation=index.get_state("incarnation"),
+        incarnation=index.get_state(key("incarnation")),
     )
     upserts = deletes = 0
     applied = since
@@ -138,26 +148,28 @@ def sync_collection(
             if response.reset:
                 # Our checkpoint is not of this collection: what we synced from it goes; the
                 # changes that follow are all of it.
-                index.drop_source("sync")
+                index.drop_source(source)
                 applied = head = 0
                 full = True
             if response.incarnation:
-                index.set_state("incarnation", response.incarnation)
+                index.set_state(key("incarnation"), response.incarnation)
             head = max(head, int(response.head_sequence))
             if bar is None and progress:
                 from tqdm import tqdm
 
                 bar = tqdm(total=len(response.changes) + int(response.remaining), unit="vec", desc=collection)
-            u, d, last = _apply(index, response.changes)
+            u, d, last = _apply(index, response.changes, source)
             upserts, deletes, unsaved = upserts + u, deletes + d, unsaved + u + d
             applied = max(applied, last)
             if bar is not None:
                 bar.update(len(response.changes))
             if unsaved >= CHECKPOINT_CHANGES or time.monotonic() - last_save > CHECKPOINT_SECONDS:
-                _checkpoint(index, applied)
+                _checkpoint(index, applied, key=key("sequence"))
                 unsaved, last_save = 0, time.monotonic()
     except grpc.RpcError as exc:
-        _checkpoint(index, applied)  # what arrived is applied in order: keep it, resume later
+        _checkpoint(
+            index, applied, key=key("sequence")
+        )  # what arrived is applied in order: keep it, resume later
         code = exc.code()
         if code == grpc.StatusCode.FAILED_PRECONDITION:
             raise FingerprintMismatch(
@@ -168,8 +180,8 @@ def sync_collection(
         if code == grpc.StatusCode.NOT_FOUND:
             # Dropped on the server (or never there): what was synced of it goes, with the
             # checkpoint, so a collection created again under the name starts from scratch.
-            index.drop_source("sync")
-            for name, value in (("sequence", "0"), ("incarnation", ""), ("synced_at", "")):
+            index.drop_source(source)
+            for name, value in ((key("sequence"), "0"), (key("incarnation"), ""), ("synced_at", "")):
                 index.set_state(name, value)
             index.save()
             raise CollectionNotFound(
@@ -189,14 +201,20 @@ def sync_collection(
             bar.close()
     # The stream ended normally: everything up to the head is reflected (even if the last
     # changes before it were compacted away).
-    _checkpoint(index, max(applied, head), complete=True)
+    _checkpoint(index, max(applied, head), complete=True, key=key("sequence"))
     return SyncReport(
-        collection, upserts, deletes, max(applied, head), full, len(index), index.get_state("incarnation")
+        collection,
+        upserts,
+        deletes,
+        max(applied, head),
+        full,
+        len(index),
+        index.get_state(key("incarnation")),
     )
 
 
-def _checkpoint(index: LocalIndex, sequence: int, *, complete: bool = False) -> None:
-    index.set_state("sequence", str(sequence))
+def _checkpoint(index: LocalIndex, sequence: int, *, complete: bool = False, key: str = "sequence") -> None:
+    index.set_state(key, str(sequence))
     if complete:
         index.touch_sync()  # staleness counts from the last complete sync
     index.save()

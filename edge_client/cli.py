@@ -54,10 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("sync", "pull a collection's truncated vectors from the server")
     p.add_argument("--collection", required=True)
     p.add_argument("--server", default=None, help="HOST:PORT (default: the one given to init)")
+    p.add_argument(
+        "--shard-map",
+        default=None,
+        metavar="FILE",
+        help="sharded servers: sync / ask the shard(s) that hold the collection "
+        "(embedcore/shardmap.py; default: $EMBED_SHARD_MAP)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = command("add", "embed local text files on this device into the local index")
     p.add_argument("paths", nargs="+", type=Path)
     p.add_argument("--collection", default="local", help="local index to add to (default: local)")
+    p.add_argument(
+        "--no-chunking",
+        dest="chunking",
+        action="store_false",
+        help="embed only the beginning of a paragraph longer than the model reads (default: chunk it "
+        "as the server chunks long documents)",
+    )
     p = command("search", "search locally, on the server, or automatically")
     p.add_argument("text")
     p.add_argument("--collection", required=True)
@@ -74,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--server", default=None, help="HOST:PORT (default: the one given to init)")
     p.add_argument("--timeout", type=float, default=5.0, help="server deadline in seconds")
+    p.add_argument(
+        "--shard-map",
+        default=None,
+        metavar="FILE",
+        help="sharded servers: sync / ask the shard(s) that hold the collection "
+        "(embedcore/shardmap.py; default: $EMBED_SHARD_MAP)",
+    )
     return parser
 
 
@@ -118,7 +139,26 @@ def _run(args: argparse.Namespace, credentials: transport.ClientCredentials | No
         options.update(dims=args.dims, dtype=args.dtype)
     if args.command == "search":
         options["timeout"] = args.timeout
-    with EdgeClient(args.home, **options) as client:
+    if args.command in ("sync", "search"):
+        from embedcore.router import Router
+        from embedcore.shardmap import ShardMap, ShardMapError
+
+        try:
+            shard_map = ShardMap.load(args.shard_map) if args.shard_map else ShardMap.from_env()
+        except ShardMapError as exc:
+            print(f"edge-client {args.command}: {exc}", file=sys.stderr)
+            return 2
+        if shard_map is not None:
+            options["router"] = Router(shard_map, credentials=credentials)
+    try:
+        return _run_client(args, EdgeClient(args.home, **options))
+    finally:
+        if "router" in options:
+            options["router"].close()
+
+
+def _run_client(args: argparse.Namespace, edge: Any) -> int:
+    with edge as client:
         if args.command == "init":
             shown = _InitProgress(client.server, enabled=not args.no_progress)
             try:
@@ -138,8 +178,8 @@ def _run(args: argparse.Namespace, credentials: transport.ClientCredentials | No
                 f"{report.documents} documents locally, at sequence {report.sequence}"
             )
         elif args.command == "add":
-            n = client.add(args.paths, collection=args.collection)
-            print(f"added {n} paragraphs to the local index {args.collection!r}")
+            added = client.add(args.paths, collection=args.collection, chunking=args.chunking)
+            print(f"added {added.summary()} to the local index {args.collection!r}")
         else:
             result = client.search(
                 args.text,

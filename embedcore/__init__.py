@@ -3,7 +3,8 @@
 Both sides import these public names (never each other's modules): the tokenizer set up as
 sentence-transformers does, pooling and normalization in numpy, Matryoshka truncation, the
 edge projection (identity, PCA rotation, linear adaptor), the edge-bundle format and the ONNX
-Runtime encoder built from it, and the metadata filter language of Search.
+Runtime encoder built from it, the metadata filter language of Search, and the chunker
+(``embedcore.chunking``) that cuts long documents.
 Dependencies: numpy, tokenizers, onnxruntime.
 """
 

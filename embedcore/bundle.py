@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from embedcore.chunking import CHUNK_OVERLAP, Chunker, load_chunker
 from embedcore.errors import BundleError, BundleIntegrityError
 from embedcore.onnx_encoder import OnnxEncoder
 from embedcore.pooling import NUMPY_MODES, PoolingMode
@@ -192,6 +193,7 @@ class EdgeBundle:
         self.manifest = manifest
         self.projection = projection
         self._encoders: dict[tuple[bool, int], OnnxEncoder] = {}
+        self._chunkers: dict[tuple[int, int], Chunker] = {}
 
     @property
     def fingerprint(self) -> str:
@@ -236,6 +238,29 @@ class EdgeBundle:
                     f"cannot load the bundle's model {name}: {type(exc).__name__}: {exc}"
                 ) from exc
         return self._encoders[key]
+
+    def chunker(self, *, window: int = 0, overlap: int = CHUNK_OVERLAP) -> Chunker:
+        """The chunker for documents of this bundle's model, built once per setting: the
+        bundle's tokenizer, a budget of the model's maximum tokens minus special tokens minus
+        the document prompt's tokens (all in the manifest, in every format), so its cuts are the
+        server's (server.chunking.chunker_for with the same window and overlap). BundleError
+        when the tokenizer file cannot be loaded."""
+        key = (window, overlap)
+        if key not in self._chunkers:
+            try:
+                self._chunkers[key] = load_chunker(
+                    self.directory / self.manifest.tokenizer,
+                    max_tokens=self.manifest.max_tokens,
+                    prompt=self.prompt(self.manifest.document_prompt_name),
+                    window=window,
+                    overlap=overlap,
+                )
+            except Exception as exc:  # tokenizers on a damaged file (its size intact)
+                name = self.manifest.tokenizer
+                raise BundleError(
+                    f"cannot load the bundle's tokenizer {name}: {type(exc).__name__}: {exc}"
+                ) from exc
+        return self._chunkers[key]
 
     def prompt(self, name: str) -> str:
         return self.manifest.prompts.get(name, "") if name else ""

@@ -27,8 +27,9 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from embedcore.chunking import embedded_part
 from server import metrics
-from server.chunking import Chunker
+from server.chunking import Chunker, chunker_for
 from server.embedder import Embedder, Priority
 from server.errors import InvalidArgument, NotFound, NotReady, PreconditionFailed, ServiceError
 from server.model import ModelSpec
@@ -252,9 +253,7 @@ class Ingestor:
             embedder,
             spec,
             max_document_bytes=settings.max_document_bytes,
-            chunker=Chunker.for_model(
-                spec, window=settings.chunk_tokens, overlap=settings.chunk_overlap_tokens
-            ),
+            chunker=chunker_for(spec, window=settings.chunk_tokens, overlap=settings.chunk_overlap_tokens),
             chunking=settings.chunking,
             chunk_max_chars=settings.chunk_max_chars,
             lexical=lexical,
@@ -372,13 +371,8 @@ class Ingestor:
         return out
 
     def _chunked_part(self, text: str) -> str:
-        """The beginning of ``text`` that chunking embeds: at most --chunk-max-chars, cut after
-        the last whitespace in reach (a word is never cut), the whole text when it is shorter."""
-        limit = self.chunk_max_chars
-        if limit is None or len(text) <= limit:
-            return text
-        cut = max(text.rfind(" ", 0, limit), text.rfind("\n", 0, limit))
-        return text[: cut if cut > 0 else limit]
+        """The beginning of ``text`` that chunking embeds (embedcore.chunking.embedded_part)."""
+        return embedded_part(text, self.chunk_max_chars)
 
     def _unembedded(self, text: str, spans: list[tuple[int, int]] | None) -> int:
         """Characters at the end of a chunked ``text`` past --chunk-max-chars (0: none)."""

@@ -85,6 +85,15 @@ def ensure_onnx(spec: ModelSpec, cache_dir: Path, *, int8: bool = True) -> Path:
         problem = _cache_problem(target, names)
         if problem is None:
             return target
+        if int8 and not (target / INT8_NAME).exists() and _cache_problem(target, [FP32_NAME]) is None:
+            # An fp32-only export (the lane's, or --no-edge-int8) that now also needs int8: add
+            # it in place. Setting the directory aside would pull model.onnx from under the
+            # process that just opened it (two servers starting at once on an empty cache: one
+            # failed with NO_SUCHFILE).
+            log.info("adding the int8 graph to the ONNX cache %s", target)
+            quantize_int8(target / FP32_NAME, target / INT8_NAME)
+            _write_checksums(target)
+            return target
         if target.exists():  # a damaged cache is set aside (kept for a post-mortem), made again
             log.warning(
                 "the ONNX cache %s is damaged (%s); setting it aside and exporting again", target, problem

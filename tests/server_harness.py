@@ -11,14 +11,14 @@ import os
 import signal
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from embedcore.transport import ClientCredentials
 from server.launch import free_port, serve_command, wait_serving
 
-__all__ = ["FAST_START", "ServerProcess", "free_port", "running_server", "wait_serving"]
+__all__ = ["FAST_START", "ServerProcess", "free_port", "running_server", "running_servers", "wait_serving"]
 
 FAST_START = ("--workers", "1", "--compile", "off")
 
@@ -74,3 +74,39 @@ def running_server(
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@contextmanager
+def running_servers(data_dirs: list[Path], *extra_args: str) -> Iterator[list[ServerProcess]]:
+    """Several ``embed-server serve`` processes started at once (their model loads overlap),
+    each on a free port with its own store; yields them once every one is SERVING."""
+    servers: list[ServerProcess] = []
+    with ExitStack() as stack:
+        for data_dir in data_dirs:
+            port = free_port()
+            data_dir.mkdir(parents=True, exist_ok=True)
+            log_path = data_dir.parent / f"server-{port}.log"
+            with log_path.open("wb") as log_file:
+                process = subprocess.Popen(
+                    serve_command(port, data_dir, *FAST_START, *extra_args),
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                )
+            server = ServerProcess(process, f"127.0.0.1:{port}", data_dir, log_path)
+            servers.append(server)
+            stack.callback(_kill, process)
+        for server in servers:
+            try:
+                wait_serving(server.address, server.process, timeout=300)
+            except Exception as exc:
+                raise RuntimeError(
+                    f"server {server.address} failed to start:\n{server.log()[-4000:]}"
+                ) from exc
+        yield servers
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.chunking import Chunker
+from server.chunking import Chunker, chunker_for
 from server.store import ChunkRef, Indexes, Store, Upsert, content_hash, open_store
 from tests._collections import scifact_docs
 
@@ -23,7 +23,7 @@ FP = "test-model@1"
 
 @pytest.fixture(scope="module")
 def chunker(spec: Any) -> Chunker:
-    return Chunker.for_model(spec, overlap=32)
+    return chunker_for(spec, overlap=32)
 
 
 def _long_text(start: int, count: int = 8) -> list[str]:
@@ -122,7 +122,7 @@ def test_long_texts_are_tokenized_in_slices_as_one_text(chunker: Chunker, seed: 
 
 def test_overlap_must_be_less_than_half_a_window(spec: Any) -> None:
     with pytest.raises(ValueError, match="half"):
-        Chunker.for_model(spec, window=64, overlap=32)
+        chunker_for(spec, window=64, overlap=32)
 
 
 def _vec(seed: int, dims: int = 8) -> np.ndarray:

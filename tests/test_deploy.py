@@ -26,7 +26,7 @@ import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from edge_client.cli import build_parser as edge_parser
-from embedcore import transport
+from embedcore import shardmap, transport
 from server.cli import build_parser as server_parser
 from server.settings import Settings, env_var
 from tests._certs import self_signed
@@ -105,7 +105,7 @@ def container_env(container: dict[str, Any]) -> dict[str, str | None]:
 
 
 def server_container() -> dict[str, Any]:
-    containers = one("StatefulSet")["spec"]["template"]["spec"]["containers"]
+    containers = one("StatefulSet", "embed-server")["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
     container: dict[str, Any] = containers[0]
     return container
@@ -198,7 +198,7 @@ def test_every_embed_env_var_is_a_real_setting_and_validates() -> None:
     assert {"EMBED_PORT", "EMBED_DATA_DIR", "EMBED_GRACE_SECONDS"} <= seen
     # Anything spelled EMBED_* anywhere under deploy/ (README included) must exist too: a server
     # setting, or one of the connection variables every bundled client reads (embedcore.transport).
-    known |= set(transport.ENV.values())
+    known |= set(transport.ENV.values()) | {shardmap.ENV_VAR}
     for path in DEPLOY.rglob("*"):
         if path.is_file() and path.suffix != ".pyc":
             named = set(re.findall(r"\bEMBED_[A-Z][A-Z0-9_]*\b", path.read_text()))
@@ -218,16 +218,19 @@ def test_statefulset_ports_probes_and_volume_match_the_settings() -> None:
         assert spec["grpc"]["port"] == settings.port, probe
         assert spec["grpc"].get("service", "") == "", probe  # the server-wide health entry
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-    statefulset = one("StatefulSet")
+    statefulset = one("StatefulSet", "embed-server")
     claims = [t["metadata"]["name"] for t in statefulset["spec"]["volumeClaimTemplates"]]
     assert claims == ["data"] and Path(mounts["data"]) == settings.data_dir
 
 
 def test_services_and_disruption_budget_select_the_server_pods() -> None:
-    statefulset = one("StatefulSet")
+    statefulset = one("StatefulSet", "embed-server")
     labels = statefulset["spec"]["template"]["metadata"]["labels"]
     container_ports = {p["name"]: p["containerPort"] for p in server_container()["ports"]}
-    services = [d for d in k8s_docs() if d["kind"] == "Service"]
+    # encoder.yaml's Service selects its own Deployment's pods (checked the same way below)
+    services = [d for d in k8s_docs() if d["kind"] == "Service" and d["metadata"]["name"] != "embed-encoder"]
+    encoder = one("Deployment", "embed-encoder")["spec"]["template"]["metadata"]["labels"]
+    assert one("Service", "embed-encoder")["spec"]["selector"].items() <= encoder.items()
     for service in services:
         assert service["spec"]["selector"].items() <= labels.items()
         for port in service["spec"]["ports"]:
@@ -239,6 +242,45 @@ def test_services_and_disruption_budget_select_the_server_pods() -> None:
     pdb = one("PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert pdb["spec"].get("maxUnavailable") == 1 or pdb["spec"].get("minAvailable") is not None
+
+
+def test_shard_map_names_every_shard_pod_and_the_split_is_served() -> None:
+    """shard-map.yaml's shard-N are pod N of both StatefulSets (ordinal = shard), reachable by
+    the headless Service's DNS names on the gRPC port; the two sets run the same pod spec."""
+    config = one("ConfigMap", "embed-shard-map")
+    parsed = shardmap.ShardMap.loads(config["data"]["shard-map.json"], "shard-map.yaml")
+    primary, replica = one("StatefulSet", "embed-server"), one("StatefulSet", "embed-server-replica")
+    assert primary["spec"]["replicas"] == replica["spec"]["replicas"] == len(parsed.shards)
+    port = settings_for(container_env(server_container())).port
+    headless = primary["spec"]["serviceName"]
+    assert replica["spec"]["serviceName"] == headless
+    for n, shard in enumerate(parsed.shards):
+        assert shard.name == f"shard-{n}"
+        assert shard.replicas == (
+            f"embed-server-{n}.{headless}:{port}",
+            f"embed-server-replica-{n}.{headless}:{port}",
+        )
+    assert primary["spec"]["template"]["spec"] == replica["spec"]["template"]["spec"]
+    # the two sets must not select each other's pods
+    assert primary["spec"]["selector"]["matchLabels"] != replica["spec"]["selector"]["matchLabels"]
+    job = one("Job")
+    assert "--shard-map" in job["spec"]["template"]["spec"]["containers"][0]["args"][0]
+
+
+def test_autoscaler_scales_the_stateless_tier_on_a_metric_the_server_exports() -> None:
+    from server import metrics
+
+    scaled = one("ScaledObject")
+    target = scaled["spec"]["scaleTargetRef"]
+    deployment = one(target["kind"], target["name"])
+    assert deployment["kind"] == "Deployment"
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    assert [v for v in volumes if v["name"] == "data"] == [{"name": "data", "emptyDir": {}}]
+    (trigger,) = scaled["spec"]["triggers"]
+    metric = re.match(r"\w+\((\w+)", trigger["metadata"]["query"])
+    assert metric is not None
+    assert metric.group(1) == metrics.QUEUE_DEPTH._name
+    assert 1 <= scaled["spec"]["minReplicaCount"] < scaled["spec"]["maxReplicaCount"]
 
 
 def test_gpu_is_requested() -> None:
@@ -255,7 +297,7 @@ def test_shutdown_grace_exceeds_the_servers_drain() -> None:
     grace = settings_for(container_env(container)).grace_seconds
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
-    pod = one("StatefulSet")["spec"]["template"]["spec"]
+    pod = one("StatefulSet", "embed-server")["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] > float(pre_stop[1]) + grace
     # The startup probe must outwait the pool's own limit on a worker loading the model.
     startup = container["startupProbe"]

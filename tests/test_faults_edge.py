@@ -34,7 +34,7 @@ def _prepared(live_server: Any, home: Path) -> str:
     with EdgeClient(home, server=live_server.address) as client:
         client.init()
         client.sync(collection)
-        assert client.add([note], collection=collection) == 1
+        assert client.add([note], collection=collection).documents == 1
     return collection
 
 

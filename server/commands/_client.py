@@ -6,18 +6,55 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING, Literal
 
 import grpc
 
 from embedcore import transport
 from embedcore.transport import ClientCredentials, CredentialsError
 
+if TYPE_CHECKING:
+    from embedcore.router import Router
+
 MESSAGE_BYTES = 64 << 20
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of a running server")
+    parser.add_argument(
+        "--shard-map",
+        default=None,
+        metavar="FILE",
+        help="route over the sharded servers of this JSON shard map instead of --server "
+        "(embedcore/shardmap.py; default: $EMBED_SHARD_MAP, JSON text or a file path)",
+    )
     transport.add_arguments(parser)
+
+
+def router(
+    args: argparse.Namespace, creds: ClientCredentials, command: str
+) -> Router | Literal[False] | None:
+    """The router ``--shard-map`` (or ``$EMBED_SHARD_MAP``) asks for, checked against every
+    server's Info; None when neither is given (use ``--server``); False after printing why the
+    map cannot be used (bad map, a shard unreachable, servers of different models)."""
+    from embedcore.router import Router, RouterError
+    from embedcore.shardmap import ShardMap, ShardMapError
+
+    try:
+        shard_map = ShardMap.load(args.shard_map) if args.shard_map else ShardMap.from_env()
+    except ShardMapError as exc:
+        print(f"embed-server {command}: {exc}", file=sys.stderr)
+        return False
+    if shard_map is None:
+        return None
+    routed = Router(shard_map, credentials=creds)
+    try:
+        routed.check()
+    except RouterError as exc:
+        routed.close()
+        print(f"embed-server {command}: {exc}", file=sys.stderr)
+        return False
+    return routed
 
 
 def credentials(args: argparse.Namespace, command: str) -> ClientCredentials | None:

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from server.commands._client import add_server_arguments, credentials
+from server.commands._client import add_server_arguments, credentials, router
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,8 +49,11 @@ def run(args: argparse.Namespace) -> int:
     creds = credentials(args, "eval")
     if creds is None:
         return 2
+    routed = router(args, creds, "eval")
+    if routed is False:
+        return 2
     options = EvalOptions(
-        server=args.server,
+        server=args.server if routed is None else routed.map.shards[0].primary,
         dataset=args.dataset,
         split=args.split,
         sts=args.sts,
@@ -58,12 +61,16 @@ def run(args: argparse.Namespace) -> int:
         collection=args.collection,
         concurrency=args.concurrency,
         credentials=creds,
+        router=routed,
     )
     try:
         outcome = run_evaluation(options)
     except (DatasetError, ValueError, ConnectionError) as exc:
         print(f"embed-server eval: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if routed is not None:
+            routed.close()
     if outcome.results:
         print()
         print(table(outcome.results))

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from server.commands._client import add_server_arguments, channel, credentials, report_error
+from embedcore.transport import ClientCredentials
+from server.commands._client import add_server_arguments, channel, credentials, report_error, router
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +42,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cut documents longer than the model reads at its maximum instead of chunking them "
         "(IngestRequest.chunking=false)",
     )
+    ray = parser.add_argument_group("bulk ingestion on Ray Data (the `cluster` extra; server/ray_ingest.py)")
+    ray.add_argument(
+        "--ray",
+        action="store_true",
+        help="read the corpus (JSONL, .jsonl.gz, Parquet) with Ray Data and stream it to the shards "
+        "from Ray actors (placement by --shard-map, else the one --server)",
+    )
+    ray.add_argument(
+        "--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)"
+    )
+    ray.add_argument(
+        "--ray-senders", type=int, default=2, help="sender actors (concurrent batches in flight)"
+    )
+    ray.add_argument("--ray-batch", type=int, default=64, help="documents per batch sent to a shard")
+    ray.add_argument("--ray-attempts", type=int, default=5, help="tries per batch before the document fails")
 
 
 def _open(path: Path) -> IO[str]:
@@ -73,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     import grpc
     from tqdm import tqdm
 
+    from embedcore.router import RouterError
     from protos.embedding.v1 import embedding_pb2 as pb
     from protos.embedding.v1.embedding_pb2_grpc import CollectionServiceStub
 
@@ -82,6 +99,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     creds = credentials(args, "ingest")
     if creds is None:
+        return 2
+    if args.ray:
+        return _run_ray(args, creds)
+    routed = router(args, creds, "ingest")
+    if routed is False:
         return 2
     total = sum(1 for _ in read_corpus(path, args.limit))
 
@@ -101,8 +123,13 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with channel(args, creds) as ch, tqdm(total=total, unit="doc", desc=f"ingest {args.collection}") as bar:
         stub = CollectionServiceStub(ch)
+        acks = (
+            stub.Ingest(requests(), metadata=creds.metadata())
+            if routed is None
+            else routed.ingest(requests(), timeout=600.0)
+        )
         try:
-            for ack in stub.Ingest(requests(), metadata=creds.metadata()):
+            for ack in acks:
                 if ack.HasField("error"):
                     failed += 1
                     tqdm.write(f"{ack.id}: {ack.error.message}", file=sys.stderr)
@@ -118,12 +145,104 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
             report_error(args, "ingest", exc, creds)
             return 1
+        except RouterError as exc:
+            bar.close()
+            print(
+                f"embed-server ingest: {exc}; send the file again (acknowledged documents are cache hits)",
+                file=sys.stderr,
+            )
+            return 1
+        finally:
+            if routed is not None:
+                routed.close()
     elapsed = time.perf_counter() - started
-    docs = embedded + cached + failed
     print(
-        f"{docs} docs into {args.collection!r}: {embedded} embedded, {cached} cached, {failed} failed; "
+        summary(args.collection, embedded, cached, failed, chunks_embedded, chunks_cached, chunked, elapsed)
+    )
+    return 1 if failed else 0
+
+
+def summary(
+    collection: str,
+    embedded: int,
+    cached: int,
+    failed: int,
+    chunks_embedded: int,
+    chunks_cached: int,
+    chunked: int,
+    elapsed: float,
+) -> str:
+    """The one-line summary every ingest path prints (plain, routed, Ray)."""
+    docs = embedded + cached + failed
+    return (
+        f"{docs} docs into {collection!r}: {embedded} embedded, {cached} cached, {failed} failed; "
         f"{chunks_embedded + chunks_cached} chunks ({chunked} docs longer than the model reads were "
         f"chunked): {chunks_embedded} embedded, {chunks_cached} cached; "
         f"in {elapsed:.1f}s ({docs / max(elapsed, 1e-9):.1f} docs/s)"
     )
-    return 1 if failed else 0
+
+
+def _run_ray(args: argparse.Namespace, credentials: ClientCredentials) -> int:
+    """``embed-server ingest ... --ray``: progress bar, the plain CLI's summary line, and the
+    documents per shard; exit 1 when a document failed, 2 for unusable input."""
+    from tqdm import tqdm
+
+    from embedcore.router import Router, RouterError
+    from embedcore.shardmap import ShardMap, ShardMapError
+    from server.ray_ingest import ingest_with_ray
+
+    try:
+        shard_map = ShardMap.load(args.shard_map) if args.shard_map else ShardMap.from_env()
+    except ShardMapError as exc:
+        print(f"embed-server ingest: {exc}", file=sys.stderr)
+        return 2
+    shard_map = shard_map or ShardMap.single(args.server)
+    with Router(shard_map, credentials=credentials) as checked:
+        try:
+            checked.check()
+        except RouterError as exc:
+            print(f"embed-server ingest: {exc}", file=sys.stderr)
+            return 2
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        print("embed-server ingest --ray: Ray is not installed; pip install '.[cluster]'", file=sys.stderr)
+        return 2
+    with tqdm(unit="doc", desc=f"ingest {args.collection} (ray)") as bar:
+        try:
+            report = ingest_with_ray(
+                [args.file],
+                collection=args.collection,
+                shard_map=shard_map,
+                credentials=credentials,
+                senders=args.ray_senders,
+                batch=args.ray_batch,
+                attempts=args.ray_attempts,
+                limit=args.limit,
+                store_text=not args.no_text,
+                chunking=args.chunking,
+                ray_address=args.ray_address,
+                progress=bar.update,
+            )
+        except ValueError as exc:
+            bar.close()
+            print(f"embed-server ingest: {exc}", file=sys.stderr)
+            return 2
+    for row in report.acks:
+        if row["error"]:
+            print(f"{row['id']}: {row['error']}", file=sys.stderr)
+    print(
+        summary(
+            args.collection,
+            report.embedded,
+            report.cached,
+            report.failed,
+            report.chunks_embedded,
+            report.chunks_cached,
+            report.chunked,
+            report.seconds,
+        )
+    )
+    shards = ", ".join(f"{name} {n}" for name, n in sorted(report.per_shard.items()))
+    print(f"per shard: {shards}; documents sent again after a failed batch: {report.resent_documents}")
+    return 1 if report.failed else 0

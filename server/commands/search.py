@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
-from server.commands._client import add_server_arguments, channel, credentials, report_error
+from server.commands._client import add_server_arguments, channel, credentials, report_error, router
 
 _PRECISIONS = ("float32", "int8", "ubinary")
 
@@ -52,14 +53,27 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.dimensions is not None:
         request.dimensions = args.dimensions
-    with channel(args, creds) as ch:
-        try:
-            response = CollectionServiceStub(ch).Search(
-                request, metadata=creds.metadata(), timeout=args.timeout
-            )
-        except grpc.RpcError as exc:
-            report_error(args, "search", exc, creds, timeout=args.timeout)
-            return 1
+    routed = router(args, creds, "search")
+    if routed is False:
+        return 2
+    if routed is not None:
+        from embedcore.router import RouterError
+
+        with routed:
+            try:
+                response = routed.search(request, timeout=args.timeout)
+            except RouterError as exc:
+                print(f"embed-server search: {exc}", file=sys.stderr)
+                return 1
+    else:
+        with channel(args, creds) as ch:
+            try:
+                response = CollectionServiceStub(ch).Search(
+                    request, metadata=creds.metadata(), timeout=args.timeout
+                )
+            except grpc.RpcError as exc:
+                report_error(args, "search", exc, creds, timeout=args.timeout)
+                return 1
     results: list[dict[str, Any]] = [
         {"id": h.id, "score": h.score, "text": h.text, "metadata": json_format.MessageToDict(h.metadata)}
         for h in response.hits

@@ -45,9 +45,16 @@ class EdgeSession:
     """Edge clients of one evaluation run, one per dimension, created (init + sync) on demand."""
 
     def __init__(
-        self, *, address: str, collection: str, workdir: Path, credentials: ClientCredentials | None = None
+        self,
+        *,
+        address: str,
+        collection: str,
+        workdir: Path,
+        credentials: ClientCredentials | None = None,
+        router: Any = None,
     ) -> None:
         self.address = address
+        self.router = router  # embedcore.router.Router: sync (and fallback) over the shards
         self.credentials = credentials
         self.collection = collection
         self.workdir = workdir
@@ -60,7 +67,10 @@ class EdgeSession:
         if dims not in self._clients:
             edge = _edge_module()
             home = self.workdir / f"edge-{dims or 'default'}"
-            client = edge.EdgeClient(home, server=self.address, dims=dims, credentials=self.credentials)
+            routed = {"router": self.router} if self.router is not None else {}
+            client = edge.EdgeClient(
+                home, server=self.address, dims=dims, credentials=self.credentials, **routed
+            )
             try:
                 bundle = client.init()
                 report = client.sync(self.collection)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from embedcore.router import Router
 from embedcore.transport import ClientCredentials
 from server.evaluation.configs import ConfigResult, EvalConfig, default_configs, select
 from server.evaluation.datasets import BeirDataset, load_beir, load_sts
@@ -34,6 +35,7 @@ class EvalOptions:
     concurrency: int = 4
     credentials: ClientCredentials = field(default_factory=ClientCredentials)  # TLS, bearer token
     workdir: Path | None = None  # edge client state; a temporary folder when None
+    router: Router | None = None  # sharded servers: ingest and search routed (embedcore.router)
 
 
 @dataclass
@@ -54,7 +56,7 @@ def run_evaluation(options: EvalOptions, say: Callable[[str], None] = print) -> 
     if options.dataset is None and options.sts is None:
         raise ValueError("give --dataset DIR, --sts FILE.csv, or both")
     configs = select(default_configs(), options.configs)
-    client = ServerClient(options.server, credentials=options.credentials)
+    client = ServerClient(options.server, credentials=options.credentials, router=options.router)
     outcome = EvalOutcome()
     try:
         client.wait_ready()
@@ -114,6 +116,7 @@ def _retrieval(
             collection=collection,
             workdir=options.workdir or Path(tmp),
             credentials=options.credentials,  # the edge path needs the same TLS and token
+            router=options.router,
         )
         try:
             for config in configs:

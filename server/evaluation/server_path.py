@@ -1,5 +1,8 @@
 """The server path: ingest through ``CollectionService.Ingest``, query through ``Search``, STS
-through ``EmbeddingService.Embed``. A plain gRPC client; nothing of the service runtime."""
+through ``EmbeddingService.Embed``. A plain gRPC client; nothing of the service runtime. With a
+router (``embed-server eval --shard-map FILE``) ingest and search go through
+``embedcore.router.Router`` (a split collection: every shard, merged); Info, Embed and the
+health wait stay with ``address`` (the first shard's primary)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from embedcore.router import Router, RouterError
 from embedcore.transport import ClientCredentials, explain, open_channel
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1 import embedding_pb2_grpc as pb_grpc
@@ -64,9 +68,15 @@ class IngestSummary:
 
 class ServerClient:
     def __init__(
-        self, address: str, *, credentials: ClientCredentials | None = None, timeout: float = 120.0
+        self,
+        address: str,
+        *,
+        credentials: ClientCredentials | None = None,
+        timeout: float = 120.0,
+        router: Router | None = None,
     ) -> None:
         self.address = address
+        self.router = router
         self.timeout = timeout
         self.credentials = credentials or ClientCredentials()
         self._metadata = list(self.credentials.metadata())
@@ -143,7 +153,12 @@ class ServerClient:
         first_error = ""
         try:
             # The whole corpus is one call: no per-call deadline that a large corpus could outlive.
-            for ack in self._collections.Ingest(requests(), metadata=self._metadata):
+            stream = (
+                self._collections.Ingest(requests(), metadata=self._metadata)
+                if self.router is None
+                else self.router.ingest(requests(), timeout=self.timeout)
+            )
+            for ack in stream:
                 acks += 1
                 if ack.HasField("error") and ack.error.code:
                     errors += 1
@@ -155,6 +170,8 @@ class ServerClient:
                     progress(acks)
         except grpc.RpcError as exc:
             raise Unavailable(describe(exc, "CollectionService.Ingest")) from exc
+        except RouterError as exc:
+            raise Unavailable(f"CollectionService.Ingest through the router: {exc}") from exc
         if acks != len(corpus):
             raise Unavailable(f"CollectionService.Ingest acknowledged {acks} of {len(corpus)} documents")
         return IngestSummary(acks, cached, errors, time.perf_counter() - start, first_error, sequence)
@@ -190,7 +207,10 @@ class ServerClient:
         )
         if config.dims is not None:
             request.dimensions = config.dims
-        response = self._collections.Search(request, timeout=self.timeout, metadata=self._metadata)
+        if self.router is not None:
+            response = self.router.search(request, timeout=self.timeout)
+        else:
+            response = self._collections.Search(request, timeout=self.timeout, metadata=self._metadata)
         return {hit.id: float(hit.score) for hit in response.hits}
 
     def search_all(
@@ -207,6 +227,8 @@ class ServerClient:
                 run.update(zip((qid for qid, _ in items[1:]), answers, strict=True))
         except grpc.RpcError as exc:
             raise Unavailable(describe(exc, "CollectionService.Search")) from exc
+        except RouterError as exc:
+            raise Unavailable(f"CollectionService.Search through the router: {exc}") from exc
         return run
 
     def embed(self, texts: Sequence[str], batch: int = 64) -> np.ndarray:

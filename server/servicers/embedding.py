@@ -25,7 +25,7 @@ import grpc
 
 from protos.embedding.v1 import embedding_pb2 as pb
 from server import __version__
-from server.chunking import Chunker, ChunkSpan, embed_chunks
+from server.chunking import Chunker, ChunkSpan, chunker_for, embed_chunks
 from server.embedder import EncodeResult, Priority
 from server.embeddings import StreamRoute, check_inputs, embed, encode
 from server.errors import InvalidArgument, ServiceError
@@ -76,7 +76,7 @@ class EmbeddingServicer:
         found = self._chunkers.get((model.name, prompt_name))
         if found is None:
             settings = self.runtime.settings
-            found = Chunker.for_model(
+            found = chunker_for(
                 model.spec,
                 window=settings.chunk_tokens,
                 overlap=settings.chunk_overlap_tokens,
