@@ -24,6 +24,7 @@ from edge_client._transport import open_channel
 from edge_client.errors import (
     BundleError,
     CollectionNotFound,
+    FingerprintMismatch,
     InvalidInput,
     NotInitialized,
     ServerError,
@@ -318,11 +319,18 @@ class EdgeClient:
 
     # --- bundle and sync ---------------------------------------------------------------------
     def init(
-        self, *, attempts: int = 3, progress: Progress | None = None, waiting: Waiting | None = None
+        self,
+        *,
+        attempts: int = 3,
+        progress: Progress | None = None,
+        waiting: Waiting | None = None,
+        collection: str = "",
     ) -> EdgeBundle:
         """Download, verify and install the server's edge bundle; remember the server and how
         to connect to it. ``progress(bytes, total)`` follows the download; ``waiting(seconds)``
-        is called while the server prepares the bundle (it may be fitting the projection)."""
+        is called while the server prepares the bundle (it may be fitting the projection).
+        ``collection``: the bundle of the model that collection is bound to on the server (a
+        server may serve several models); "" = the server's default model's."""
         stub = rpc.EdgeServiceStub(self.channel)
         bundle = install_bundle(
             stub,
@@ -333,6 +341,7 @@ class EdgeClient:
             waiting=waiting,
             server=self.server,
             credentials=self.credentials,
+            collection=collection,
         )
         self._bundle = bundle
         self._cache.clear()
@@ -343,22 +352,45 @@ class EdgeClient:
 
     def sync(self, collection: str, *, progress: bool = False, timeout: float = 600.0) -> SyncReport:
         """Bring the local copy of ``collection`` up to date (incremental, resumable). With a
-        router: from the shard(s) that hold it (see the class docstring)."""
+        router: from the shard(s) that hold it (see the class docstring). When the server
+        refuses this edge's bundle for the collection (its model changed: a migration's cutover
+        or rollback, or a refitted bundle), the collection's current bundle is fetched and
+        installed and the collection synced again from the start, once (without a router)."""
         index = self.index(collection)
         if self.router is not None:
             report = self._sync_routed(self.router, index, collection, progress=progress, timeout=timeout)
             if report.upserts or report.deletes or report.full_resync:
                 fit_threshold(index)
             return report
-        report = sync_collection(
-            rpc.CollectionServiceStub(self.channel),
-            index,
-            collection=collection,
-            bundle_fingerprint=self.bundle.fingerprint,
-            timeout=timeout,
-            metadata=self._metadata,
-            progress=progress,
-        )
+        try:
+            report = sync_collection(
+                rpc.CollectionServiceStub(self.channel),
+                index,
+                collection=collection,
+                bundle_fingerprint=self.bundle.fingerprint,
+                timeout=timeout,
+                metadata=self._metadata,
+                progress=progress,
+            )
+        except FingerprintMismatch as exc:
+            if not self.server:
+                raise
+            old = self.bundle.fingerprint
+            bundle = self.init(collection=collection)
+            if bundle.fingerprint == old:  # the bundle was right: refused for another reason
+                raise
+            log.info(
+                "the server's bundle for %r is now %s (%s); resyncing it", collection, bundle.fingerprint, exc
+            )
+            report = sync_collection(
+                rpc.CollectionServiceStub(self.channel),
+                index,
+                collection=collection,
+                bundle_fingerprint=bundle.fingerprint,
+                timeout=timeout,
+                metadata=self._metadata,
+                progress=progress,
+            )
         if report.upserts or report.deletes or report.full_resync:
             fit_threshold(index)
         return report

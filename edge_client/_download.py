@@ -124,8 +124,11 @@ def install_bundle(
     waiting: Waiting | None = None,
     server: str = "",
     credentials: ClientCredentials | None = None,
+    collection: str = "",
 ) -> EdgeBundle:
     """Download into a staging directory beside ``target``, verify, then swap it in.
+    ``collection``: the bundle of the model that collection is bound to ("" = the server's
+    default model's).
     ``progress(bytes, total)`` follows the download; ``waiting(seconds)`` is called while the
     server is still preparing the bundle. ServerUnavailable (one line: ``server at HOST:PORT
     unreachable``) when it cannot be reached after ``attempts`` tries."""
@@ -134,7 +137,8 @@ def install_bundle(
     for attempt in range(1, attempts + 1):
         stage = Path(tempfile.mkdtemp(prefix=".bundle-download.", dir=target.parent))
         try:
-            stream = stub.GetEdgeBundle(pb.GetEdgeBundleRequest(), timeout=timeout, metadata=metadata)
+            request = pb.GetEdgeBundleRequest(collection=collection)
+            stream = stub.GetEdgeBundle(request, timeout=timeout, metadata=metadata)
             _receive(stream, stage, progress, waiting)
             swap_in_directory(stage, target)
             return EdgeBundle.load(target)

@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from server import message_size as size
 from server.errors import NotFound
 from server.ingest import validate_collection, validate_id
-from server.search import Searcher
 from server.store import Indexes, Store
 from server.store.lexical import LexicalIndexes
 from server.validation import check_count, check_unique
+
+
+class _SearchCaches(Protocol):
+    """What the catalog needs of the searcher: dropping a collection's caches."""
+
+    def forget(self, collection: str) -> None: ...
+
 
 MAX_GET_IDS = 1000
 
@@ -67,13 +73,17 @@ class Catalog:
         store: Store,
         indexes: Indexes,
         lexical: LexicalIndexes,
-        searcher: Searcher,
+        searcher: _SearchCaches,
         *,
         serving_fingerprint: str,
         max_message_bytes: int,
+        served_fingerprints: frozenset[str] = frozenset(),
     ) -> None:
+        """``served_fingerprints``: the models served beside ``serving_fingerprint`` (a
+        collection stored under one of them is not stale)."""
         self.store, self.indexes, self.lexical, self.searcher = store, indexes, lexical, searcher
         self.serving_fingerprint = serving_fingerprint
+        self.served_fingerprints = served_fingerprints
         self.max_response_bytes = max_message_bytes - size.RESPONSE_OVERHEAD
 
     async def collections(self) -> list[CollectionSummary]:
@@ -90,7 +100,7 @@ class Catalog:
                     row.documents,
                     row.sequence,
                     row.model_fingerprint,
-                    row.stale,
+                    row.stale and row.model_fingerprint not in self.served_fingerprints,
                     row.incarnation,
                     document_bytes,
                     vector_bytes,

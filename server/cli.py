@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("server.commands.eval", "retrieval / STS evaluation through the server and edge paths"),
     "export-edge": ("server.commands.export_edge", "write the edge bundle (ONNX model, tokenizer, manifest)"),
     "reembed": ("server.commands.reembed", "re-embed collections stored under another model"),
+    "migrate": ("server.commands.migrate", "re-embed a collection with another model; cut over, roll back"),
     "gc": ("server.commands.gc", "drop stored vectors that no document references"),
     "finetune": ("server.commands.finetune", "fine-tune a Matryoshka model on a collection's own texts"),
     "demo": ("server.commands.demo", "start a server, ingest the sample corpus, search from the edge"),

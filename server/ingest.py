@@ -36,6 +36,7 @@ from server.model import ModelSpec
 from server.settings import Settings
 from server.store import ChunkRef, Indexes, StaleCollection, Store, Upsert, VectorsMissing, content_hash
 from server.store.lexical import LexicalIndexes
+from server.store.versions import SEPARATOR as VERSION_SEPARATOR
 from server.validation import check_characters, check_metadata
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,23 @@ def stale_message(collection: str, stored: str, serving: str) -> str:
     )
 
 
-def validate_collection(name: str) -> None:
+def validate_collection(name: str, *, hidden_ok: bool = False) -> None:
+    """InvalidArgument unless ``name`` is a collection name a client may use: 1 to
+    MAX_COLLECTION_BYTES UTF-8 bytes, no NUL, no U+001F (it separates a collection's name from
+    its hidden model versions, server.store.versions; ``hidden_ok``: such a name, used inside
+    the server, whose collection part must be valid)."""
+    if hidden_ok:
+        name = name.split(VERSION_SEPARATOR, 1)[0]
     if not name:
         raise InvalidArgument("collection must not be empty", field="collection")
     if len(name.encode("utf-8")) > MAX_COLLECTION_BYTES or "\0" in name:
         raise InvalidArgument(
             f"collection must be at most {MAX_COLLECTION_BYTES} UTF-8 bytes without NUL", field="collection"
+        )
+    if VERSION_SEPARATOR in name:
+        raise InvalidArgument(
+            "collection must not contain U+001F (reserved for a collection's model versions)",
+            field="collection",
         )
 
 
@@ -106,8 +118,8 @@ def check_text_size(text: str, limit: int | None) -> None:
         )
 
 
-def _validate(item: IngestItem, max_text_bytes: int | None) -> None:
-    validate_collection(item.collection)
+def _validate(item: IngestItem, max_text_bytes: int | None, hidden_ok: bool = False) -> None:
+    validate_collection(item.collection, hidden_ok=hidden_ok)
     validate_id(item.doc_id)
     if not item.text.strip():
         raise InvalidArgument("text must not be empty", field="text")
@@ -204,13 +216,17 @@ class Ingestor:
         chunking: bool = False,
         chunk_max_chars: int | None = None,
         lexical: LexicalIndexes | None = None,
+        hidden_names: bool = False,
     ) -> None:
         """``max_document_bytes``: the largest text stored, in UTF-8 bytes (None: any).
         ``chunker``: cuts long documents (None: never, every document is embedded whole, cut at
         the model's maximum); ``chunking``: whether documents that do not say are chunked;
         ``chunk_max_chars``: characters of a document that chunking embeds (None: all);
-        ``lexical``: the BM25 indexes, told of every commit (None: there are none)."""
+        ``lexical``: the BM25 indexes, told of every commit (None: there are none);
+        ``hidden_names``: it writes collections' hidden model versions (migrations), whose
+        names carry the reserved U+001F."""
         self.store, self.indexes, self.embedder, self.spec = store, indexes, embedder, spec
+        self.hidden_names = hidden_names
         self.max_document_bytes = max_document_bytes
         self.lexical = lexical
         self.chunker, self.chunking, self.chunk_max_chars = chunker, chunking, chunk_max_chars
@@ -227,6 +243,7 @@ class Ingestor:
         settings: Settings,
         *,
         lexical: LexicalIndexes | None = None,
+        hidden_names: bool = False,
     ) -> Ingestor:
         """The ingestor a server with ``settings`` runs (the server, ``reembed`` and
         ``export-edge`` all build theirs here): its document size limit and chunking options."""
@@ -240,6 +257,7 @@ class Ingestor:
             chunking=settings.chunking,
             chunk_max_chars=settings.chunk_max_chars,
             lexical=lexical,
+            hidden_names=hidden_names,
         )
 
     def screen(self, item: IngestItem) -> IngestItem | IngestOutcome:
@@ -267,7 +285,7 @@ class Ingestor:
         stale: dict[str, str | None] = {}
         for i, item in enumerate(items):
             try:
-                _validate(item, self.max_document_bytes)
+                _validate(item, self.max_document_bytes, self.hidden_names)
             except ServiceError as exc:
                 errors[i] = exc
                 continue

@@ -155,3 +155,11 @@ def _wrap_stream(method: str, behavior: Callable[..., Any]) -> Callable[..., Any
             _record(method, context, exc, start)
 
     return wrapped
+
+
+MIGRATION_DOCUMENTS = Gauge(
+    "embed_migration_documents",
+    "documents of a collection's migration to another model: total (when its pass began), done "
+    "(settled), embedded (new vectors computed)",
+    ["collection", "kind"],
+)

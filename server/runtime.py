@@ -22,8 +22,18 @@ from server.catalog import Catalog
 from server.edge_builder import EdgeBundles
 from server.embedder import Embedder, Priority
 from server.ingest import Ingestor
-from server.model import ModelSpec
+from server.migration import Migrations
+from server.model import ModelSpec, load_spec
+from server.model_routing import (
+    ModelStack,
+    RoutedIngestor,
+    RoutedSearcher,
+    RoutedSyncer,
+    Router,
+    build_stack,
+)
 from server.search import Searcher
+from server.served_models import ServedModel, ServedModels, default_name, start_extra_models
 from server.settings import Settings
 from server.store import Indexes, Store, open_store
 from server.store.lexical import LexicalIndexes
@@ -41,18 +51,21 @@ class Runtime:
 
     settings: Settings
     spec: ModelSpec
-    embedder: Embedder
+    embedder: Embedder  # the default model's
     store: Store
     indexes: Indexes
     lexical: LexicalIndexes  # BM25 over the stored texts (LEXICAL and HYBRID search)
     calibration: Calibration
     edge: EdgeBundles
-    ingestor: Ingestor
-    searcher: Searcher
+    ingestor: RoutedIngestor  # each collection's writes to the model it is bound to
+    searcher: RoutedSearcher  # each collection searched with the model it is bound to
     catalog: Catalog  # ListCollections, DropCollection, GetDocuments
-    syncer: Syncer
+    syncer: RoutedSyncer  # each collection synced with its model's edge bundle
     tokens: TokenInspector
     tei: TeiEngine  # TEI's API (gRPC tei.v1 and the HTTP routes) over the same embedder
+    models: ServedModels  # every served model, the default (spec, embedder, calibration) first
+    migrations: Migrations  # online migrations of collections between served models
+    router: Router  # per-model indexes, searcher, ingestors, edge bundle, syncer
     tasks: list[asyncio.Task[None]] = field(default_factory=list)  # background work, stopped at close
 
     async def close(self) -> bool:
@@ -60,6 +73,10 @@ class Runtime:
         step runs even when an earlier one fails (each failure is logged), so the store and the
         workers are always released. Returns False when the final index save could not be
         written (the indexes are then rebuilt from the store at the next start)."""
+        try:
+            await self.migrations.close()
+        except Exception:
+            log.exception("stopping the migrations failed")
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -82,10 +99,11 @@ class Runtime:
             await asyncio.to_thread(self.store.close)
         except Exception:
             log.exception("closing the store failed")
-        try:
-            await self.embedder.close()
-        except Exception:
-            log.exception("stopping the encoder pool failed")
+        for model in self.models:
+            try:
+                await model.embedder.close()
+            except Exception:
+                log.exception("stopping the encoder pool of model %r failed", model.name)
         return saved
 
 
@@ -125,7 +143,10 @@ async def build_runtime(
         )
         lexical = LexicalIndexes(store, settings.data_dir / "indexes" / "lexical")
         phase("loading the vector and lexical indexes")
-        await asyncio.to_thread(_warm_indexes, store, indexes, lexical, spec.fingerprint)
+        others = await asyncio.to_thread(
+            lambda: frozenset(load_spec(ref).fingerprint for _, ref in settings.extra_model_refs())
+        )
+        await asyncio.to_thread(_warm_indexes, store, indexes, lexical, spec.fingerprint, others)
         phase("starting the encoder workers")
         await embedder.start()
 
@@ -139,6 +160,14 @@ async def build_runtime(
         phase("loading or fitting the edge bundle")
         edge = EdgeBundles(settings, spec, store, embedder)
         await edge.load_or_build()
+        name = default_name(settings, spec)
+        if settings.extra_models:
+            phase("starting the other models' encoder workers")
+        extras = await start_extra_models(settings, name, create_embedder)
+        workers = embedder.describe().workers
+        models = ServedModels(
+            [ServedModel(name, spec, embedder, calibration, workers, default=True), *extras]
+        )
     except BaseException:
         await asyncio.to_thread(store.close)
         raise
@@ -153,6 +182,29 @@ async def build_runtime(
         filter_exact_max=settings.search_filter_exact_max,
         batch_max_queries=settings.search_batch_max_queries,
     )
+    syncer = Syncer(store, spec, edge, max_message_bytes=settings.max_message_bytes)
+    default_stack = ModelStack(
+        models.default,
+        indexes,
+        searcher,
+        Ingestor.from_settings(store, indexes, embedder, spec, settings, lexical=lexical),
+        Ingestor.from_settings(store, None, embedder, spec, settings, hidden_names=True),
+        edge,
+        syncer,
+    )
+    router = Router(
+        store, lexical, [default_stack, *(build_stack(settings, store, lexical, m) for m in list(models)[1:])]
+    )
+    if len(models) > 1:
+        phase("loading or fitting the other models' edge bundles")
+    try:
+        await router.start()
+    except BaseException:
+        for extra in list(models)[1:]:
+            await extra.embedder.close()
+        await asyncio.to_thread(store.close)
+        raise
+    routed = RoutedSearcher(router)
     runtime = Runtime(
         settings=settings,
         spec=spec,
@@ -162,31 +214,45 @@ async def build_runtime(
         calibration=calibration,
         edge=edge,
         lexical=lexical,
-        ingestor=Ingestor.from_settings(store, indexes, embedder, spec, settings, lexical=lexical),
-        searcher=searcher,
+        ingestor=RoutedIngestor(router),
+        searcher=routed,
         catalog=Catalog(
             store,
             indexes,
             lexical,
-            searcher,
+            routed,
             serving_fingerprint=spec.fingerprint,
             max_message_bytes=settings.max_message_bytes,
+            served_fingerprints=frozenset(m.spec.fingerprint for m in models),
         ),
-        syncer=Syncer(store, spec, edge, max_message_bytes=settings.max_message_bytes),
+        syncer=RoutedSyncer(router),
         tokens=TokenInspector(
             spec, max_reply_bytes=settings.max_message_bytes, max_input_chars=settings.max_input_chars
         ),
         tei=TeiEngine(spec, embedder, settings, edge),
+        models=models,
+        migrations=Migrations(store, router),
+        router=router,
     )
     lexical.start()
+    runtime.migrations.resume_all()
     runtime.tasks.append(asyncio.create_task(_save_indexes_periodically(runtime), name="index-saver"))
     return runtime
 
 
-def _warm_indexes(store: Store, indexes: Indexes, lexical: LexicalIndexes, fingerprint: str) -> None:
-    """Load or rebuild the vector and lexical indexes of every current collection, and say which
-    ones are stale."""
+def _warm_indexes(
+    store: Store,
+    indexes: Indexes,
+    lexical: LexicalIndexes,
+    fingerprint: str,
+    others: frozenset[str] = frozenset(),
+) -> None:
+    """Load or rebuild the vector and lexical indexes of every current collection of the default
+    model, and say which ones are stale (stored under a model not served: ``others`` are the
+    fingerprints of the other served models, whose indexes load on first use)."""
     for row in store.collection_rows(fingerprint):
+        if row.model_fingerprint in others:
+            continue
         if row.stale:
             log.warning(
                 "collection %r holds vectors of model %s, not the serving model %s: it will not be "

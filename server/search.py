@@ -113,6 +113,7 @@ class SearchResult:
     tokenization_ns: int = 0
     inference_ns: int = 0
     tokens: int = 0
+    fingerprint: str = ""  # of the model whose vectors answered ("" = the server's default)
 
 
 @dataclass

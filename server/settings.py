@@ -63,6 +63,11 @@ class Settings:
     data_dir: Path = _opt(Path("./data"), "directory for the LMDB store and vector indexes")
     # --- store, ingest and search (issue 4) ---
     store_float16: bool = _opt(False, "keep stored vectors as float16 (half the bytes) instead of float32")
+    version_retention_hours: float = _opt(
+        168.0,
+        "how long a collection's previous model version is kept after a migration's cutover, for "
+        "`embed-server migrate --rollback`; `embed-server gc` drops it afterwards",
+    )
     store_map_size_mb: int = _opt(1024, "initial LMDB map size in MiB (sparse; grows by itself when full)")
     index_dtype: str = _opt(
         "f16", "element type of the per-collection usearch index", choices=("f32", "f16", "i8")
@@ -132,7 +137,19 @@ class Settings:
     # rewrite a large collection's whole index file.
     index_save_interval_s: float = _opt(30.0, "seconds between saves of changed usearch indexes")
     # --- model and compute ---
-    model: str = _opt("all-MiniLM-L6-v2", "local model directory, bundled alias or hub id")
+    model: str = _opt(
+        "all-MiniLM-L6-v2",
+        "local model directory, bundled alias or hub id: the default model. Repeat as "
+        "--model NAME=MODEL to serve several models (the first is the default; requests name the "
+        "others, see --extra-models)",
+    )
+    model_name: str = _opt("", "the name requests give the default model (default: its own name)")
+    extra_models: str = _opt(
+        "",
+        "models served beside the default one, comma-separated NAME=MODEL (what the second and "
+        "later --model NAME=MODEL give); each has its own encoder workers (--extra-model-workers)",
+    )
+    extra_model_workers: int = _opt(1, "encoder worker processes of each model besides the default")
     backend: str = _opt("torch", "inference backend", choices=("torch", "onnx"))
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N (auto: every GPU, else CPU)")
     dtype: str = _opt(
@@ -272,6 +289,19 @@ class Settings:
         settings.validate()
         return settings
 
+    def extra_model_refs(self) -> list[tuple[str, str]]:
+        """(name, model) of every model served beside the default one, in the order given;
+        ValueError for an entry without a name or a name given twice."""
+        out: list[tuple[str, str]] = []
+        for entry in filter(None, (e.strip() for e in self.extra_models.split(","))):
+            name, model = split_model_arg(entry)
+            if not name or not model:
+                raise ValueError(f"--extra-models entry {entry!r} is not NAME=MODEL")
+            if name == self.model_name or name in (n for n, _ in out):
+                raise ValueError(f"model name {name!r} is given twice")
+            out.append((name, model))
+        return out
+
     def validate(self) -> None:
         """Raise ValueError naming the option for a value that cannot work."""
         for f in dataclasses.fields(self):
@@ -350,6 +380,11 @@ class Settings:
                 f"--chunk-overlap-tokens must be at least 0 and less than half of --chunk-tokens "
                 f"({self.chunk_tokens}), got {self.chunk_overlap_tokens}"
             )
+        if not self.version_retention_hours >= 0:
+            raise ValueError(f"--version-retention-hours must be >= 0, got {self.version_retention_hours}")
+        if self.extra_model_workers < 1:
+            raise ValueError(f"--extra-model-workers must be at least 1, got {self.extra_model_workers}")
+        self.extra_model_refs()
         if self.max_message_bytes < MIN_MESSAGE_BYTES:
             # one document's id, vector and metadata (at most 64 KiB as JSON) must fit a message
             raise ValueError(
@@ -382,6 +417,15 @@ class Settings:
                 )
 
 
+def split_model_arg(value: str) -> tuple[str, str]:
+    """``NAME=MODEL`` -> (NAME, MODEL); a value without ``=`` (or whose part before it is a path)
+    -> ("", value)."""
+    name, sep, model = value.partition("=")
+    if not sep or "/" in name or Path(value).expanduser().exists():
+        return "", value
+    return name.strip(), model.strip()
+
+
 def env_var(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
@@ -404,12 +448,16 @@ def _convert(kind: Any, raw: str, source: str) -> Any:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per Settings field; defaults stay None so the environment can fill them."""
+    """Add one flag per Settings field; defaults stay None so the environment can fill them.
+    ``--model`` may be repeated (:func:`from_args` splits it into model, model_name and
+    extra_models)."""
     hints = get_type_hints(Settings)
     for f in dataclasses.fields(Settings):
         kind = hints[f.name]
         help_text = f"{f.metadata['help']} [env {env_var(f.name)}; default {f.default}]"
-        if kind is bool:
+        if f.name == "model":
+            parser.add_argument("--model", dest="model", default=None, action="append", help=help_text)
+        elif kind is bool:
             parser.add_argument(
                 f"--{_flag(f.name)}",
                 dest=f.name,
@@ -430,4 +478,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
     names = {f.name for f in dataclasses.fields(Settings)}
-    return Settings.from_env(environ, **{k: v for k, v in vars(args).items() if k in names})
+    values = {k: v for k, v in vars(args).items() if k in names}
+    models = values.get("model")
+    if isinstance(models, list):  # --model given once or more: the first is the default
+        name, values["model"] = split_model_arg(models[0])
+        values["model_name"] = values.get("model_name") or name or None
+        extra = [m for m in (values.get("extra_models") or "").split(",") if m.strip()]
+        values["extra_models"] = ",".join([*models[1:], *extra]) or values.get("extra_models")
+    return Settings.from_env(environ, **values)

@@ -3,8 +3,9 @@
 Request (https://platform.openai.com/docs/api-reference/embeddings/create): ``input`` a string,
 an array of strings, an array of token ids or an array of token-id arrays (the model's own
 tokenizer's ids: decoded, then embedded as text, :func:`server.embeddings.decode_token_ids`);
-``model`` (required by OpenAI; any name is accepted and the response names the served model, as
-TEI does, so clients configured with another model name keep working); ``dimensions``
+``model`` (required by OpenAI; with one served model any name is accepted and the response names
+it, as TEI does, so clients configured with another model name keep working; with several, a
+served model's name picks it and another name is 404 naming the served ones); ``dimensions``
 (Matryoshka truncation, then L2 normalization: the same vector as gRPC ``Embed`` with
 ``options.dimensions``); ``encoding_format`` ``float`` (default) or ``base64`` (the vector's
 little-endian float32 bytes, base64: what the ``openai`` client asks for and decodes); ``user``
@@ -32,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from server.embeddings import decode_token_ids, embed
 from server.http.gate import json_response, runtime
 from server.runtime import Runtime
+from server.served_models import ServedModel
 from server.vectors import VectorOptions, check_truncate_dim
 
 router = APIRouter(prefix="/v1")
@@ -72,7 +74,8 @@ async def create_embeddings(request: EmbeddingsRequest, rt: Annotated[Runtime, D
         texts = await asyncio.to_thread(_texts, value, rt)
     else:
         texts = _texts(value, rt)
-    spec = rt.spec
+    served = _served(rt, request.model)
+    spec = served.spec
     dims = (
         spec.dimension
         if request.dimensions is None
@@ -80,7 +83,7 @@ async def create_embeddings(request: EmbeddingsRequest, rt: Annotated[Runtime, D
     )
     options = VectorOptions(truncate_dim=dims)
     embedded = await embed(
-        rt.embedder, texts, options, max_inputs=rt.settings.max_client_batch_size, field="input"
+        served.embedder, texts, options, max_inputs=rt.settings.max_client_batch_size, field="input"
     )
     vectors = np.ascontiguousarray(embedded.vectors, dtype="<f4")
     if request.encoding_format == "base64":  # None and "float": JSON numbers
@@ -94,17 +97,29 @@ async def create_embeddings(request: EmbeddingsRequest, rt: Annotated[Runtime, D
     body = {
         "object": "list",
         "data": data,
-        "model": spec.model_id,
+        "model": spec.model_id if len(rt.models) == 1 else served.name,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
     return json_response(200, orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
+def _served(rt: Runtime, name: str) -> ServedModel:
+    """The model ``name`` asks for. A server with one model takes any name (as TEI does); one
+    with several takes a served model's name (or the default's id) and refuses others with
+    NotFound naming the served ones."""
+    models = rt.models
+    if len(models) == 1 or name == models.default.spec.model_id:
+        return models.default
+    return models.get(name, "model")
+
+
 @router.get("/models")
 async def list_models(rt: Annotated[Runtime, Depends(runtime)]) -> Response:
-    """OpenAI's model list: the one served model (``id`` its name, as /v1/embeddings reports)."""
+    """OpenAI's model list: the served models (``id``: what /v1/embeddings reports; the default
+    first, by its id when it is the only one)."""
+    ids = [rt.spec.model_id] if len(rt.models) == 1 else [m.name for m in rt.models]
     body = {
         "object": "list",
-        "data": [{"id": rt.spec.model_id, "object": "model", "created": _STARTED, "owned_by": "embedstream"}],
+        "data": [{"id": i, "object": "model", "created": _STARTED, "owned_by": "embedstream"} for i in ids],
     }
     return json_response(200, orjson.dumps(body))

@@ -122,7 +122,7 @@ class EncoderPool:
         self.workers = [
             WorkerHandle(
                 i,
-                settings.model,
+                spec.model_id,  # this pool's model (a server may run several: not settings.model)
                 BackendConfig(
                     kind=settings.backend,
                     device=device,

@@ -19,8 +19,17 @@ import numpy as np
 
 from protos.embedding.v1 import embedding_pb2 as pb
 from server.errors import InvalidArgument
-from server.ingest import MAX_COLLECTION_BYTES, MAX_ID_BYTES, IngestItem, IngestOutcome, ReadAhead, footprint
+from server.ingest import (
+    MAX_COLLECTION_BYTES,
+    MAX_ID_BYTES,
+    IngestItem,
+    IngestOutcome,
+    ReadAhead,
+    footprint,
+    validate_collection,
+)
 from server.memory import release_freed_memory
+from server.migration import Progress
 from server.runtime import Runtime
 from server.search import FirstPass, FusionKind, Mode, SearchQuery, SearchResult, positioned
 from server.servicers._convert import item_error, plain_struct, precision_of, struct
@@ -216,7 +225,7 @@ class CollectionServicer:
                 characters=len(request.query),
             ),
             sequence=result.sequence,
-            model_fingerprint=self.runtime.spec.fingerprint,
+            model_fingerprint=result.fingerprint or self.runtime.spec.fingerprint,
         )
 
     async def Search(self, request: Any, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
@@ -382,3 +391,40 @@ class CollectionServicer:
                 yield response
         except Exception as exc:
             await abort(context, exc)
+
+    async def Migrate(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.MigrateProgress]:
+        """Start (or join) a migration and stream its progress until the cutover; or roll back,
+        or abort (one message each). See server.migration.Migrations."""
+        try:
+            if isinstance(request, UnparsedRequest):
+                raise request.error()
+            validate_collection(request.collection)
+            chosen = sum((bool(request.to_model), request.rollback, request.abort))
+            if chosen != 1:
+                raise InvalidArgument("give exactly one of to_model, rollback and abort", field="to_model")
+            migrations = self.runtime.migrations
+            if request.rollback:
+                yield _progress(await migrations.rollback(request.collection))
+                return
+            if request.abort:
+                yield _progress(await migrations.abort(request.collection))
+                return
+            check_name(request.to_model, "to_model", required=True)
+            await migrations.start(request.collection, request.to_model)
+            async for step in migrations.watch(request.collection):
+                yield _progress(step)
+        except Exception as exc:
+            await abort(context, exc)
+
+
+def _progress(step: Progress) -> pb.MigrateProgress:
+    return pb.MigrateProgress(
+        state=step.state,
+        documents=step.documents,
+        done=step.done,
+        embedded=step.embedded,
+        skipped=step.skipped,
+        fingerprint=step.fingerprint,
+    )

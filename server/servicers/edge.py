@@ -9,8 +9,10 @@ from typing import Any
 import grpc
 
 from protos.embedding.v1 import embedding_pb2 as pb
+from server.edge_builder import EdgeBundles
 from server.edge_bundle import bundle_files
 from server.errors import NotFound
+from server.ingest import validate_collection
 from server.runtime import Runtime
 from server.servicers._rpc import UnparsedRequest, abort
 from server.validation import check_count, check_name, check_unique
@@ -24,6 +26,12 @@ class EdgeServicer:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
+    def _bundle_of(self, collection: str) -> EdgeBundles:
+        validate_collection(collection)
+        if self.runtime.store.collection(collection) is None:
+            raise NotFound(f"no collection {collection!r}", field="collection")
+        return self.runtime.router.bound(collection).edge
+
     async def GetEdgeBundle(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EdgeBundleChunk]:
@@ -36,6 +44,8 @@ class EdgeServicer:
                 check_name(name, f"files[{i}]", required=True)
             check_unique(files, "files")
             edge = self.runtime.edge
+            if request.collection:  # the bundle of the model the collection is bound to
+                edge = await asyncio.to_thread(self._bundle_of, request.collection)
             await edge.refit_if_due()
             bundle = edge.bundle
             try:

@@ -30,6 +30,7 @@ from server.embedder import EncodeResult, Priority
 from server.embeddings import StreamRoute, check_inputs, embed, encode
 from server.errors import InvalidArgument, ServiceError
 from server.runtime import Runtime
+from server.served_models import ServedModel
 from server.servicers._convert import int8_ranges, item_error, pack, timing, to_protos, vector_options
 from server.servicers._rpc import UnparsedRequest, abort, ordered_pipeline, request_bytes
 from server.validation import check_name, check_prompt_name, check_text
@@ -60,26 +61,28 @@ class _StreamItem:
     request: pb.EmbedStreamRequest | UnparsedRequest
     options: VectorOptions | ServiceError
     chunking: bool = False
+    model: ServedModel | None = None  # None: the default model
 
 
 class EmbeddingServicer:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.spec = runtime.spec
-        self._chunkers: dict[str, Chunker] = {}
+        self._chunkers: dict[tuple[str, str], Chunker] = {}
 
-    def _chunker(self, prompt_name: str) -> Chunker:
+    def _chunker(self, prompt_name: str, model: ServedModel | None = None) -> Chunker:
         """The chunker for inputs with ``prompt_name`` (made on first use; the prompt is valid)."""
-        found = self._chunkers.get(prompt_name)
+        model = model or self.runtime.models.default
+        found = self._chunkers.get((model.name, prompt_name))
         if found is None:
             settings = self.runtime.settings
             found = chunker_for(
-                self.spec,
+                model.spec,
                 window=settings.chunk_tokens,
                 overlap=settings.chunk_overlap_tokens,
                 prompt_name=prompt_name,
             )
-            self._chunkers[prompt_name] = found
+            self._chunkers[(model.name, prompt_name)] = found
         return found
 
     async def _embed_chunks(
@@ -89,13 +92,15 @@ class EmbeddingServicer:
         options: VectorOptions,
         *,
         wait: bool,
+        model: ServedModel | None = None,
         priority: Priority = Priority.INTERACTIVE,
     ) -> tuple[list[pb.ChunkedEmbedding], EncodeResult]:
         """Each text's chunks with their vectors as ``options`` ask (EmbedOptions.chunking)."""
-        ranges = int8_ranges(self.runtime.calibration, options)
+        model = model or self.runtime.models.default
+        ranges = int8_ranges(model.calibration, options)
         spans, vectors, result = await embed_chunks(
-            self.runtime.embedder,
-            self._chunker(options.prompt_name),
+            model.embedder,
+            self._chunker(options.prompt_name, model),
             texts,
             names,
             prompt_name=options.prompt_name,
@@ -131,6 +136,18 @@ class EmbeddingServicer:
             max_client_batch_size=settings.max_client_batch_size,
             edge_bundle_fingerprint=runtime.edge.fingerprint,
         )
+        for model in runtime.models:
+            response.models.add(
+                name=model.name,
+                model_id=model.spec.model_id,
+                fingerprint=model.spec.fingerprint,
+                dimensions=model.spec.dimension,
+                is_default=model.default,
+                workers=model.workers,
+                edge_bundle_fingerprint=getattr(
+                    runtime.router.by_name(model.name), "edge", runtime.edge
+                ).fingerprint,
+            )
         lo, hi = runtime.calibration.ranges(True, spec.dimension)
         response.int8_calibration.min.extend(lo.tolist())
         response.int8_calibration.max.extend(hi.tolist())
@@ -140,8 +157,9 @@ class EmbeddingServicer:
                 documents=row.documents,
                 sequence=row.sequence,
                 model_fingerprint=row.model_fingerprint,
-                stale=row.stale,
+                stale=row.stale and runtime.models.by_fingerprint(row.model_fingerprint) is None,
                 incarnation=row.incarnation,
+                model=getattr(runtime.models.by_fingerprint(row.model_fingerprint), "name", ""),
             )
         return response
 
@@ -151,24 +169,25 @@ class EmbeddingServicer:
             if isinstance(request, UnparsedRequest):
                 raise request.error()
             inputs = list(request.inputs)
-            options = vector_options(request.options, self.spec)
+            model = self.runtime.models.get(request.options.model, "options.model")
+            options = vector_options(request.options, model.spec)
             if _chunking(request.options):
                 check_inputs(inputs, self.runtime.settings.max_client_batch_size)
                 names = [f"inputs[{i}]" for i in range(len(inputs))]
-                chunked, result = await self._embed_chunks(inputs, names, options, wait=False)
+                chunked, result = await self._embed_chunks(inputs, names, options, wait=False, model=model)
                 return pb.EmbedResponse(
                     chunked=chunked,
                     timing=timing(result, sum(map(len, inputs)), started),
-                    model_fingerprint=self.spec.fingerprint,
+                    model_fingerprint=model.spec.fingerprint,
                 )
-            ranges = int8_ranges(self.runtime.calibration, options)
+            ranges = int8_ranges(model.calibration, options)
             embedded = await embed(
-                self.runtime.embedder, inputs, options, max_inputs=self.runtime.settings.max_client_batch_size
+                model.embedder, inputs, options, max_inputs=self.runtime.settings.max_client_batch_size
             )
             return pb.EmbedResponse(
                 embeddings=pack(embedded.vectors, options, ranges),
                 timing=timing(embedded.result, sum(map(len, inputs)), started),
-                model_fingerprint=self.spec.fingerprint,
+                model_fingerprint=model.spec.fingerprint,
             )
         except Exception as exc:
             await abort(context, exc)
@@ -176,22 +195,24 @@ class EmbeddingServicer:
 
     def _with_options(self, requests: AsyncIterator[Any]) -> AsyncIterator[_StreamItem]:
         """Resolve each item's options in request order (unset options stick from the last set)."""
-        spec = self.spec
+        models = self.runtime.models
 
         async def gen() -> AsyncIterator[_StreamItem]:
-            current: VectorOptions = vector_options(pb.EmbedOptions(), spec)
+            model = models.default
+            current: VectorOptions = vector_options(pb.EmbedOptions(), model.spec)
             chunking = False
             async for request in requests:
                 if isinstance(request, UnparsedRequest) or not request.HasField("options"):
-                    yield _StreamItem(request, current, chunking)
+                    yield _StreamItem(request, current, chunking, model)
                     continue
                 try:
-                    current = vector_options(request.options, spec)
+                    model = models.get(request.options.model, "options.model")
+                    current = vector_options(request.options, model.spec)
                     chunking = _chunking(request.options)
                 except ServiceError as exc:
                     yield _StreamItem(request, exc)
                     continue
-                yield _StreamItem(request, current, chunking)
+                yield _StreamItem(request, current, chunking, model)
 
         return gen()
 
@@ -220,14 +241,15 @@ class EmbeddingServicer:
             if item.chunking:
                 options = item.options
                 (chunked,), result = await self._embed_chunks(
-                    [request.input], ["input"], options, wait=True, priority=priority
+                    [request.input], ["input"], options, wait=True, model=item.model, priority=priority
                 )
                 return pb.EmbedStreamResponse(
                     id=request_id, chunks=chunked, timing=timing(result, len(request.input), started)
                 )
-            ranges = int8_ranges(self.runtime.calibration, item.options)
+            model = item.model or self.runtime.models.default
+            ranges = int8_ranges(model.calibration, item.options)
             result = await encode(
-                self.runtime.embedder,
+                model.embedder,
                 [request.input],
                 item.options,
                 wait=True,

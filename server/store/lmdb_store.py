@@ -14,6 +14,10 @@ Named databases:
     changes      collection\\0sequence -> (op, index key, doc id); one entry per doc: an older
                  entry is dropped when the doc changes again, so the log stays one row per id
     keys         collection\\0index key -> doc id (live documents)
+
+A collection's other model versions (a migration's target, the version a cutover replaced) are
+hidden collections under reserved names, renamed in one transaction at cutover and rollback:
+see :mod:`server.store.versions`. :meth:`Store.collections` lists only the serving versions.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +40,7 @@ import numpy as np
 
 from server.errors import StorageFull
 from server.store import records as rec
+from server.store import versions
 from server.store.records import ChunkRef, CollectionMeta, DocRecord
 
 log = logging.getLogger(__name__)
@@ -403,9 +409,53 @@ class Store:
     def collections(self) -> dict[str, CollectionMeta]:
         def read(txn: Any) -> dict[str, CollectionMeta]:
             cursor = txn.cursor(db=self._db["collections"])
-            return {bytes(k).decode(): CollectionMeta.unpack(v) for k, v in cursor}
+            rows = ((bytes(k).decode(), v) for k, v in cursor)
+            return {name: CollectionMeta.unpack(v) for name, v in rows if not versions.is_hidden(name)}
 
         return self._read(read)
+
+    # -- model versions (server.store.versions) ------------------------------------------------
+
+    def begin_migration(self, collection: str, fingerprint: str, dimension: int) -> bool:
+        """Start migrating ``collection`` to model ``fingerprint`` (vectors ``dimension`` wide),
+        or resume the one in progress to the same model (True). VersionError: see
+        :func:`server.store.versions.begin`."""
+        now = time.time()
+        return self._write(lambda txn: versions.begin(txn, self._db, collection, fingerprint, dimension, now))
+
+    def migration(self, collection: str) -> versions.Migration | None:
+        """The migration of ``collection`` in progress, if any."""
+        return self._read(lambda txn: versions.read_migration(txn, self._db["meta"], collection))
+
+    def retained(self, collection: str) -> versions.Retained | None:
+        """The previous version of ``collection`` kept for rollback, if any."""
+        return self._read(lambda txn: versions.read_retained(txn, self._db["meta"], collection))
+
+    def mark_retained_behind(self, collection: str) -> None:
+        """A write to ``collection`` did not reach its retained previous version: refuse
+        rollbacks to it from now on."""
+        self._write(lambda txn: versions.mark_behind(txn, self._db, collection))
+
+    def abort_migration(self, collection: str) -> bool:
+        """Drop ``collection``'s migration target; False when no migration was in progress."""
+        return self._write(lambda txn: versions.abort(txn, self._db, collection))
+
+    def cutover(self, collection: str) -> versions.Retained:
+        """Bind ``collection`` to its migrated version in one transaction (MigrationIncomplete
+        names documents still missing their new vectors; nothing changes then)."""
+        now = time.time()
+        return self._write(lambda txn: versions.cutover(txn, self._db, collection, now))
+
+    def rollback(self, collection: str) -> versions.Retained:
+        """Swap ``collection`` with its retained previous version in one transaction."""
+        now = time.time()
+        return self._write(lambda txn: versions.rollback(txn, self._db, collection, now))
+
+    def expire_versions(self, retention_s: float) -> list[str]:
+        """Drop the previous versions retired over ``retention_s`` seconds ago (their vectors go
+        at the next :meth:`gc`); returns the collections they belonged to."""
+        now = time.time()
+        return self._write(lambda txn: versions.expire(txn, self._db, retention_s, now))
 
     def collection_rows(self, serving_fingerprint: str) -> list[CollectionRow]:
         """Info's collection list: counters, and stale = stored under another model."""
@@ -558,6 +608,8 @@ class Store:
                     if not cursor.delete():  # moves to the next record; False at the end
                         break
             txn.delete(collection.encode(), db=dbs["collections"])
+            if not versions.is_hidden(collection):
+                versions.forget(txn, dbs, collection)
             return CollectionMeta.unpack(raw).documents
 
         return self._write(write)

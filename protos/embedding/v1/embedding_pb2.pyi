@@ -61,7 +61,7 @@ class Vector(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., dims: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ...) -> None: ...
 
 class EmbedOptions(_message.Message):
-    __slots__ = ("normalize", "dimensions", "precision", "prompt_name", "truncate", "truncation_direction", "chunking")
+    __slots__ = ("normalize", "dimensions", "precision", "prompt_name", "truncate", "truncation_direction", "chunking", "model")
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class EmbedOptions(_message.Message):
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     TRUNCATION_DIRECTION_FIELD_NUMBER: _ClassVar[int]
     CHUNKING_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     normalize: bool
     dimensions: int
     precision: Precision
@@ -76,7 +77,8 @@ class EmbedOptions(_message.Message):
     truncate: bool
     truncation_direction: TruncationDirection
     chunking: bool
-    def __init__(self, normalize: _Optional[bool] = ..., dimensions: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., prompt_name: _Optional[str] = ..., truncate: _Optional[bool] = ..., truncation_direction: _Optional[_Union[TruncationDirection, str]] = ..., chunking: _Optional[bool] = ...) -> None: ...
+    model: str
+    def __init__(self, normalize: _Optional[bool] = ..., dimensions: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., prompt_name: _Optional[str] = ..., truncate: _Optional[bool] = ..., truncation_direction: _Optional[_Union[TruncationDirection, str]] = ..., chunking: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Timing(_message.Message):
     __slots__ = ("queue_ns", "tokenization_ns", "inference_ns", "total_ns", "tokens", "characters", "cache_hits")
@@ -111,20 +113,22 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("name", "documents", "sequence", "model_fingerprint", "stale", "incarnation")
+    __slots__ = ("name", "documents", "sequence", "model_fingerprint", "stale", "incarnation", "model")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     STALE_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     name: str
     documents: int
     sequence: int
     model_fingerprint: str
     stale: bool
     incarnation: str
-    def __init__(self, name: _Optional[str] = ..., documents: _Optional[int] = ..., sequence: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., stale: _Optional[bool] = ..., incarnation: _Optional[str] = ...) -> None: ...
+    model: str
+    def __init__(self, name: _Optional[str] = ..., documents: _Optional[int] = ..., sequence: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., stale: _Optional[bool] = ..., incarnation: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Int8Calibration(_message.Message):
     __slots__ = ("min", "max")
@@ -135,7 +139,7 @@ class Int8Calibration(_message.Message):
     def __init__(self, min: _Optional[_Iterable[float]] = ..., max: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("version", "model_id", "model_fingerprint", "dimensions", "max_input_tokens", "pooling", "normalizes", "prompts", "query_prompt_name", "document_prompt_name", "matryoshka_dims", "backend", "device", "dtype", "workers", "max_batch_tokens", "max_client_batch_size", "int8_calibration", "collections", "edge_bundle_fingerprint", "compiled")
+    __slots__ = ("version", "model_id", "model_fingerprint", "dimensions", "max_input_tokens", "pooling", "normalizes", "prompts", "query_prompt_name", "document_prompt_name", "matryoshka_dims", "backend", "device", "dtype", "workers", "max_batch_tokens", "max_client_batch_size", "int8_calibration", "collections", "edge_bundle_fingerprint", "compiled", "models")
     class PromptsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +168,7 @@ class InfoResponse(_message.Message):
     COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
     EDGE_BUNDLE_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     COMPILED_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     version: str
     model_id: str
     model_fingerprint: str
@@ -185,7 +190,26 @@ class InfoResponse(_message.Message):
     collections: _containers.RepeatedCompositeFieldContainer[CollectionInfo]
     edge_bundle_fingerprint: str
     compiled: bool
-    def __init__(self, version: _Optional[str] = ..., model_id: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., dimensions: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., pooling: _Optional[str] = ..., normalizes: _Optional[bool] = ..., prompts: _Optional[_Mapping[str, str]] = ..., query_prompt_name: _Optional[str] = ..., document_prompt_name: _Optional[str] = ..., matryoshka_dims: _Optional[_Iterable[int]] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., workers: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_client_batch_size: _Optional[int] = ..., int8_calibration: _Optional[_Union[Int8Calibration, _Mapping]] = ..., collections: _Optional[_Iterable[_Union[CollectionInfo, _Mapping]]] = ..., edge_bundle_fingerprint: _Optional[str] = ..., compiled: _Optional[bool] = ...) -> None: ...
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, version: _Optional[str] = ..., model_id: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., dimensions: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., pooling: _Optional[str] = ..., normalizes: _Optional[bool] = ..., prompts: _Optional[_Mapping[str, str]] = ..., query_prompt_name: _Optional[str] = ..., document_prompt_name: _Optional[str] = ..., matryoshka_dims: _Optional[_Iterable[int]] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., workers: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_client_batch_size: _Optional[int] = ..., int8_calibration: _Optional[_Union[Int8Calibration, _Mapping]] = ..., collections: _Optional[_Iterable[_Union[CollectionInfo, _Mapping]]] = ..., edge_bundle_fingerprint: _Optional[str] = ..., compiled: _Optional[bool] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "model_id", "fingerprint", "dimensions", "is_default", "workers", "edge_bundle_fingerprint")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    EDGE_BUNDLE_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model_id: str
+    fingerprint: str
+    dimensions: int
+    is_default: bool
+    workers: int
+    edge_bundle_fingerprint: str
+    def __init__(self, name: _Optional[str] = ..., model_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., dimensions: _Optional[int] = ..., is_default: _Optional[bool] = ..., workers: _Optional[int] = ..., edge_bundle_fingerprint: _Optional[str] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("inputs", "options")
@@ -578,10 +602,12 @@ class SyncVectorsResponse(_message.Message):
     def __init__(self, changes: _Optional[_Iterable[_Union[VectorChange, _Mapping]]] = ..., head_sequence: _Optional[int] = ..., remaining: _Optional[int] = ..., incarnation: _Optional[str] = ..., reset: _Optional[bool] = ...) -> None: ...
 
 class GetEdgeBundleRequest(_message.Message):
-    __slots__ = ("files",)
+    __slots__ = ("files", "collection")
     FILES_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     files: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, files: _Optional[_Iterable[str]] = ...) -> None: ...
+    collection: str
+    def __init__(self, files: _Optional[_Iterable[str]] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class BundleFile(_message.Message):
     __slots__ = ("path", "size", "sha256")
@@ -620,3 +646,31 @@ class EdgeBundleChunk(_message.Message):
     manifest: BundleManifest
     chunk: FileChunk
     def __init__(self, manifest: _Optional[_Union[BundleManifest, _Mapping]] = ..., chunk: _Optional[_Union[FileChunk, _Mapping]] = ...) -> None: ...
+
+class MigrateRequest(_message.Message):
+    __slots__ = ("collection", "to_model", "rollback", "abort")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    TO_MODEL_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    ABORT_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    to_model: str
+    rollback: bool
+    abort: bool
+    def __init__(self, collection: _Optional[str] = ..., to_model: _Optional[str] = ..., rollback: _Optional[bool] = ..., abort: _Optional[bool] = ...) -> None: ...
+
+class MigrateProgress(_message.Message):
+    __slots__ = ("state", "documents", "done", "embedded", "skipped", "fingerprint")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    documents: int
+    done: int
+    embedded: int
+    skipped: int
+    fingerprint: str
+    def __init__(self, state: _Optional[str] = ..., documents: _Optional[int] = ..., done: _Optional[int] = ..., embedded: _Optional[int] = ..., skipped: _Optional[int] = ..., fingerprint: _Optional[str] = ...) -> None: ...

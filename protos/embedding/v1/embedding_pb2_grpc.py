@@ -273,6 +273,11 @@ class CollectionServiceStub:
                 request_serializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.DropCollectionRequest.SerializeToString,
                 response_deserializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.DropCollectionResponse.FromString,
                 _registered_method=True)
+        self.Migrate = channel.unary_stream(
+                '/embedding.v1.CollectionService/Migrate',
+                request_serializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.MigrateRequest.SerializeToString,
+                response_deserializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.MigrateProgress.FromString,
+                _registered_method=True)
         self.GetDocuments = channel.unary_unary(
                 '/embedding.v1.CollectionService/GetDocuments',
                 request_serializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.GetDocumentsRequest.SerializeToString,
@@ -338,10 +343,21 @@ class CollectionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetDocuments(self, request, context):
+    def Migrate(self, request, context):
         """Documents by id: text, metadata, content hash. Ids not in the collection are listed in
         GetDocumentsResponse.missing (not an error).
+        Re-embed a collection with another served model in the background at bulk priority while
+        it keeps serving its current version (writes reach both), then bind it to the new version
+        in one transaction; or roll back to the version the last cutover replaced. Streams progress
+        until the cutover (a cancelled call leaves the migration to resume later). FAILED_PRECONDITION
+        for a collection in the wrong state, NOT_FOUND for an unknown collection or model.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDocuments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -383,6 +399,11 @@ def add_CollectionServiceServicer_to_server(servicer, server):
                     servicer.DropCollection,
                     request_deserializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.DropCollectionRequest.FromString,
                     response_serializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.DropCollectionResponse.SerializeToString,
+            ),
+            'Migrate': grpc.unary_stream_rpc_method_handler(
+                    servicer.Migrate,
+                    request_deserializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.MigrateRequest.FromString,
+                    response_serializer=protos_dot_embedding_dot_v1_dot_embedding__pb2.MigrateProgress.SerializeToString,
             ),
             'GetDocuments': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDocuments,
@@ -579,6 +600,33 @@ class CollectionService:
             '/embedding.v1.CollectionService/DropCollection',
             protos_dot_embedding_dot_v1_dot_embedding__pb2.DropCollectionRequest.SerializeToString,
             protos_dot_embedding_dot_v1_dot_embedding__pb2.DropCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Migrate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/embedding.v1.CollectionService/Migrate',
+            protos_dot_embedding_dot_v1_dot_embedding__pb2.MigrateRequest.SerializeToString,
+            protos_dot_embedding_dot_v1_dot_embedding__pb2.MigrateProgress.FromString,
             options,
             channel_credentials,
             insecure,
