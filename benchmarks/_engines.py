@@ -204,8 +204,9 @@ class Infinity(Engine):
 # --- our server ---------------------------------------------------------------------------------
 class OurServer(Engine):
     """Our server (``embed-server serve`` with ``args``, its own store, query cache off),
-    measured through the gRPC API: EmbedStream, then Ingest of the same texts into a fresh
-    collection (everything embedded), then the same Ingest again (all content-hash hits).
+    measured through the gRPC API: EmbedStream (plain, then with ``EmbedOptions.bulk``), then
+    Ingest of the same texts into a fresh collection (everything embedded), then the same Ingest
+    again (all content-hash hits).
 
     ``stream_only`` skips the two Ingests (the ablation measures the compute path alone). Each
     timed step also records the CPU seconds of the server's parent process (gRPC, tokenization,
@@ -251,9 +252,9 @@ class OurServer(Engine):
         self.round = 0
         self.vectors = {}
 
-    def _stream(self, vectors: dict[int, np.ndarray]) -> Callable[[Part], int]:
+    def _stream(self, vectors: dict[int, np.ndarray], *, bulk: bool = False) -> Callable[[Part], int]:
         pb = self.pb
-        options = pb.EmbedOptions(precision=pb.PRECISION_FLOAT32)
+        options = pb.EmbedOptions(precision=pb.PRECISION_FLOAT32, bulk=bulk)
 
         def work(part: Part) -> int:
             requests = (
@@ -308,6 +309,9 @@ class OurServer(Engine):
         rows = [Row(f"ours EmbedStream {self.label}", rate, "ours", cpu)]
         if self.stream_only:
             return rows
+        # EmbedOptions.bulk: the same stream computed by the workers (as Ingest), not the lane.
+        rate, cpu = self._timed(texts, concurrency, self._stream({}, bulk=True))
+        rows.append(Row(f"ours EmbedStream bulk {self.label}", rate, "ours", cpu))
         collection = f"round{self.round}"
         first_cached: list[int] = []
         rate, cpu = self._timed(texts, concurrency, self._ingest(collection, first_cached))

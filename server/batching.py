@@ -1,9 +1,8 @@
 """Dynamic batching: items (one tokenized input each) in, model batches out.
 
 - Three priority classes: a worker always takes INTERACTIVE items (Embed, EmbedStream, Search
-  queries) before STREAM ones (a stream with many items in flight,
-  :class:`server.embeddings.StreamRoute`) and those before BULK ones (ingestion), so queries never
-  wait behind a bulk backlog.
+  queries) before CLIENT_BULK ones (requests with ``EmbedOptions.bulk``) and those before BULK
+  ones (ingestion), so queries never wait behind a bulk backlog.
 - Batch composition never changes a vector: an item is always computed at the same padded
   width, its length rounded up to :data:`PAD_MULTIPLE` tokens, and a batch holds items of one
   width only. Measured here (torch bfloat16, AVX2 CPU), the same row gave different vectors at
@@ -13,7 +12,7 @@
 - A batch is bounded by a padded-token budget (rows x width <= max_batch_tokens): the oldest
   item of a queue and the next oldest of its width (little padding, and the oldest item is
   always taken: no starvation).
-- A STREAM or BULK batch leaves when it fills the budget or its oldest item has waited max_wait_ms; an
+- A CLIENT_BULK or BULK batch leaves when it fills the budget or its oldest item has waited max_wait_ms; an
   INTERACTIVE one leaves as soon as a worker asks (waiting to fill a batch only adds latency:
   while every worker is busy, interactive items gather by themselves).
 - While interactive work is in the queue or was submitted within the last

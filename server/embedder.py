@@ -27,13 +27,12 @@ FieldNames = str | Sequence[str]  # "inputs": item i is "inputs[i]"; or one requ
 class Priority(enum.IntEnum):
     """Interactive work (Embed, EmbedStream, Search queries) never waits behind bulk ingestion.
 
-    STREAM: the items of a stream that has shown itself to be bulk work (many items in flight at
-    once, :class:`server.embeddings.StreamRoute`): computed by the workers like ingestion, whose
-    batches fill the cores best, but taken before BULK items.
+    CLIENT_BULK: a client's request with ``EmbedOptions.bulk`` (throughput wanted): computed by
+    the workers like ingestion, whose full batches use the cores best, but taken before BULK.
     """
 
     INTERACTIVE = 0
-    STREAM = 1
+    CLIENT_BULK = 1
     BULK = 2
 
 

@@ -11,8 +11,7 @@ then Matryoshka truncation and normalization (:func:`server.vectors.postprocess`
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,41 +32,20 @@ class Embedded:
     result: EncodeResult
 
 
-class StreamRoute:
-    """Where one stream's items are computed: the interactive route (the lane, when it is on)
-    until the stream has had ``worker_depth`` items in flight at once, then, for the rest of
-    the stream, :attr:`Priority.STREAM` (the workers, before bulk ingestion).
-
-    Why: the lane is made for single queries (ONNX Runtime, one run per runner); a client that
-    keeps many items in flight wants throughput, which the workers' full batches give (measured
-    ~2x the docs/s of the lane with bf16 workers, README "Throughput"). The switch is one-way so
-    a stream does not flap between routes; the two routes' vectors agree to cosine >= 0.999
-    (server.pool.lane.MIN_COSINE, checked at start-up). ``worker_depth`` 0: never switch.
-    """
-
-    def __init__(self, worker_depth: int) -> None:
-        self.worker_depth = worker_depth
-        self.in_flight = 0
-        self.deep = False
-
-    @contextlib.contextmanager
-    def item(self) -> Iterator[Priority]:
-        """Count one item in flight for its duration; yields the priority to compute it at."""
-        self.in_flight += 1
-        if self.worker_depth and self.in_flight >= self.worker_depth:
-            self.deep = True
-        try:
-            yield Priority.STREAM if self.deep else Priority.INTERACTIVE
-        finally:
-            self.in_flight -= 1
-
-
 def check_inputs(inputs: Sequence[str], limit: int, field: str = "inputs") -> None:
     """At least one and at most ``limit`` inputs (--max-client-batch-size), each non-empty and
     without NUL: EmptyInput, TooLarge or InvalidArgument naming ``field[i]``."""
     check_count(inputs, field, limit=limit, note="--max-client-batch-size")
     for i, text in enumerate(inputs):
         check_text(text, f"{field}[{i}]")
+
+
+def priority_of(options: VectorOptions) -> Priority:
+    """CLIENT_BULK for a request with ``EmbedOptions.bulk`` (the workers, as Ingest: throughput),
+    else INTERACTIVE (the lane while it is on). A route is chosen by the request, never by load,
+    so a text's vector depends only on its options (tests/test_tei_compat.py: a stream's vectors
+    are the unary ones to 1e-6)."""
+    return Priority.CLIENT_BULK if options.bulk else Priority.INTERACTIVE
 
 
 async def encode(
@@ -77,19 +55,18 @@ async def encode(
     *,
     wait: bool = False,
     field: FieldNames = "inputs",
-    priority: Priority = Priority.INTERACTIVE,
 ) -> EncodeResult:
-    """The model's vectors of ``texts`` at ``priority`` (interactive, or STREAM from a
-    :class:`StreamRoute`), with the request's prompt and truncation (before per-request
-    truncation to dimensions). ``wait``: wait for room in a full encoder queue (streams) instead
-    of Overloaded (unary calls); ``field`` names the texts in errors (see
-    :meth:`server.embedder.Embedder.encode`)."""
+    """The model's vectors of ``texts`` with the request's prompt and truncation (before
+    per-request truncation to dimensions), on the interactive route, or the workers' at
+    CLIENT_BULK priority for ``options.bulk`` (:func:`priority_of`). ``wait``: wait for room in a
+    full encoder queue (streams) instead of Overloaded (unary calls); ``field`` names the texts in
+    errors (see :meth:`server.embedder.Embedder.encode`)."""
     return await embedder.encode(
         texts,
         prompt_name=options.prompt_name,
         truncate=options.truncate,
         truncation_direction=options.truncation_direction,
-        priority=priority,
+        priority=priority_of(options),
         wait=wait,
         field=field,
     )

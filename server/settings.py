@@ -204,14 +204,6 @@ class Settings:
     )
     max_client_batch_size: int = _opt(512, "most inputs in one Embed request")
     max_stream_in_flight: int = _opt(256, "items per stream being embedded at once (backpressure)")
-    # A stream with this many items in flight is bulk work: measured (README, Throughput) the
-    # workers' batches ran a bulk EmbedStream at ~2x the interactive lane's docs/s on bf16 CPUs.
-    stream_worker_depth: int = _opt(
-        8,
-        "items in flight at once after which an EmbedStream / tei.v1 EmbedStream goes to the "
-        "workers (ahead of bulk ingestion) instead of the interactive lane, for the rest of the "
-        "stream; 0 = never",
-    )
     # Items alone do not bound memory: 256 stream items of 10 MB are 2.5 GB per stream.
     max_stream_bytes: int = _opt(
         32 * 1024 * 1024, "bytes of requests per EmbedStream or tei.v1 stream being worked on at once"
@@ -322,10 +314,6 @@ class Settings:
             )
         if self.workers < 0:
             raise ValueError(f"--workers must be 0 (auto) or positive, got {self.workers}")
-        if self.stream_worker_depth < 0:
-            raise ValueError(
-                f"--stream-worker-depth must be 0 (never) or positive, got {self.stream_worker_depth}"
-            )
         if self.worker_trim_tokens < 0:
             raise ValueError(
                 f"--worker-trim-tokens must be 0 (never) or positive, got {self.worker_trim_tokens}"

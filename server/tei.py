@@ -289,13 +289,11 @@ class TeiEngine:
         dimensions: int | None = None,
         wait: bool = False,
         field: FieldNames = "inputs",
-        priority: Priority = Priority.INTERACTIVE,
     ) -> TeiEmbeddings:
         """Pooled vectors of ``inputs`` (one call to the encoder). ``normalize`` false: the
         pipeline's vector without its Normalize module (TEI never applies it); ``dimensions``:
         Matryoshka truncation, then normalization when asked. ``wait``: a stream's request
-        waits for queue room; a unary call fails fast with Overloaded. ``priority``: STREAM for a
-        deep stream's items (:class:`server.embeddings.StreamRoute`)."""
+        waits for queue room; a unary call fails fast with Overloaded."""
         started = time.perf_counter_ns()
         prepared = [await self.prepare(text, truncate, prompt_name) for text in inputs]
         dims = (
@@ -308,7 +306,7 @@ class TeiEngine:
             prompt_name=prepared[0][1] if prepared else "",
             truncate=truncate,
             truncation_direction=direction,
-            priority=priority,
+            priority=Priority.INTERACTIVE,
             wait=wait,
             field=field,
         )

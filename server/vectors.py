@@ -41,6 +41,7 @@ class VectorOptions:
     prompt_name: str = ""
     truncate: bool = True  # cut over-long inputs (False: reject them)
     truncation_direction: TruncationDirection = "right"  # "left" keeps the end of an over-long input
+    bulk: bool = False  # EmbedOptions.bulk: the workers' route (Priority.CLIENT_BULK)
 
 
 def check_truncate_dim(value: int, spec: ModelSpec, field: str) -> int:

@@ -63,23 +63,23 @@ async def test_interactive_items_go_before_queued_bulk_items() -> None:
     assert fake.priorities().count(Priority.INTERACTIVE) == 1  # both interactive items in one batch
 
 
-async def test_a_deep_streams_items_go_after_interactive_ones_before_bulk_and_wait_to_fill() -> None:
+async def test_client_bulk_items_go_after_interactive_ones_before_ingestions_and_wait_to_fill() -> None:
     sched = Scheduler(max_batch_tokens=32, max_wait_ms=600_000, max_queue_items=100)
     bulk = [make_item(16, Priority.BULK) for _ in range(2)]
-    stream = [make_item(16, Priority.STREAM) for _ in range(3)]
+    client = [make_item(16, Priority.CLIENT_BULK) for _ in range(3)]
     query = make_item(16, Priority.INTERACTIVE)
     sched.submit(bulk)
-    sched.submit(stream)
+    sched.submit(client)
     sched.submit([query])
     assert await asyncio.wait_for(sched.next_batch(), timeout=60) == [query]
-    # STREAM before BULK, in full batches (budget 32 = two rows of 16 tokens): throughput work.
-    assert await asyncio.wait_for(sched.next_batch(), timeout=60) == stream[:2]
-    # One STREAM item left, short of the budget: with max_wait 10 minutes it waits to fill
+    # CLIENT_BULK before BULK, in full batches (budget 32 = two rows of 16 tokens): throughput work.
+    assert await asyncio.wait_for(sched.next_batch(), timeout=60) == client[:2]
+    # One CLIENT_BULK item left, short of the budget: with max_wait 10 minutes it waits to fill
     # (an interactive item would leave at once), and the bulk batch behind it waits too.
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(sched.next_batch(), timeout=0.3)
-    sched.close()  # closing lets partial batches go: STREAM's first
-    assert await sched.next_batch() == stream[2:]
+    sched.close()  # closing lets partial batches go: CLIENT_BULK's first
+    assert await sched.next_batch() == client[2:]
     assert await sched.next_batch() == bulk
 
 

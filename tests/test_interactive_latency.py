@@ -79,31 +79,15 @@ async def test_the_lane_answers_queries_while_every_worker_is_stuck_in_bulk_work
         # The workers' vectors for the same texts (BULK never takes the lane): cosine >= 0.999.
         stored = (await pool.encode(queries, priority=Priority.BULK)).vectors
         assert float((fast.vectors * stored).sum(axis=1).min()) >= 0.999
-        # A deep stream's items (STREAM) go to the workers, not the lane: with the worker frozen
-        # they wait while a query still passes; then they are the workers' vectors, as stored.
+        # A client's bulk request (CLIENT_BULK) goes to the workers, not the lane: with the worker
+        # frozen it waits while a query still passes; then it has the workers' vectors, as stored.
         with stopped(worker_pid):
-            deep = asyncio.create_task(pool.encode(queries, priority=Priority.STREAM, wait=True))
+            deep = asyncio.create_task(pool.encode(queries, priority=Priority.CLIENT_BULK, wait=True))
             await asyncio.wait_for(pool.encode(queries[:1], priority=Priority.INTERACTIVE), timeout=60)
             assert not deep.done()
         assert float(((await deep).vectors * stored).sum(axis=1).min()) >= 0.99999
     finally:
         await pool.close()
-
-
-def test_a_stream_goes_to_the_workers_once_it_has_enough_items_in_flight_and_stays() -> None:
-    from server.embeddings import StreamRoute
-
-    route = StreamRoute(3)
-    with route.item() as first, route.item() as second:
-        assert (first, second) == (Priority.INTERACTIVE, Priority.INTERACTIVE)
-        with route.item() as third:
-            assert third is Priority.STREAM
-    assert route.in_flight == 0
-    with route.item() as later:  # one item in flight again: the stream stays on the workers
-        assert later is Priority.STREAM
-    never = StreamRoute(0)
-    with contextlib.ExitStack() as stack:
-        assert {stack.enter_context(never.item()) for _ in range(100)} == {Priority.INTERACTIVE}
 
 
 def test_search_query_vectors_match_the_stored_ones(live_server) -> None:  # type: ignore[no-untyped-def]

@@ -24,9 +24,8 @@ at start-up; the pool keeps the lane only at cosine >= :data:`MIN_COSINE`.
 While the lane is on, every interactive input goes to it and bulk work to the workers, so an
 input gets the same vector from Embed, EmbedStream or TEI, alone or in any batch (the lane's ORT
 fp32 and the workers' torch fp32 differ by ~1e-5 per element, which a mixed route would show).
-The one exception is a stream with many items in flight (``--stream-worker-depth``,
-:class:`server.embeddings.StreamRoute`): bulk work by its shape, it goes to the workers for the
-rest of the stream, at cosine >= :data:`MIN_COSINE` to the lane's vectors. Its queue has the
+A request that asks for throughput (``EmbedOptions.bulk``) goes to the workers instead, by
+its own choice, never by load (cosine >= :data:`MIN_COSINE` to the lane's vectors). Its queue has the
 workers' bounds and rules (``--max-queue-items``: unary calls fail fast, streams wait for room).
 """
 

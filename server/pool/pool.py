@@ -223,12 +223,12 @@ class EncoderPool:
         return lane
 
     def _bulk_running(self) -> bool:
-        """Worker work (bulk, or a deep stream's) is queued or a worker is computing (called from
-        lane threads: reads only)."""
+        """Worker work (ingestion's, or a client's bulk request) is queued or a worker is
+        computing (called from lane threads: reads only)."""
         return (
             self._computing > 0
             or self.scheduler.depth(Priority.BULK) > 0
-            or self.scheduler.depth(Priority.STREAM) > 0
+            or self.scheduler.depth(Priority.CLIENT_BULK) > 0
         )
 
     def _report_ready(self) -> None:
@@ -407,7 +407,7 @@ class EncoderPool:
         loop = asyncio.get_running_loop()
         items = [Item(ids=t.ids, priority=priority, future=loop.create_future()) for t in prepared.tokens]
         # One route per kind of work (server.pool.lane): interactive to the lane while it is on;
-        # a deep stream's items (STREAM) and bulk work to the workers.
+        # a client's bulk request (CLIENT_BULK) and ingestion's work to the workers.
         lane = self.lane
         scheduler = (
             lane.scheduler if lane is not None and priority is Priority.INTERACTIVE else self.scheduler

@@ -50,6 +50,7 @@ def vector_options(options: pb.EmbedOptions, spec: ModelSpec) -> VectorOptions:
         prompt_name=check_prompt_name(options.prompt_name, spec.prompts, "options.prompt_name"),
         truncate=options.truncate if options.HasField("truncate") else True,
         truncation_direction=direction_of(options.truncation_direction, "options.truncation_direction"),
+        bulk=options.bulk,
     )
 
 

@@ -7,14 +7,13 @@ NUL characters are INVALID_ARGUMENT naming ``inputs[i]``), the encoder's tokeniz
 size, content and length (:mod:`server.tokenization`), and truncation and normalization run
 after the pool returns the model's vectors; precision is applied here. Embed fails fast with
 RESOURCE_EXHAUSTED when the encoder queue is full; EmbedStream items wait for room (the stream
-stops reading, flow control holds the client); a stream with many items in flight goes to the
-workers instead of the interactive lane (:class:`server.embeddings.StreamRoute`).
+stops reading, flow control holds the client). ``EmbedOptions.bulk`` sends a request's inputs
+to the workers instead of the interactive lane (:func:`server.embeddings.priority_of`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -26,8 +25,8 @@ import grpc
 from protos.embedding.v1 import embedding_pb2 as pb
 from server import __version__
 from server.chunking import Chunker, ChunkSpan, chunker_for, embed_chunks
-from server.embedder import EncodeResult, Priority
-from server.embeddings import StreamRoute, check_inputs, embed, encode
+from server.embedder import EncodeResult
+from server.embeddings import check_inputs, embed, encode, priority_of
 from server.errors import InvalidArgument, ServiceError
 from server.runtime import Runtime
 from server.served_models import ServedModel
@@ -93,7 +92,6 @@ class EmbeddingServicer:
         *,
         wait: bool,
         model: ServedModel | None = None,
-        priority: Priority = Priority.INTERACTIVE,
     ) -> tuple[list[pb.ChunkedEmbedding], EncodeResult]:
         """Each text's chunks with their vectors as ``options`` ask (EmbedOptions.chunking)."""
         model = model or self.runtime.models.default
@@ -107,7 +105,7 @@ class EmbeddingServicer:
             max_chunks=CHUNKS_PER_INPUT * self.runtime.settings.max_client_batch_size,
             max_chars=self.runtime.settings.chunk_max_chars,
             wait=wait,
-            priority=priority,
+            priority=priority_of(options),
         )
         chunked = [_chunked(s, to_protos(v, options, ranges)) for s, v in zip(spans, vectors, strict=True)]
         return chunked, result
@@ -216,11 +214,7 @@ class EmbeddingServicer:
 
         return gen()
 
-    async def _stream_item(self, item: _StreamItem, route: StreamRoute) -> pb.EmbedStreamResponse:
-        with route.item() as priority:
-            return await self._stream_item_at(item, priority)
-
-    async def _stream_item_at(self, item: _StreamItem, priority: Priority) -> pb.EmbedStreamResponse:
+    async def _stream_item(self, item: _StreamItem) -> pb.EmbedStreamResponse:
         started = time.perf_counter_ns()
         request = item.request
         if isinstance(request, UnparsedRequest):
@@ -241,7 +235,7 @@ class EmbeddingServicer:
             if item.chunking:
                 options = item.options
                 (chunked,), result = await self._embed_chunks(
-                    [request.input], ["input"], options, wait=True, model=item.model, priority=priority
+                    [request.input], ["input"], options, wait=True, model=item.model
                 )
                 return pb.EmbedStreamResponse(
                     id=request_id, chunks=chunked, timing=timing(result, len(request.input), started)
@@ -254,7 +248,6 @@ class EmbeddingServicer:
                 item.options,
                 wait=True,
                 field=["input"],
-                priority=priority,
             )
             (vector,) = to_protos(result.vectors, item.options, ranges)
             return pb.EmbedStreamResponse(
@@ -271,7 +264,7 @@ class EmbeddingServicer:
         settings = self.runtime.settings
         async for response in ordered_pipeline(
             self._with_options(requests),
-            functools.partial(self._stream_item, route=StreamRoute(settings.stream_worker_depth)),
+            self._stream_item,
             settings.max_stream_in_flight,
             max_bytes=settings.max_stream_bytes,
             size=lambda item: request_bytes(item.request),

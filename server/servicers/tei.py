@@ -21,8 +21,6 @@ import grpc
 import numpy as np
 
 from protos.tei.v1 import tei_pb2 as pb
-from server.embedder import Priority
-from server.embeddings import StreamRoute
 from server.errors import InvalidArgument, PreconditionFailed
 from server.runtime import Runtime
 from server.servicers._rpc import UnparsedRequest, abort, ordered_pipeline
@@ -80,17 +78,8 @@ class TeiServicer:
 
     # --- Embed -----------------------------------------------------------------------------------
 
-    async def _embed(
-        self, request: Any, *, wait: bool = False, route: StreamRoute | None = None
-    ) -> pb.EmbedResponse:
-        """``wait``: a stream's request waits for queue room; a unary call fails fast.
-        ``route``: the stream's (:class:`server.embeddings.StreamRoute`)."""
-        if route is None:
-            return await self._embed_at(request, wait=wait, priority=Priority.INTERACTIVE)
-        with route.item() as priority:
-            return await self._embed_at(request, wait=wait, priority=priority)
-
-    async def _embed_at(self, request: Any, *, wait: bool, priority: Priority) -> pb.EmbedResponse:
+    async def _embed(self, request: Any, *, wait: bool = False) -> pb.EmbedResponse:
+        """``wait``: a stream's request waits for queue room; a unary call fails fast."""
         request = _parsed(request)
         if not request.inputs:  # TEI: the empty input before the enum
             raise empty_input()
@@ -103,7 +92,6 @@ class TeiServicer:
             dimensions=request.dimensions if request.HasField("dimensions") else None,
             wait=wait,
             field=["inputs"],  # TEI's request has one input, named without an index
-            priority=priority,
         )
         return pb.EmbedResponse(embeddings=found.vectors[0].tolist(), metadata=_metadata(found.metadata))
 
@@ -136,8 +124,7 @@ class TeiServicer:
     def EmbedStream(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        route = StreamRoute(self.runtime.settings.stream_worker_depth)
-        return self._stream(functools.partial(self._embed, wait=True, route=route), requests, context)
+        return self._stream(functools.partial(self._embed, wait=True), requests, context)
 
     def EmbedAllStream(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext

@@ -61,7 +61,7 @@ class Vector(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., dims: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ...) -> None: ...
 
 class EmbedOptions(_message.Message):
-    __slots__ = ("normalize", "dimensions", "precision", "prompt_name", "truncate", "truncation_direction", "chunking", "model")
+    __slots__ = ("normalize", "dimensions", "precision", "prompt_name", "truncate", "truncation_direction", "chunking", "model", "bulk")
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,7 @@ class EmbedOptions(_message.Message):
     TRUNCATION_DIRECTION_FIELD_NUMBER: _ClassVar[int]
     CHUNKING_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    BULK_FIELD_NUMBER: _ClassVar[int]
     normalize: bool
     dimensions: int
     precision: Precision
@@ -78,7 +79,8 @@ class EmbedOptions(_message.Message):
     truncation_direction: TruncationDirection
     chunking: bool
     model: str
-    def __init__(self, normalize: _Optional[bool] = ..., dimensions: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., prompt_name: _Optional[str] = ..., truncate: _Optional[bool] = ..., truncation_direction: _Optional[_Union[TruncationDirection, str]] = ..., chunking: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
+    bulk: bool
+    def __init__(self, normalize: _Optional[bool] = ..., dimensions: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., prompt_name: _Optional[str] = ..., truncate: _Optional[bool] = ..., truncation_direction: _Optional[_Union[TruncationDirection, str]] = ..., chunking: _Optional[bool] = ..., model: _Optional[str] = ..., bulk: _Optional[bool] = ...) -> None: ...
 
 class Timing(_message.Message):
     __slots__ = ("queue_ns", "tokenization_ns", "inference_ns", "total_ns", "tokens", "characters", "cache_hits")
