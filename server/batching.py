@@ -12,9 +12,9 @@
 - A batch is bounded by a padded-token budget (rows x width <= max_batch_tokens): the oldest
   item of a queue and the next oldest of its width (little padding, and the oldest item is
   always taken: no starvation).
-- A CLIENT_BULK or BULK batch leaves when it fills the budget or its oldest item has waited max_wait_ms; an
-  INTERACTIVE one leaves as soon as a worker asks (waiting to fill a batch only adds latency:
-  while every worker is busy, interactive items gather by themselves).
+- A CLIENT_BULK or BULK batch leaves when it fills the budget or its oldest item has waited
+  max_wait_ms; an INTERACTIVE one leaves as soon as a worker asks (waiting to fill a batch only
+  adds latency: while every worker is busy, interactive items gather by themselves).
 - While interactive work is in the queue or was submitted within the last
   :data:`CONTENDED_WINDOW_S`, a BULK batch holds at most ``contended_batch_tokens``: a worker
   that took bulk work comes back for the next query after a small batch, not a whole

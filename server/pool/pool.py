@@ -223,13 +223,10 @@ class EncoderPool:
         return lane
 
     def _bulk_running(self) -> bool:
-        """Worker work (ingestion's, or a client's bulk request) is queued or a worker is
-        computing (called from lane threads: reads only)."""
-        return (
-            self._computing > 0
-            or self.scheduler.depth(Priority.BULK) > 0
-            or self.scheduler.depth(Priority.CLIENT_BULK) > 0
-        )
+        """Work is queued for the workers or a worker is computing (called from lane threads:
+        reads only). While the lane is on the workers' queue holds only ingestion's and clients'
+        bulk work."""
+        return self._computing > 0 or self.scheduler.depth() > 0
 
     def _report_ready(self) -> None:
         metrics.WORKERS_READY.set(sum(w.ready for w in self.workers))
