@@ -92,6 +92,12 @@ def _report_depth(queued: int, waiting: int) -> None:
     metrics.QUEUE_WAITING.set(waiting)
 
 
+def _export_in_child(spec: ModelSpec, cache: Path, int8: bool) -> Path:
+    """(Blocking) :func:`ensure_onnx` in a spawned child process, so torch stays out of this one."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as export:
+        return export.submit(functools.partial(ensure_onnx, spec, cache, int8=int8)).result()
+
+
 def load_pad_id(spec: ModelSpec, tokenizer: Tokenizer) -> int:
     """The pad token named in the model's tokenizer_config.json (default [PAD])."""
     path = spec.path / "tokenizer_config.json"
@@ -182,11 +188,8 @@ class EncoderPool:
         names = [FP32_NAME, *([INT8_NAME] if int8 else [])]
         if all((cache / key / name).is_file() for name in names):
             directory = await asyncio.to_thread(ensure_onnx, self.spec, cache, int8=int8)
-        else:
-            with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as export:
-                directory = await asyncio.get_running_loop().run_in_executor(
-                    export, functools.partial(ensure_onnx, self.spec, cache, int8=int8)
-                )
+        else:  # the child's start and exit off the event loop too (torch's exit takes seconds)
+            directory = await asyncio.to_thread(_export_in_child, self.spec, cache, int8)
         graph = lane_graph(settings.backend, settings.dtype, directory)
         lane = await asyncio.to_thread(
             load_lane,
