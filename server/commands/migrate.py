@@ -24,9 +24,12 @@ import argparse
 import asyncio
 import dataclasses
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server import settings as settings_module
+
+if TYPE_CHECKING:
+    from server.store import Store
 
 PROG = "embed-server migrate"
 
@@ -96,7 +99,6 @@ async def _migrate(settings: settings_module.Settings, collection: str, model: s
     from server.migration import migrate_collection
     from server.model import ModelNotFoundError, load_spec
     from server.pool import EncoderPool
-    from server.store import StoreError, open_store
     from server.store.versions import VersionError
 
     try:
@@ -104,12 +106,8 @@ async def _migrate(settings: settings_module.Settings, collection: str, model: s
     except ModelNotFoundError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
-    try:
-        store = open_store(
-            settings.data_dir, map_size=settings.store_map_size_mb << 20, float16=settings.store_float16
-        )
-    except StoreError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+    store = _open_store(settings)
+    if store is None:
         return 2
     try:
         meta = store.collection(collection)
@@ -139,16 +137,24 @@ async def _migrate(settings: settings_module.Settings, collection: str, model: s
     return 0
 
 
-def _switch(settings: settings_module.Settings, collection: str, *, rollback: bool) -> int:
+def _open_store(settings: settings_module.Settings) -> Store | None:
+    """The server's store as its settings configure it; None (said on stderr) when it cannot open."""
     from server.store import StoreError, open_store
-    from server.store.versions import VersionError
 
     try:
-        store = open_store(
+        return open_store(
             settings.data_dir, map_size=settings.store_map_size_mb << 20, float16=settings.store_float16
         )
     except StoreError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
+        return None
+
+
+def _switch(settings: settings_module.Settings, collection: str, *, rollback: bool) -> int:
+    from server.store.versions import VersionError
+
+    store = _open_store(settings)
+    if store is None:
         return 2
     try:
         if rollback:
