@@ -158,6 +158,15 @@ class RoutedSearcher:
             log.info("collection %r switched model during a search; searching it again", q.collection)
             stack = again
             result = await stack.searcher.search(q, budget=budget)
+        if len(self.router.stacks) > 1:
+            # A cutover or rollback during the search need not fail it: the old model's searcher
+            # may then read the renamed collection and answer a short page (seen under load in
+            # tests/test_models_live.py: fewer than k hits). Searched again on the new model.
+            again = await asyncio.to_thread(self.router.bound, q.collection)
+            if again is not stack:
+                log.info("collection %r switched model during a search; searching it again", q.collection)
+                stack = again
+                result = await stack.searcher.search(q, budget=budget)
         return dataclasses.replace(result, fingerprint=stack.fingerprint)
 
     async def search_batch(self, queries: list[SearchQuery]) -> list[SearchResult]:

@@ -211,7 +211,8 @@ def test_migrate_under_load_then_rollback(served: Served) -> None:
     assert not load.errors, load.errors[:3]
     assert steps[-1].state == "cut_over" and steps[-1].fingerprint == served.b.fingerprint
     assert steps[0].state == "copying" and steps[-1].done >= len(docs)
-    assert all(len(ids) == 5 for _, ids, _ in load.answers)  # every search answered, never empty
+    short = [a for a in load.answers if len(a[1]) != 5]
+    assert not short, short[:3]  # every search answered, never empty
     models = [fp for fp, _, _ in load.answers]
     switch = models.index(served.b.fingerprint)
     assert switch >= 3 and set(models[:switch]) == {served.a.fingerprint}
