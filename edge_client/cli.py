@@ -25,6 +25,17 @@ def _default_home() -> Path:
     return Path(user_data_dir("edge-client", appauthor=False))
 
 
+def _add_shard_map(p: argparse.ArgumentParser) -> None:
+    """``--shard-map`` of the commands that reach the server (sync, search)."""
+    p.add_argument(
+        "--shard-map",
+        default=None,
+        metavar="FILE",
+        help="sharded servers: sync / ask the shard(s) that hold the collection "
+        "(embedcore/shardmap.py; default: $EMBED_SHARD_MAP)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-client",
@@ -54,13 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("sync", "pull a collection's truncated vectors from the server")
     p.add_argument("--collection", required=True)
     p.add_argument("--server", default=None, help="HOST:PORT (default: the one given to init)")
-    p.add_argument(
-        "--shard-map",
-        default=None,
-        metavar="FILE",
-        help="sharded servers: sync / ask the shard(s) that hold the collection "
-        "(embedcore/shardmap.py; default: $EMBED_SHARD_MAP)",
-    )
+    _add_shard_map(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = command("add", "embed local text files on this device into the local index")
     p.add_argument("paths", nargs="+", type=Path)
@@ -88,13 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--server", default=None, help="HOST:PORT (default: the one given to init)")
     p.add_argument("--timeout", type=float, default=5.0, help="server deadline in seconds")
-    p.add_argument(
-        "--shard-map",
-        default=None,
-        metavar="FILE",
-        help="sharded servers: sync / ask the shard(s) that hold the collection "
-        "(embedcore/shardmap.py; default: $EMBED_SHARD_MAP)",
-    )
+    _add_shard_map(p)
     return parser
 
 
