@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from embedcore import l2_normalize, pca_directions
+from embedcore import Projection, l2_normalize, pca_directions
 from server.hardware import usable_cores
 from server.settings import Settings
 
@@ -135,3 +135,18 @@ def fit_adaptor(
         time.perf_counter() - started,
     )
     return matrix
+
+
+def neighbour_fidelity(
+    projection: Projection, queries: np.ndarray, corpus: np.ndarray, dims: int, *, k: int = 10
+) -> float:
+    """Mean share of each query's full-dimension top-``k`` corpus neighbours that the
+    ``projection`` at ``dims`` also ranks in its top ``k``, in [0, 1]. ``queries`` (m, D) and
+    ``corpus`` (n, D) are model vectors; exact search both ways (the corpus is a fit sample)."""
+    q, x = l2_normalize(queries), l2_normalize(corpus)
+    k = min(k, len(x))
+    if not len(q) or k == 0:
+        return 0.0
+    full = np.argpartition(-(q @ x.T), k - 1, axis=1)[:, :k]
+    short = np.argpartition(-(projection.apply(q, dims) @ projection.apply(x, dims).T), k - 1, axis=1)[:, :k]
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(full, short, strict=True)]))

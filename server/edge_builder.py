@@ -10,6 +10,10 @@ sentences of the stored texts embedded as pseudo-queries, or the PCA rotation; t
 vectors is refitted once the store holds enough (at the next start or GetEdgeBundle), and one of
 another kind than ``--edge-projection`` at the next start; the new fingerprint makes edge
 clients re-init and resync.
+
+For a model trained with Matryoshka loss (its ``matryoshka_dims``, e.g. one made by
+``embed-server finetune``) the fitted projection is kept only when it measures better than plain
+truncation: neighbour fidelity@10 at the default dims on held-out pseudo-queries (corpus-only).
 """
 
 from __future__ import annotations
@@ -23,7 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from embedcore import BundleError, EdgeBundle, Projection, fit_pca_rotation
-from server.edge_adaptor import MAX_FIT_DOCS, OUT_DIMS, fit_adaptor, pseudo_query_sentences
+from server.edge_adaptor import (
+    MAX_FIT_DOCS,
+    OUT_DIMS,
+    fit_adaptor,
+    neighbour_fidelity,
+    pseudo_query_sentences,
+)
 from server.edge_bundle import build_bundle
 from server.embedder import Embedder, Priority
 from server.errors import NotReady, ServiceError
@@ -33,6 +43,12 @@ from server.settings import Settings
 from server.store import Store
 
 log = logging.getLogger(__name__)
+
+# An MRL-trained model's prefixes were trained to be short embeddings: a fitted projection
+# replaces plain truncation only when it keeps this much more held-out neighbour fidelity@10
+# (a few hundred queries measure it to about +-0.01).
+MRL_MARGIN = 0.01
+HELD_OUT_SHARE = 0.2  # pseudo-queries held out of the fit to compare on
 
 FIT_KINDS = ("adaptor", "rotation")  # what the server can fit (--edge-projection)
 EMBED_CHUNK = 512  # pseudo-query sentences per encode call (a few model batches each)
@@ -77,6 +93,40 @@ def fit_projection(
         log.info("edge projection: PCA rotation fitted on %d vectors", len(vectors))
         return fit_pca_rotation(vectors)
     return Projection.adaptor(fit_adaptor(vectors, pseudo_queries, out_dims=out_dims))
+
+
+def held_out_queries(
+    vectors: np.ndarray, pseudo_queries: np.ndarray | None, *, seed: int = 0
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """(pseudo-queries left to fit on, held-out query vectors): a seeded HELD_OUT_SHARE of the
+    pseudo-queries, or of the corpus vectors when there are none (the rotation's case: PCA on
+    thousands of vectors barely depends on a fifth of them)."""
+    rng = np.random.default_rng(seed)
+    source = pseudo_queries if pseudo_queries is not None and len(pseudo_queries) else vectors
+    held = np.zeros(len(source), dtype=bool)
+    held[rng.choice(len(source), max(1, int(HELD_OUT_SHARE * len(source))), replace=False)] = True
+    rest = pseudo_queries[~held] if source is pseudo_queries else pseudo_queries
+    return rest, source[held]
+
+
+def prefer_truncation(
+    fitted: Projection, queries: np.ndarray, corpus: np.ndarray, dims: int
+) -> tuple[Projection, dict[str, object]]:
+    """For an MRL-trained model: plain truncation unless ``fitted`` keeps more of the full-
+    dimension top-10 of the held-out ``queries`` at ``dims`` (by MRL_MARGIN). Returns the
+    projection kept and the comparison (recorded in the bundle's manifest)."""
+    identity = Projection.identity(corpus.shape[1])
+    scores = {
+        "identity": neighbour_fidelity(identity, queries, corpus, dims),
+        fitted.kind: neighbour_fidelity(fitted, queries, corpus, dims),
+    }
+    keep = fitted if scores[fitted.kind] >= scores["identity"] + MRL_MARGIN else identity
+    log.info(
+        "edge projection for an MRL-trained model: neighbour fidelity@10 at %d dims on %d held-out "
+        "queries: truncation %.3f, %s %.3f: keeping %s",
+        dims, len(queries), scores["identity"], fitted.kind, scores[fitted.kind], keep.kind,
+    )  # fmt: skip
+    return keep, {"fitted": fitted.kind, "dims": dims, "queries": len(queries), "fidelity@10": scores}
 
 
 @dataclass
@@ -203,7 +253,9 @@ class EdgeBundles:
         min_vectors = settings.edge_fit_min_vectors
         fitted_on = int(existing.manifest.extra.get("fit_vectors", 0)) if existing else 0
         # A fitted bundle of another kind than --edge-projection is refitted (when the store can).
-        existing_kind = existing.manifest.projection_kind if existing else ""
+        # An MRL model's bundle that kept plain truncation over a fitted kind counts as that kind.
+        compared = existing.manifest.extra.get("mrl_choice", {}) if existing else {}
+        existing_kind = compared.get("fitted") or (existing.manifest.projection_kind if existing else "")
         other_kind = fitted_on > 0 and existing_kind != settings.edge_projection
         state = self._store_state()
         if other_kind and existing is not None and self._already_checked(existing, state):
@@ -265,6 +317,9 @@ class EdgeBundles:
         """Blocking: fit the projection and write the bundle."""
         settings, spec = self.settings, self.spec
         vectors = plan.vectors
+        held: np.ndarray | None = None
+        if spec.matryoshka_dims and vectors is not None and len(vectors) >= settings.edge_fit_min_vectors:
+            pseudo_queries, held = held_out_queries(vectors, pseudo_queries)
         projection = fit_projection(
             vectors,
             spec.dimension,
@@ -274,7 +329,11 @@ class EdgeBundles:
             out_dims=max(OUT_DIMS, settings.edge_dims),  # the default dims must exist
             adaptor_min_docs=settings.edge_adaptor_min_docs,
         )
-        fit = len(vectors) if vectors is not None and projection.kind != "identity" else 0
+        choice: dict[str, object] = {}
+        if held is not None and vectors is not None and projection.kind != "identity":
+            projection, choice = prefer_truncation(projection, held, vectors, settings.edge_dims)
+        fitted = projection.kind != "identity" or bool(choice)
+        fit = len(vectors) if vectors is not None and fitted else 0
         queries = (
             len(pseudo_queries) if fit and projection.kind == "adaptor" and pseudo_queries is not None else 0
         )
@@ -290,5 +349,6 @@ class EdgeBundles:
                 "fit_pseudo_queries": queries,
                 "fit_source": "store sample" if fit else "none",
                 "kind": projection.kind,
+                **({"mrl_choice": choice} if choice else {}),
             },
         )

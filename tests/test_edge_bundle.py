@@ -19,7 +19,7 @@ from edge_client._transport import open_channel
 from embedcore import EdgeBundle, Projection, fit_pca_rotation, sha256_file
 from protos.embedding.v1 import embedding_pb2 as pb
 from protos.embedding.v1.embedding_pb2_grpc import EmbeddingServiceStub
-from server.edge_builder import EdgeBundles
+from server.edge_builder import EdgeBundles, prefer_truncation
 from server.edge_bundle import build_bundle
 from server.model import ModelSpec
 from server.pool import EncoderPool
@@ -242,5 +242,59 @@ def test_a_store_without_texts_keeps_its_rotation_and_is_not_walked_again_until_
         store.delete("c", ["d0"])  # the store changed: look again
         again = asyncio.run(_bundles(adaptor_settings, spec, store).load_or_build())
         assert again.fingerprint == rotation.fingerprint and len(walks) == 3
+    finally:
+        store.close()
+
+
+def test_an_mrl_model_keeps_plain_truncation_unless_the_fit_measures_better(
+    spec: ModelSpec,
+    edge_bundle: EdgeBundle,
+    edge_onnx_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An MRL-trained model (its spec declares matryoshka_dims, as a fine-tuned one does): the
+    fitted projection is compared with truncation on held-out queries and kept only when better."""
+    full = edge_bundle.encoder(int8=False).encode(
+        [
+            f"finding {i}: {w} changes {v}"
+            for i, (w, v) in enumerate(zip(["gene", "drug"] * 40, range(80), strict=True))
+        ]
+    )
+    # PCA at 16 dims keeps far more of the neighbours than the first 16 dims of a model that was
+    # not MRL-trained: the rotation is kept.
+    rotation = fit_pca_rotation(full)
+    kept, choice = prefer_truncation(rotation, full[:20], full, 16)
+    scores = choice["fidelity@10"]
+    assert isinstance(scores, dict) and scores["rotation"] > scores["identity"] + 0.1
+    assert kept is rotation
+    # Vectors whose information is all in their first 64 dims: truncation to 128 loses nothing,
+    # no fit can do better, and the server keeps plain truncation, recorded in the manifest.
+    short = full.copy()
+    short[:, 64:] = 0.0
+    short /= np.linalg.norm(short, axis=1, keepdims=True)
+    mrl = dataclasses.replace(spec, matryoshka_dims=(384, 256, 128, 64, 32))
+    settings = Settings(data_dir=tmp_path, edge_onnx_cache=str(edge_onnx_dir.parent), edge_fit_min_vectors=60)
+    store = _store_with(tmp_path / "data", mrl, short)
+    walks: list[int] = []
+    sample = store.sample_documents
+
+    def counted(*args: Any, **kwargs: Any) -> tuple[np.ndarray, list[str | None]]:
+        walks.append(1)
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(store, "sample_documents", counted)
+    try:
+        bundle = asyncio.run(_bundles(settings, mrl, store).load_or_build())
+        assert bundle.manifest.projection_kind == "identity"
+        assert bundle.manifest.extra["fit_vectors"] == 80  # measured, not "too few to fit"
+        recorded = bundle.manifest.extra["mrl_choice"]
+        assert recorded["fitted"] == "rotation" and recorded["queries"] == 16  # 20% of 80, held out
+        assert recorded["fidelity@10"]["identity"] == pytest.approx(1.0)
+        # Kept across restarts; like a rotation under --edge-projection adaptor, the next start
+        # samples the store once to find the adaptor still out of reach, and later starts do not.
+        for sampled in (2, 2):
+            again = asyncio.run(_bundles(settings, mrl, store).load_or_build())
+            assert again.fingerprint == bundle.fingerprint and len(walks) == sampled
     finally:
         store.close()
