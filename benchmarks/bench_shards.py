@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,8 @@ def _ingest(
             raise SystemExit(
                 f"{collection}: {report.failed} failed, {report.embedded} embedded of {len(rows)}"
             )
+        if Counter(a["id"] for a in report.acks) != Counter(r["_id"] for r in rows):
+            raise SystemExit(f"{collection}: not every document acknowledged exactly once")
         return report.seconds
     requests = [
         pb.IngestRequest(collection=collection, id=r["_id"], text=f"{r.get('title', '')} {r['text']}".strip())
