@@ -38,6 +38,7 @@ from server.finetune.train import (
     LoopOptions,
     autocast,
     matryoshka_loss,
+    no_attention_dropout,
     pick_device,
     pick_dtype,
     seed_everything,
@@ -165,6 +166,8 @@ def finetune_corpus(
     model = SentenceTransformer(str(spec.path), device=device)
     model.max_seq_length = spec.max_tokens
     model.eval()
+    if device == "cpu":
+        no_attention_dropout(model)  # 3.5x faster training forward on CPU (see its docstring)
     query_prompt = spec.prompt_text(spec.query_prompt_name)
     document_prompt = spec.prompt_text(spec.document_prompt_name)
 

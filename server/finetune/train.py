@@ -10,6 +10,8 @@ trains large batches in the memory of small ones.
 AdamW, linear warm-up then linear decay. Mixed precision: bfloat16 autocast on CPUs with native
 bfloat16 (AMX / AVX512-BF16) and on GPUs that have it; float32 elsewhere (weights stay float32).
 Deterministic for a seed on CPU with the same thread count (same weights, bit for bit).
+On CPU the attention-probability dropout is turned off (:func:`no_attention_dropout`: it
+made each step ~3x slower); the hidden-state dropout stays.
 """
 
 from __future__ import annotations
@@ -82,6 +84,23 @@ def seed_everything(seed: int, threads: int) -> None:
     np.random.seed(seed)  # libraries may draw from the global generator
     torch.manual_seed(seed)
     torch.set_num_threads(threads or usable_cores())
+
+
+def no_attention_dropout(model: Any) -> int:
+    """Attention-probability dropout off for training (hidden-state dropout stays); returns how
+    many attention layers were changed. A non-zero dropout takes PyTorch's SDPA off its fused
+    CPU kernel: measured on this 2-core CPU (all-MiniLM-L6-v2, bf16 autocast, 96 texts x 256
+    tokens), the training forward took 22 s with it and 6.3 s without (the backward 7-8 s either
+    way), so a step took ~19 s and a 30-minute budget held half an epoch."""
+    import torch
+
+    changed = 0
+    for module in model.modules():
+        dropout = getattr(module, "dropout", None)
+        if "Attention" in type(module).__name__ and isinstance(dropout, torch.nn.Dropout) and dropout.p:
+            dropout.p = 0.0
+            changed += 1
+    return changed
 
 
 def _losses() -> Any:
